@@ -1,0 +1,1 @@
+"""memwatchd: per-process memory monitor."""

@@ -1,0 +1,389 @@
+"""Configuration: TOML, validated once at load (start and reload).
+
+Every problem is a ConfigError whose message is "FILE: KEY: problem"; unknown keys are errors.
+The defaults here are the single source of truth; etc/memwatchd.toml documents them and a test keeps
+the two in step.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memwatchd.units import parse_duration, parse_rate, parse_size
+
+DEFAULT_CONFIG_PATH = "/etc/memwatchd.toml"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; str() is 'file: key: problem'."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    interval_s: float = 3.0
+    log_level: str = "info"
+    hostname: str = ""  # empty: os.uname().nodename
+
+
+@dataclass(frozen=True, slots=True)
+class BpfConfig:
+    enabled: bool = True
+    max_pids: int = 65536  # entries in the per-process stats map
+    ringbuf_kb: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ProcfsConfig:
+    root: str = "/proc"
+    smaps: bool = False  # PSS/USS from smaps_rollup (costs more)
+    full_rescan_s: float = 60.0  # status/cgroup of unchanged processes are re-read at least this often
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    path: str = "/var/lib/memwatchd/memwatchd.db"
+    retention_s: float = 30 * 86400.0  # longest tier (hourly rollups)
+    raw_retention_s: float = 2 * 86400.0
+    minute_retention_s: float = 14 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    urls: tuple[str, ...] = ()
+    urls_file: str = ""  # file with one Apprise URL per line (secrets kept out of the main config)
+    repeat_interval_s: float = 4 * 3600.0
+    group_wait_s: float = 0.0
+    timeout_s: float = 10.0
+    max_retries: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusConfig:
+    listen: str = ""  # "127.0.0.1:9464" turns the endpoint on
+    top_k: int = 20
+    max_series: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    comm: str | None = None  # glob
+    unit: str | None = None  # glob
+
+    def matches(self, comm: str, unit: str | None) -> bool:
+        if self.comm is not None and not fnmatch.fnmatchcase(comm, self.comm):
+            return False
+        return self.unit is None or fnmatch.fnmatchcase(unit or "", self.unit)
+
+
+RULE_KINDS = ("growth", "leak", "threshold", "oom")
+RULE_METRICS = ("rss", "anon", "swap", "mapped")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    kind: str
+    metric: str = "rss"
+    min_rate: float = 0.0  # bytes/s
+    window_s: float = 600.0
+    for_s: float = 0.0
+    threshold: int = 0  # bytes
+    match: Match = field(default_factory=Match)
+    notify: tuple[str, ...] | None = None  # None: [notify] urls
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str = "<defaults>"
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    bpf: BpfConfig = field(default_factory=BpfConfig)
+    procfs: ProcfsConfig = field(default_factory=ProcfsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    rules: tuple[RuleConfig, ...] = ()
+
+
+class _Section:
+    """Reads one TOML table, tracking keys so unknown ones can be reported."""
+
+    def __init__(self, file: str, prefix: str, table: Any) -> None:
+        self.file, self.prefix = file, prefix
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: {prefix}: expected a table")
+        self.table = table
+        self.seen: set[str] = set()
+
+    def err(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.prefix}.{key}: {problem}" if self.prefix else f"{self.file}: {key}: {problem}")
+
+    def get(self, key: str, default: Any, conv: Any) -> Any:
+        self.seen.add(key)
+        if key not in self.table:
+            return default
+        try:
+            return conv(self.table[key])
+        except (ValueError, TypeError) as e:
+            raise self.err(key, str(e)) from None
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.seen)
+        if unknown:
+            raise self.err(unknown[0], "unknown key")
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _number(lo: float, hi: float) -> Any:
+    def conv(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"expected a number, got {v!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}, got {v!r}")
+        return float(v)
+
+    return conv
+
+
+def _int(lo: int, hi: int) -> Any:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected an integer, got {v!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {v!r}")
+        return v
+
+    return conv
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {v!r}")
+    if "\x00" in v:
+        raise ValueError("NUL byte in string")
+    return v
+
+
+def _choice(*choices: str) -> Any:
+    def conv(v: Any) -> str:
+        s = _str(v)
+        if s not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}")
+        return s
+
+    return conv
+
+
+def _duration(min_s: float = 0.0) -> Any:
+    def conv(v: Any) -> float:
+        s = parse_duration(v)
+        if s < min_s:
+            raise ValueError(f"must be at least {min_s:g}s, got {v!r}")
+        return s
+
+    return conv
+
+
+def _size(v: Any) -> int:
+    return parse_size(v)
+
+
+def _rate(v: Any) -> float:
+    return parse_rate(_str(v))
+
+
+def _urls(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(u, str) and u.strip() for u in v):
+        raise ValueError("expected a list of Apprise URL strings")
+    for u in v:
+        if "://" not in u:
+            raise ValueError(f"not an Apprise URL (scheme://...): {mask_url(u)!r}")
+    return tuple(u.strip() for u in v)
+
+
+def _listen(v: Any) -> str:
+    s = _str(v).strip()
+    if not s:
+        return ""
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT like '127.0.0.1:9464', got {v!r}")
+    return s
+
+
+def mask_url(url: str) -> str:
+    """Hide credentials and tokens in an Apprise URL: keep scheme and host, mask the rest."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    hostpart = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    masked_path = "/***" if "/" in rest or "@" in rest or "?" in rest else ""
+    return f"{scheme}://{hostpart}{masked_path}"
+
+
+def _rule(file: str, index: int, table: Any) -> RuleConfig:
+    sec = _Section(file, f"rules[{index}]", table)
+    name = sec.get("name", None, _str)
+    if not name:
+        raise sec.err("name", "required")
+    kind = sec.get("kind", None, _choice(*RULE_KINDS))
+    if kind is None:
+        raise sec.err("kind", f"required (one of {', '.join(RULE_KINDS)})")
+    metric = sec.get("metric", "mapped" if kind == "leak" else "rss", _choice(*RULE_METRICS))
+    min_rate = sec.get("min_rate", 0.0, _rate)
+    window = sec.get("window", 600.0, _duration(1.0))
+    for_s = sec.get("for", 0.0, _duration())
+    threshold = sec.get("threshold", 0, _size)
+    notify = sec.get("notify", None, _urls)
+    match_tbl = sec.get("match", None, lambda v: v)
+    sec.finish()
+    if kind == "growth" and min_rate <= 0:
+        raise sec.err("min_rate", "required for kind 'growth' (e.g. \"10MB/h\")")
+    if kind == "threshold" and threshold <= 0:
+        raise sec.err("threshold", "required for kind 'threshold' (e.g. \"2GB\")")
+    match = Match()
+    if match_tbl is not None:
+        ms = _Section(file, f"rules[{index}].match", match_tbl)
+        match = Match(comm=ms.get("comm", None, _str), unit=ms.get("unit", None, _str))
+        ms.finish()
+    return RuleConfig(
+        name=name,
+        kind=kind,
+        metric=metric,
+        min_rate=min_rate,
+        window_s=window,
+        for_s=for_s,
+        threshold=threshold,
+        match=match,
+        notify=notify,
+    )
+
+
+def parse_config(data: dict[str, Any], file: str) -> Config:
+    """Validate a parsed TOML document. Relative paths are taken relative to the config file's folder."""
+    top = _Section(file, "", data)
+    base = Path(file).resolve().parent if file != "<defaults>" else Path.cwd()
+
+    def path(v: Any) -> str:
+        s = _str(v)
+        if not s:
+            raise ValueError("empty path")
+        return str((base / s)) if not os.path.isabs(s) else s
+
+    d = _Section(file, "daemon", top.get("daemon", {}, lambda v: v))
+    daemon = DaemonConfig(
+        interval_s=d.get("interval", 3.0, _number(0.1, 3600)),
+        log_level=d.get("log_level", "info", _choice("debug", "info", "warning", "error")),
+        hostname=d.get("hostname", "", _str),
+    )
+    d.finish()
+
+    b = _Section(file, "bpf", top.get("bpf", {}, lambda v: v))
+    bpf = BpfConfig(
+        enabled=b.get("enabled", True, _bool),
+        max_pids=b.get("max_pids", 65536, _int(1024, 4194304)),
+        ringbuf_kb=b.get("ringbuf_kb", 256, _int(4, 65536)),
+    )
+    b.finish()
+    if bpf.ringbuf_kb & (bpf.ringbuf_kb - 1) or bpf.ringbuf_kb * 1024 < 4096:
+        raise b.err("ringbuf_kb", "must be a power of two (and at least 4)")
+
+    p = _Section(file, "procfs", top.get("procfs", {}, lambda v: v))
+    procfs = ProcfsConfig(
+        root=p.get("root", "/proc", path),
+        smaps=p.get("smaps", False, _bool),
+        full_rescan_s=p.get("full_rescan", 60.0, _duration(0.0)),
+    )
+    p.finish()
+
+    s = _Section(file, "storage", top.get("storage", {}, lambda v: v))
+    storage = StorageConfig(
+        path=s.get("path", "/var/lib/memwatchd/memwatchd.db", path),
+        retention_s=s.get("retention", 30 * 86400.0, _duration(60.0)),
+        raw_retention_s=s.get("raw_retention", 2 * 86400.0, _duration(60.0)),
+        minute_retention_s=s.get("minute_retention", 14 * 86400.0, _duration(60.0)),
+    )
+    s.finish()
+    if storage.raw_retention_s > storage.minute_retention_s:
+        raise s.err("raw_retention", "must not be longer than minute_retention")
+    if storage.minute_retention_s > storage.retention_s:
+        raise s.err("minute_retention", "must not be longer than retention")
+
+    n = _Section(file, "notify", top.get("notify", {}, lambda v: v))
+    notify = NotifyConfig(
+        urls=n.get("urls", (), _urls),
+        urls_file=n.get("urls_file", "", lambda v: path(v) if v else ""),
+        repeat_interval_s=n.get("repeat_interval", 4 * 3600.0, _duration(0.0)),
+        group_wait_s=n.get("group_wait", 0.0, _duration(0.0)),
+        timeout_s=n.get("timeout", 10.0, _duration(0.1)),
+        max_retries=n.get("max_retries", 8, _int(0, 1000)),
+    )
+    n.finish()
+
+    pr = _Section(file, "prometheus", top.get("prometheus", {}, lambda v: v))
+    prometheus = PrometheusConfig(
+        listen=pr.get("listen", "", _listen),
+        top_k=pr.get("top_k", 20, _int(0, 1000)),
+        max_series=pr.get("max_series", 2000, _int(10, 1000000)),
+    )
+    pr.finish()
+
+    raw_rules = top.get("rules", [], lambda v: v)
+    if not isinstance(raw_rules, list):
+        raise top.err("rules", "expected [[rules]] tables")
+    rules = tuple(_rule(file, i, r) for i, r in enumerate(raw_rules))
+    names = [r.name for r in rules]
+    for i, nm in enumerate(names):
+        if nm in names[:i]:
+            raise ConfigError(f"{file}: rules[{i}].name: duplicate rule name {nm!r}")
+    top.finish()
+    return Config(
+        source=file,
+        daemon=daemon,
+        bpf=bpf,
+        procfs=procfs,
+        storage=storage,
+        notify=notify,
+        prometheus=prometheus,
+        rules=rules,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; ConfigError on any problem (including unreadable file)."""
+    file = str(path)
+    try:
+        with open(file, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: cannot read: no such file") from None
+    except PermissionError:
+        raise ConfigError(f"{file}: cannot read: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: cannot read: is a directory") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: invalid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: invalid TOML: not UTF-8") from None
+    return parse_config(data, file)
+
+
+def notify_urls(cfg: Config) -> tuple[str, ...]:
+    """The default notification URLs: [notify] urls plus those in urls_file (one per line, # comments)."""
+    urls = list(cfg.notify.urls)
+    if cfg.notify.urls_file:
+        try:
+            text = Path(cfg.notify.urls_file).read_text()
+        except OSError as e:
+            raise ConfigError(f"{cfg.source}: notify.urls_file: cannot read: {e.strerror}") from None
+        urls += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return tuple(urls)

@@ -1,0 +1,184 @@
+"""Records that cross module boundaries: frozen, slotted dataclasses.
+
+Data flow: collectors (procfs, bpf) -> merge -> store -> rules -> notify.
+A process is identified by (pid, start_ticks): start_ticks is field 22 of /proc/PID/stat
+(clock ticks after boot), exact and stable for the life of the process, unlike PIDs which are reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ProcKey:
+    """Identity of one process: PID plus its start time in clock ticks after boot."""
+
+    pid: int
+    start_ticks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    """One process as read from /proc at one moment (sizes in KiB)."""
+
+    pid: int
+    start_ticks: int
+    comm: str
+    ppid: int
+    state: str
+    rss_kb: int
+    vm_kb: int
+    hwm_kb: int | None  # VmHWM; None when status was not (re)read this scan
+    anon_kb: int
+    swap_kb: int | None
+    unit: str | None  # systemd unit (e.g. "nginx.service") or None
+    cgroup: str | None  # memory cgroup path (v1 memory controller or v2 unified)
+    pss_kb: int | None = None  # only with [procfs] smaps = true
+    uss_kb: int | None = None
+
+    @property
+    def key(self) -> ProcKey:
+        return ProcKey(self.pid, self.start_ticks)
+
+
+@dataclass(frozen=True, slots=True)
+class MemInfo:
+    """Host totals from /proc/meminfo (KiB)."""
+
+    mem_total_kb: int
+    mem_available_kb: int
+    swap_total_kb: int
+    swap_free_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcScan:
+    """Result of one /proc scan."""
+
+    samples: tuple[ProcSample, ...]
+    meminfo: MemInfo | None
+    boot_time: float  # unix seconds of boot (btime), to turn start_ticks into wall time
+    clk_tck: int
+    errors: int = 0  # processes that vanished or were unreadable (ENOENT/ESRCH/EACCES), counted not logged
+
+
+@dataclass(frozen=True, slots=True)
+class BpfStats:
+    """Per-process (tgid) allocation counters aggregated in the kernel, cumulative since tracking began."""
+
+    tgid: int
+    mmap_count: int
+    mmap_bytes: int
+    munmap_count: int
+    munmap_bytes: int
+    brk_count: int
+    brk_bytes: int  # heap growth from brk return values (shrinks subtract, floored at 0 per call pair)
+    last_update_ns: int  # CLOCK_MONOTONIC ns of the last update (bpf_ktime_get_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class OomKill:
+    """oom:mark_victim, delivered through the ring buffer."""
+
+    pid: int
+    comm: str
+    total_vm_kb: int
+    anon_rss_kb: int
+    file_rss_kb: int
+    shmem_rss_kb: int
+    uid: int
+    oom_score_adj: int
+    mono_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExit:
+    """A whole process (thread group) ended; carries its final BPF counters once."""
+
+    pid: int
+    comm: str
+    exit_code: int
+    final: BpfStats | None
+    mono_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class BpfHealth:
+    """Counters the daemon shows in status and metrics."""
+
+    state: str  # "active", "disabled: <why>", "unavailable: <why>"
+    tracked: int = 0  # entries currently in the stats map
+    map_full: int = 0  # updates refused because the stats map was full
+    lost_events: int = 0  # ring-buffer reservations that failed
+
+
+@dataclass(frozen=True, slots=True)
+class BpfPoll:
+    """Result of one BPF poll: map contents plus events received since the previous poll."""
+
+    stats: dict[int, BpfStats]
+    exits: tuple[ProcessExit, ...]
+    ooms: tuple[OomKill, ...]
+    health: BpfHealth
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSnapshot:
+    """One process in one merged snapshot. Fields of a source that did not see the process are None."""
+
+    pid: int
+    start_ticks: int
+    start_time: float | None  # unix seconds
+    comm: str
+    unit: str | None
+    cgroup: str | None
+    # from /proc
+    rss_kb: int | None
+    anon_kb: int | None
+    swap_kb: int | None
+    vm_kb: int | None
+    hwm_kb: int | None
+    pss_kb: int | None
+    uss_kb: int | None
+    # from eBPF (cumulative since tracking began)
+    mmap_count: int | None
+    mmap_bytes: int | None
+    munmap_count: int | None
+    munmap_bytes: int | None
+    brk_count: int | None
+    brk_bytes: int | None
+    # deltas since the previous snapshot of the same identity (None for a first sighting)
+    d_rss_kb: int | None = None
+    d_mmap_count: int | None = None
+    d_mmap_bytes: int | None = None
+    d_munmap_bytes: int | None = None
+    d_brk_bytes: int | None = None
+    dt_s: float | None = None  # monotonic seconds since that previous snapshot
+    exited: bool = False  # final counters of a process that ended during this interval
+
+    @property
+    def key(self) -> ProcKey:
+        return ProcKey(self.pid, self.start_ticks)
+
+    @property
+    def mapped_bytes(self) -> int | None:
+        """Outstanding mapped bytes seen by eBPF: mmap - munmap + brk growth."""
+        if self.mmap_bytes is None:
+            return None
+        return self.mmap_bytes - (self.munmap_bytes or 0) + (self.brk_bytes or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One merged snapshot per interval."""
+
+    ts: float  # wall clock unix seconds (for storage and display)
+    mono: float  # monotonic seconds (for intervals and rates)
+    processes: tuple[ProcessSnapshot, ...]
+    meminfo: MemInfo | None
+    bpf: BpfHealth
+    ooms: tuple[OomKill, ...] = ()
+    exits: tuple[ProcessExit, ...] = ()
+    scan_errors: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
