@@ -182,3 +182,29 @@ class Snapshot:
     exits: tuple[ProcessExit, ...] = ()
     scan_errors: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """One alert episode of one rule for one process identity (or the host: pid 0, start_ticks 0).
+
+    An episode is (rule, pid, start_ticks, since); its state moves pending -> firing -> resolved.
+    notified_state records the last state a notification was delivered for, so a restart neither
+    forgets an open alert nor re-sends it.
+    """
+
+    rule: str
+    kind: str
+    pid: int
+    start_ticks: int
+    comm: str
+    unit: str | None
+    state: str  # "pending" | "firing" | "resolved"
+    since: float  # wall time the condition first held
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    notified_state: str | None = None
+    notified_at: float | None = None
+    value: float | None = None  # current metric value, bytes
+    rate: float | None = None  # bytes per second (growth and leak rules)
+    summary: str = ""
