@@ -1,0 +1,445 @@
+"""memwatchd: the long-running service. Wires collectors -> merge -> store -> rules -> notify.
+
+Sampling runs on the monotonic clock every [daemon] interval seconds. The /proc scan runs in a
+daemon thread (a hung /proc read must not freeze the event loop, the ring buffer or signals); the BPF
+ring buffer is read inside the loop. Snapshots go through a bounded queue to the one writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from memwatchd.config import Config, ConfigError, load_config, notify_urls
+from memwatchd.logsetup import setup_logging
+from memwatchd.merge import merge
+from memwatchd.models import BpfHealth, BpfPoll, Snapshot
+from memwatchd.service import ServiceNotifier
+
+log = logging.getLogger("memwatchd")
+T = TypeVar("T")
+
+WRITE_BACKLOG = 200  # snapshots kept in memory while the database cannot be written (disk full)
+PRUNE_EVERY_S = 60.0
+
+
+def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run fn in a daemon thread: unlike the default executor, a stuck call cannot block shutdown."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def target() -> None:
+        try:
+            r, e = fn(), None
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+            r, e = None, err
+        try:
+            loop.call_soon_threadsafe(settle, r, e)
+        except RuntimeError:
+            pass  # loop closed during shutdown
+
+    threading.Thread(target=target, daemon=True, name="memwatchd-scan").start()
+    return fut
+
+
+class Daemon:
+    def __init__(self, cfg: Config, db_override: bool = False) -> None:
+        self.cfg = cfg
+        self.db_override = db_override
+        self.host = cfg.daemon.hostname or os.uname().nodename
+        self.notifier = ServiceNotifier()
+        self.stop_event = asyncio.Event()
+        self.cycles = 0
+        self._pinged_cycles = -1
+        self.prev: Snapshot | None = None
+        self.bpf: Any = None
+        self.bpf_state = "disabled"
+        self.store: Any = None
+        self.queue: deque[Snapshot] = deque(maxlen=WRITE_BACKLOG)
+        self.queue_event = asyncio.Event()
+        self.dropped_snapshots = 0
+        self.write_failing: str | None = None
+        self.last_write_ts: float | None = None
+        self.committed = 0
+        self.alerts: Any = None
+        self.deliverer: Any = None
+        self.metrics: Any = None
+        self.scan_ms = 0.0
+        stall = os.environ.get("MEMWATCHD_TEST_STALL_AFTER")
+        self._stall_after = int(stall) if stall and stall.isdigit() else None
+
+    # ---- setup -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        from memwatchd.collectors.procfs import ProcfsCollector
+        from memwatchd.store.writer import StoreWriter
+
+        self.store = await StoreWriter.open(self.cfg.storage.path, self.cfg.storage)
+        self.procfs = ProcfsCollector(
+            root=self.cfg.procfs.root, smaps=self.cfg.procfs.smaps, full_rescan_s=self.cfg.procfs.full_rescan_s
+        )
+        self._load_bpf()
+        await self._open_alerting()
+        self._open_metrics()
+        await self.store.set_status(
+            pid=os.getpid(), started_at=time.time(), bpf_state=self.bpf_state, host=self.host, interval_s=self.cfg.daemon.interval_s
+        )
+
+    def _load_bpf(self) -> None:
+        if not self.cfg.bpf.enabled:
+            self.bpf_state = "disabled in config"
+            log.info("BPF disabled in config ([bpf] enabled = false); running on /proc alone")
+            return
+        try:
+            from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
+        except ImportError as e:  # pragma: no cover - module ships with the package
+            self.bpf_state = f"unavailable: {e}"
+            log.warning("BPF unavailable (%s); running on /proc alone", e)
+            return
+        try:
+            self.bpf = BpfCollector.load(self.cfg.bpf)
+        except BpfUnavailable as e:
+            self.bpf_state = f"unavailable: {e}"
+            log.warning("BPF unavailable: %s; running on /proc alone", e)
+            return
+        self.bpf.attach_reader(asyncio.get_running_loop())
+        self.bpf_state = "active"
+        log.info("BPF probes attached")
+
+    async def _open_alerting(self) -> None:
+        from memwatchd.alerting import AlertEngine
+        from memwatchd.notify import Deliverer
+
+        open_alerts = await self.store.load_open_alerts()
+        self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
+        self.deliverer = Deliverer(self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered)
+        self.default_urls = notify_urls(self.cfg)
+
+    def _open_metrics(self) -> None:
+        if not self.cfg.prometheus.listen:
+            return
+        try:
+            from memwatchd.metrics import MetricsServer
+        except ImportError:
+            log.warning("prometheus endpoint not available in this build")
+            return
+        self.metrics = MetricsServer(self.cfg.prometheus)
+        self.metrics.start()
+        log.info("prometheus metrics on http://%s/metrics", self.cfg.prometheus.listen)
+
+    async def _delivered(self, msg: Any) -> None:
+        now = time.time()
+        updated = [self.alerts.mark_notified(r, r.state, now) for r in msg.records]
+        await self._save_alerts(updated)
+
+    async def _save_alerts(self, records: list[Any]) -> None:
+        if not records:
+            return
+        try:
+            await self.store.save_alerts(records)
+        except Exception as e:  # StoreError: the alert state is kept in memory and saved with the next change
+            log.warning("could not save alert state: %s", e)
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def _scan(self, mono: float) -> Any:
+        if self._stall_after is not None and self.cycles >= self._stall_after:
+            threading.Event().wait()  # test hook: a /proc read that never returns
+        return self.procfs.scan(mono)
+
+    def _poll_bpf(self) -> BpfPoll | None:
+        if self.bpf is None:
+            return None
+        try:
+            return self.bpf.poll()
+        except Exception as e:  # a failing map read must not stop sampling
+            log.error("BPF poll failed: %s", e)
+            return None
+
+    async def sample_once(self) -> Snapshot:
+        mono = time.monotonic()
+        ts = time.time()
+        t0 = time.perf_counter()
+        scan = await _in_daemon_thread(lambda: self._scan(mono))
+        poll = self._poll_bpf()
+        if poll is not None and self.bpf is not None:
+            self.bpf.gc(self.procfs.live_pids)
+        health = poll.health if poll else BpfHealth(state=self.bpf_state)
+        snap = merge(scan, poll, self.prev, ts=ts, mono=mono, bpf_health=health)
+        self.scan_ms = (time.perf_counter() - t0) * 1000
+        self.prev = snap
+        self.cycles += 1
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped_snapshots += 1  # the disk stayed unwritable for WRITE_BACKLOG intervals: oldest goes
+        self.queue.append(snap)
+        self.queue_event.set()
+        self._judge(snap)
+        if self.metrics is not None:
+            self.metrics.update(snap, self)
+        for oom in snap.ooms:
+            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, oom.comm, oom.anon_rss_kb)
+        self.notifier.status(self.status_line())
+        return snap
+
+    def _judge(self, snap: Snapshot) -> None:
+        try:
+            changed, due = self.alerts.observe(snap)
+        except Exception:
+            log.exception("rule evaluation failed")
+            return
+        if changed:
+            asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
+        if due:
+            from memwatchd.notify import render
+
+            for msg in render(due, self.host, self.default_urls):
+                if msg.urls:
+                    self.deliverer.submit(msg)
+                else:
+                    log.info("alert (no notification URLs configured): %s", msg.title)
+
+    def status_line(self) -> str:
+        n = len(self.prev.processes) if self.prev else 0
+        last = time.strftime("%H:%M:%S", time.localtime(self.last_write_ts)) if self.last_write_ts else "never"
+        db = f"db error: {self.write_failing}" if self.write_failing else f"last write {last}"
+        return f"{n} processes, bpf {self.bpf_state}, {db}"
+
+    async def sampler(self) -> None:
+        interval = self.cfg.daemon.interval_s
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                await self.sample_once()
+            except Exception:
+                log.exception("sampling cycle failed")
+            interval = self.cfg.daemon.interval_s
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # overran: skip missed ticks instead of bursting
+                next_at = now + interval - ((now - next_at) % interval)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=next_at - now)
+            except TimeoutError:
+                pass
+
+    async def writer(self) -> None:
+        last_prune = time.monotonic()
+        while True:
+            if not self.queue:
+                if self.stop_event.is_set():
+                    return
+                self.queue_event.clear()
+                stop = asyncio.ensure_future(self.stop_event.wait())
+                more = asyncio.ensure_future(self.queue_event.wait())
+                await asyncio.wait({stop, more}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                more.cancel()
+                continue
+            snap = self.queue[0]
+            try:
+                await self.store.write(snap)
+            except Exception as e:
+                if self.write_failing is None:
+                    log.error("cannot write to the database (%s); keeping up to %d snapshots in memory and retrying", e, WRITE_BACKLOG)
+                self.write_failing = str(e)
+                if self.stop_event.is_set():
+                    return
+                try:
+                    await asyncio.wait_for(self.stop_event.wait(), timeout=self.cfg.daemon.interval_s)
+                except TimeoutError:
+                    pass
+                continue
+            if self.queue and self.queue[0] is snap:
+                self.queue.popleft()
+            self.committed += 1
+            self.last_write_ts = snap.ts
+            if self.write_failing is not None:
+                log.info("database writes resumed")
+                self.write_failing = None
+            await self._write_status(snap)
+            if time.monotonic() - last_prune >= PRUNE_EVERY_S:
+                last_prune = time.monotonic()
+                try:
+                    await self.store.prune(time.time())
+                except Exception as e:
+                    log.warning("retention prune failed: %s", e)
+
+    async def _write_status(self, snap: Snapshot) -> None:
+        try:
+            await self.store.set_status(
+                last_snapshot_ts=snap.ts,
+                processes=len(snap.processes),
+                bpf_state=snap.bpf.state if self.bpf else self.bpf_state,
+                bpf_tracked=snap.bpf.tracked,
+                map_full=snap.bpf.map_full,
+                lost_events=snap.bpf.lost_events,
+                scan_ms=round(self.scan_ms, 2),
+                scan_errors=snap.scan_errors,
+                committed_snapshots=self.committed,
+                dropped_snapshots=self.dropped_snapshots,
+                notify_failures=getattr(self.deliverer, "failures", 0),
+                notify_delivered=getattr(self.deliverer, "delivered", 0),
+            )
+        except Exception as e:
+            log.debug("status update failed: %s", e)
+
+    async def watchdog(self) -> None:
+        period = self.notifier.watchdog_interval_s
+        if not period:
+            return
+        while not self.stop_event.is_set():
+            if self.cycles != self._pinged_cycles:  # only while sampling makes progress
+                self._pinged_cycles = self.cycles
+                self.notifier.watchdog()
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=period)
+            except TimeoutError:
+                pass
+
+    # ---- reload / stop -----------------------------------------------------------------------
+    def reload(self, path: str) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(path)
+            urls = notify_urls(new)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            self.notifier.ready(self.status_line())
+            return
+        for section in ("bpf", "storage", "prometheus"):
+            old_v, new_v = getattr(self.cfg, section), getattr(new, section)
+            if section == "storage":
+                new_v = dataclasses.replace(new_v, path=old_v.path) if self.db_override else new_v
+            if new_v != old_v:
+                log.warning("[%s] changed: takes effect after a restart", section)
+        new_procfs = new.procfs
+        # sections that need a restart keep their running values (the storage path may come from --db)
+        self.cfg = dataclasses.replace(new, bpf=self.cfg.bpf, storage=self.cfg.storage, prometheus=self.cfg.prometheus)
+        self.default_urls = urls
+        self.procfs.smaps = new_procfs.smaps
+        self.alerts.update_rules(new.rules)
+        setup_logging(new.daemon.log_level)
+        log.info("configuration reloaded from %s (%d rules)", path, len(new.rules))
+        self.notifier.ready(self.status_line())
+
+    async def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.close()
+            except Exception as e:
+                log.warning("BPF detach: %s", e)
+            self.bpf = None
+        if self.deliverer is not None:
+            await self.deliverer.close(timeout=2.0)
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+
+async def run(cfg: Config, config_path: str, db_override: bool = False) -> int:
+    d = Daemon(cfg, db_override)
+    loop = asyncio.get_running_loop()
+    try:
+        await d.open()
+    except Exception as e:
+        msg = f"startup failed: {e}"
+        log.error("%s", msg)
+        d.notifier.status(msg)
+        await d.close()
+        return 1
+    loop.add_signal_handler(signal.SIGTERM, d.stop_event.set)
+    loop.add_signal_handler(signal.SIGINT, d.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, d.reload, config_path)
+    tasks = [
+        asyncio.create_task(d.sampler(), name="sampler"),
+        asyncio.create_task(d.writer(), name="writer"),
+        asyncio.create_task(d.deliverer.run(), name="deliverer"),
+    ]
+    # First snapshot before READY=1 so `status` has data as soon as systemd considers us started.
+    d.notifier.ready(d.status_line())
+    log.info("memwatchd started: interval %gs, bpf %s, database %s", cfg.daemon.interval_s, d.bpf_state, cfg.storage.path)
+    wd = asyncio.create_task(d.watchdog(), name="watchdog")
+    await d.stop_event.wait()
+    d.notifier.stopping()
+    log.info("stopping")
+    sampler, writer, deliverer = tasks
+    try:
+        await asyncio.wait_for(asyncio.shield(sampler), timeout=2.0)
+    except (TimeoutError, Exception):
+        sampler.cancel()
+    try:
+        await asyncio.wait_for(writer, timeout=10.0)  # finishes the write in progress and the backlog
+    except (TimeoutError, Exception):
+        writer.cancel()
+        if d.queue:
+            log.warning("%d snapshots could not be written before exit", len(d.queue))
+    wd.cancel()
+    deliverer.cancel()
+    await d.close()
+    log.info("stopped")
+    return 0
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    default="/etc/memwatchd.toml",
+    show_default=True,
+    metavar="FILE",
+    help="TOML configuration file.",
+)
+@click.option(
+    "--db",
+    "db_path",
+    default=None,
+    metavar="FILE",
+    help="Database file; overrides [storage] path (e.g. to keep a development database in the repository).",
+)
+@click.option("--check", is_flag=True, help="Validate the configuration and exit (0 valid, 2 invalid).")
+def cli(config_path: str, db_path: str | None, check: bool) -> None:
+    """Per-process memory monitor: eBPF allocation probes + /proc, SQLite history, leak rules, alerts.
+
+    Runs in the foreground (systemd Type=notify). SIGHUP reloads the configuration; SIGTERM stops.
+    """
+    try:
+        cfg = load_config(config_path)
+        notify_urls(cfg)
+        if db_path:
+            cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, path=os.path.abspath(db_path)))
+    except ConfigError as e:
+        click.echo(f"memwatchd: {e}", err=True)
+        ServiceNotifier().status(f"invalid configuration: {e}")
+        sys.exit(2)
+    if check:
+        click.echo(f"{config_path}: ok ({len(cfg.rules)} rules)")
+        return
+    setup_logging(cfg.daemon.log_level)
+    sys.exit(asyncio.run(run(cfg, config_path, db_path is not None)))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Merge one /proc scan and one BPF poll into a Snapshot. Pure: no I/O, no clock reads.
+
+Processes are matched by PID within one interval (BPF keys by tgid; its map entry is deleted when
+the process exits, so a reused PID starts from zero). Identity across snapshots is (pid, start_ticks):
+deltas are computed only against the previous snapshot of the same identity, never across PID reuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from memwatchd.models import (
+    BpfHealth,
+    BpfPoll,
+    BpfStats,
+    ProcessExit,
+    ProcessSnapshot,
+    ProcKey,
+    ProcSample,
+    ProcScan,
+    Snapshot,
+)
+
+
+def _delta(cur: int | None, old: int | None) -> int | None:
+    if cur is None or old is None:
+        return None
+    return cur - old
+
+
+def _counter_delta(cur: int | None, old: int | None) -> int | None:
+    """Cumulative counters never go backwards for one identity; a smaller value means tracking restarted."""
+    d = _delta(cur, old)
+    if d is None:
+        return None
+    return d if d >= 0 else cur
+
+
+def _with_deltas(p: ProcessSnapshot, prev: ProcessSnapshot | None, mono: float, prev_mono: float | None) -> ProcessSnapshot:
+    if prev is None or prev_mono is None:
+        return p
+    return replace(
+        p,
+        d_rss_kb=_delta(p.rss_kb, prev.rss_kb),
+        d_mmap_count=_counter_delta(p.mmap_count, prev.mmap_count),
+        d_mmap_bytes=_counter_delta(p.mmap_bytes, prev.mmap_bytes),
+        d_munmap_bytes=_counter_delta(p.munmap_bytes, prev.munmap_bytes),
+        d_brk_bytes=_counter_delta(p.brk_bytes, prev.brk_bytes),
+        dt_s=max(mono - prev_mono, 0.0),
+    )
+
+
+def _from_proc(s: ProcSample, bpf: BpfStats | None, start_time: float, prev: ProcessSnapshot | None) -> ProcessSnapshot:
+    # Fields the incremental /proc reader did not re-read this time carry forward from the same identity.
+    hwm = s.hwm_kb if s.hwm_kb is not None else (prev.hwm_kb if prev else None)
+    swap = s.swap_kb if s.swap_kb is not None else (prev.swap_kb if prev else None)
+    return ProcessSnapshot(
+        pid=s.pid,
+        start_ticks=s.start_ticks,
+        start_time=start_time,
+        comm=s.comm,
+        unit=s.unit,
+        cgroup=s.cgroup,
+        rss_kb=s.rss_kb,
+        anon_kb=s.anon_kb,
+        swap_kb=swap,
+        vm_kb=s.vm_kb,
+        hwm_kb=hwm,
+        pss_kb=s.pss_kb,
+        uss_kb=s.uss_kb,
+        mmap_count=bpf.mmap_count if bpf else None,
+        mmap_bytes=bpf.mmap_bytes if bpf else None,
+        munmap_count=bpf.munmap_count if bpf else None,
+        munmap_bytes=bpf.munmap_bytes if bpf else None,
+        brk_count=bpf.brk_count if bpf else None,
+        brk_bytes=bpf.brk_bytes if bpf else None,
+    )
+
+
+def _from_bpf(
+    stats: BpfStats, prev: ProcessSnapshot | None, comm: str | None = None, exited: bool = False
+) -> ProcessSnapshot:
+    """A process only BPF saw this interval: /proc fields empty, identity from its last sighting if any."""
+    return ProcessSnapshot(
+        pid=stats.tgid,
+        start_ticks=prev.start_ticks if prev else 0,
+        start_time=prev.start_time if prev else None,
+        comm=comm or (prev.comm if prev else ""),
+        unit=prev.unit if prev else None,
+        cgroup=prev.cgroup if prev else None,
+        rss_kb=None,
+        anon_kb=None,
+        swap_kb=None,
+        vm_kb=None,
+        hwm_kb=None,
+        pss_kb=None,
+        uss_kb=None,
+        mmap_count=stats.mmap_count,
+        mmap_bytes=stats.mmap_bytes,
+        munmap_count=stats.munmap_count,
+        munmap_bytes=stats.munmap_bytes,
+        brk_count=stats.brk_count,
+        brk_bytes=stats.brk_bytes,
+        exited=exited,
+    )
+
+
+def merge(
+    scan: ProcScan,
+    bpf: BpfPoll | None,
+    prev: Snapshot | None,
+    ts: float,
+    mono: float,
+    bpf_health: BpfHealth | None = None,
+) -> Snapshot:
+    """Combine both sources per process identity.
+
+    - every /proc sample appears, with its BPF counters when BPF tracked its PID;
+    - a live BPF entry with no /proc sample appears with /proc fields None;
+    - a process that exited during the interval appears once more with its final BPF counters (exited=True);
+    - deltas (d_*) and dt_s are against the previous snapshot of the same identity.
+    """
+    prev_by_key: Mapping[ProcKey, ProcessSnapshot] = {p.key: p for p in prev.processes} if prev else {}
+    prev_by_pid: Mapping[int, ProcessSnapshot] = {p.pid: p for p in prev.processes if not p.exited} if prev else {}
+    prev_mono = prev.mono if prev else None
+    stats = bpf.stats if bpf else {}
+    exits: tuple[ProcessExit, ...] = bpf.exits if bpf else ()
+    exited_pids = {e.pid for e in exits}
+
+    out: dict[ProcKey, ProcessSnapshot] = {}
+    by_pid: dict[int, ProcKey] = {}
+    for s in scan.samples:
+        key = ProcKey(s.pid, s.start_ticks)
+        prev_p = prev_by_key.get(key)
+        start_time = scan.boot_time + s.start_ticks / scan.clk_tck
+        out[key] = _with_deltas(_from_proc(s, stats.get(s.pid), start_time, prev_p), prev_p, mono, prev_mono)
+        by_pid[s.pid] = key
+    for tgid, st in stats.items():
+        if tgid in by_pid:
+            continue
+        prev_p = prev_by_pid.get(tgid)
+        p = _with_deltas(_from_bpf(st, prev_p), prev_p, mono, prev_mono)
+        out[p.key] = p
+        by_pid[tgid] = p.key
+    for e in exits:
+        if e.final is None:
+            continue
+        prev_p = prev_by_pid.get(e.pid)
+        live_key = by_pid.get(e.pid)
+        if live_key is not None and (prev_p is None or prev_p.key == live_key):
+            # /proc still showed this process this interval; it exited after the scan: one row, final counters
+            cur = out[live_key]
+            final = _from_bpf(e.final, cur, comm=cur.comm or e.comm, exited=True)
+            merged = replace(
+                cur,
+                mmap_count=final.mmap_count,
+                mmap_bytes=final.mmap_bytes,
+                munmap_count=final.munmap_count,
+                munmap_bytes=final.munmap_bytes,
+                brk_count=final.brk_count,
+                brk_bytes=final.brk_bytes,
+                exited=True,
+            )
+            out[live_key] = _with_deltas(merged, prev_by_key.get(live_key), mono, prev_mono)
+            continue
+        p = _with_deltas(_from_bpf(e.final, prev_p, comm=e.comm, exited=True), prev_p, mono, prev_mono)
+        out.setdefault(p.key, p)
+
+    health = bpf_health or (bpf.health if bpf else BpfHealth(state="disabled"))
+    return Snapshot(
+        ts=ts,
+        mono=mono,
+        processes=tuple(out.values()),
+        meminfo=scan.meminfo,
+        bpf=health,
+        ooms=bpf.ooms if bpf else (),
+        exits=exits,
+        scan_errors=scan.errors,
+    )
