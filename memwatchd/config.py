@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +226,11 @@ def mask_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"
-    hostpart = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    hostpart = authority.rsplit("@", 1)[-1]
+    # many services put tokens where the host goes (tgram://TOKEN/chat, slack://A/B/C): show only real hosts
+    if not re.fullmatch(r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(:\d{1,5})?", hostpart):
+        hostpart = "***"
     masked_path = "/***" if "/" in rest or "@" in rest or "?" in rest else ""
     return f"{scheme}://{hostpart}{masked_path}"
 

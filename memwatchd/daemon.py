@@ -77,6 +77,7 @@ class Daemon:
         self.queue: deque[Snapshot] = deque(maxlen=WRITE_BACKLOG)
         self.queue_event = asyncio.Event()
         self.dropped_snapshots = 0
+        self.write_errors = 0
         self.write_failing: str | None = None
         self.last_write_ts: float | None = None
         self.committed = 0
@@ -141,8 +142,13 @@ class Daemon:
         except ImportError:
             log.warning("prometheus endpoint not available in this build")
             return
-        self.metrics = MetricsServer(self.cfg.prometheus)
-        self.metrics.start()
+        metrics = MetricsServer(self.cfg.prometheus)
+        try:
+            metrics.start()
+        except Exception as e:  # MetricsError: port in use, bad address; monitoring goes on without it
+            log.error("prometheus endpoint disabled: %s", e)
+            return
+        self.metrics = metrics
         log.info("prometheus metrics on http://%s/metrics", self.cfg.prometheus.listen)
 
     async def _delivered(self, msg: Any) -> None:
@@ -259,6 +265,7 @@ class Daemon:
                 if self.write_failing is None:
                     log.error("cannot write to the database (%s); keeping up to %d snapshots in memory and retrying", e, WRITE_BACKLOG)
                 self.write_failing = str(e)
+                self.write_errors += 1
                 if self.stop_event.is_set():
                     return
                 try:

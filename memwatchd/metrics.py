@@ -1,0 +1,446 @@
+"""Optional Prometheus endpoint: what memwatchd knows, exposed to an existing Prometheus and Grafana.
+
+Off by default; `[prometheus] listen = "127.0.0.1:9464"` turns it on. The daemon calls `update()` once
+per snapshot on the event loop thread. It aggregates the snapshot in one pass and swaps in an immutable
+`_State`; the HTTP thread only reads the latest one, so scrapes never touch the loop and need no lock.
+
+Cardinality is bounded by design (never a pid label):
+- a *group* is the process's systemd unit when known, else its comm. Per-group families
+  (rss, anon, swap, processes and, once eBPF counters appear, four allocation counters) are exported for
+  the biggest groups by RSS; every other group is folded into `group="other"`. The number of kept groups
+  is chosen so that group series plus top-K process series stay within `max_series`.
+- `memwatchd_process_rss_bytes{rank, comm, unit}` holds the K biggest processes by RSS, rank 1..K:
+  at most K series per scrape, whichever processes currently hold those ranks.
+A group that disappears, or falls out of the kept set, is simply absent from the next scrape.
+
+Allocation counters are sums of per-process deltas, so they keep rising while processes come and go.
+A group's counter lives while the group stays in the kept set; deltas of folded groups go to "other".
+A group re-entering the kept set starts again from 0, which Prometheus' rate() reads as a counter reset.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from memwatchd.config import PrometheusConfig
+from memwatchd.models import MemInfo, ProcessSnapshot, Snapshot
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"
+# Scan of /proc plus BPF poll and merge; a few ms on an idle host, up to seconds with 10^4 processes.
+SCAN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ALERT_STATES = ("pending", "firing")
+
+# (metric name, help) of the per-group families: gauges in _GroupRow order, counters in accumulator order.
+GROUP_GAUGES = (
+    ("memwatchd_group_rss_bytes", "Resident set size of the group's processes."),
+    ("memwatchd_group_anon_bytes", "Anonymous resident memory of the group's processes."),
+    ("memwatchd_group_swap_bytes", "Swapped-out memory of the group's processes."),
+    ("memwatchd_group_processes", "Live processes in the group."),
+)
+ALLOC_COUNTERS = (
+    ("memwatchd_mmap_calls_total", "mmap calls seen by eBPF since memwatchd started exporting."),
+    ("memwatchd_mmap_bytes_total", "Bytes requested by mmap, seen by eBPF."),
+    ("memwatchd_munmap_bytes_total", "Bytes released by munmap, seen by eBPF."),
+    ("memwatchd_brk_bytes_total", "Heap growth through brk, seen by eBPF."),
+)
+
+
+class MetricsError(Exception):
+    """The metrics endpoint could not start (bad address, port in use)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupRow:
+    group: str
+    rss_bytes: int
+    anon_bytes: int
+    swap_bytes: int
+    processes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _TopRow:
+    rank: int
+    comm: str
+    unit: str
+    rss_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """Everything one scrape shows; built by update(), read by the HTTP thread."""
+
+    groups: tuple[_GroupRow, ...]  # kept groups by RSS, then "other"
+    alloc: tuple[tuple[str, tuple[int, int, int, int]], ...] | None  # None until eBPF counters appear
+    top: tuple[_TopRow, ...]
+    meminfo: MemInfo | None
+    alerts: tuple[tuple[str, str, int], ...]  # (rule, state, count)
+    scan_buckets: tuple[int, ...]  # cumulative counts per SCAN_BUCKETS_S bound, then +Inf
+    scan_sum_s: float
+    counters: dict[str, float]  # single-sample counters by full name
+    gauges: dict[str, float]  # single-sample gauges by full name
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:9464') -> (host, port)."""
+    host, sep, port = listen.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise MetricsError(f"expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def group_of(p: ProcessSnapshot) -> str:
+    """The group a process is exported under: its systemd unit, else its comm."""
+    return p.unit or p.comm or "unknown"
+
+
+def series_budget(cfg: PrometheusConfig, alloc: bool) -> tuple[int, int]:
+    """(top-K process series, kept groups) so that both, plus the "other" group, fit in max_series."""
+    per_group = len(GROUP_GAUGES) + (len(ALLOC_COUNTERS) if alloc else 0)
+    top_k = max(0, min(cfg.top_k, (cfg.max_series - per_group) // 2))
+    kept = max(0, (cfg.max_series - top_k) // per_group - 1)
+    return top_k, kept
+
+
+def _inc(delta: int | None, cumulative: int | None, primed: bool) -> int:
+    """What one process adds to an allocation counter this interval."""
+    if delta is not None:
+        return max(delta, 0)
+    # No delta: a first sighting (or tracking began this interval), so its cumulative value is all new.
+    # On the very first update everything is a first sighting of unknown age: take it as the baseline.
+    return cumulative if primed and cumulative is not None else 0
+
+
+class _Aggregator:
+    """Turns snapshots into _State; keeps the running counters between snapshots."""
+
+    def __init__(self, cfg: PrometheusConfig) -> None:
+        self.cfg = cfg
+        self.state: _State | None = None
+        self._primed = False
+        self._alloc_seen = False
+        self._acc: dict[str, tuple[int, int, int, int]] = {}  # kept groups only: bounded by the cap
+        self._other_acc = (0, 0, 0, 0)
+        self._scan_counts = [0] * (len(SCAN_BUCKETS_S) + 1)
+        self._scan_sum = 0.0
+        self._bpf_lost = 0
+        self._bpf_map_full = 0
+        self._scan_errors = 0
+        self._ooms = 0
+        self._db_failing_intervals = 0
+        self._warned_alerts = False
+        self._alert_rules: set[str] = set()
+        self._alert_states: set[str] = set(ALERT_STATES)
+
+    def update(self, snap: Snapshot, daemon: Any) -> None:
+        # group -> [rss, anon, swap, processes, mmap calls, mmap bytes, munmap bytes, brk bytes]
+        rows: dict[str, list[int]] = {}
+        live: list[ProcessSnapshot] = []
+        primed = self._primed
+        for p in snap.processes:
+            g = group_of(p)
+            row = rows.get(g)
+            if row is None:
+                row = rows[g] = [0, 0, 0, 0, 0, 0, 0, 0]
+            if not p.exited:
+                row[0] += (p.rss_kb or 0) * 1024
+                row[1] += (p.anon_kb or 0) * 1024
+                row[2] += (p.swap_kb or 0) * 1024
+                row[3] += 1
+                if p.rss_kb is not None:
+                    live.append(p)
+            if p.mmap_count is not None:
+                self._alloc_seen = True
+                row[4] += _inc(p.d_mmap_count, p.mmap_count, primed)
+                row[5] += _inc(p.d_mmap_bytes, p.mmap_bytes, primed)
+                row[6] += _inc(p.d_munmap_bytes, p.munmap_bytes, primed)
+                row[7] += _inc(p.d_brk_bytes, p.brk_bytes, primed)
+        self._primed = True
+
+        top_k, kept_n = series_budget(self.cfg, self._alloc_seen)
+        # A real group named "other" would collide with the bucket: it is always folded into it.
+        candidates = [g for g in rows if g != OTHER]
+        kept = heapq.nlargest(kept_n, candidates, key=lambda g: (rows[g][0], g))
+        kept_set = set(kept)
+
+        other = [0, 0, 0, 0]
+        other_acc = list(self._other_acc)
+        acc: dict[str, tuple[int, int, int, int]] = {}
+        for g, row in rows.items():
+            if g in kept_set:
+                a = self._acc.get(g, (0, 0, 0, 0))
+                acc[g] = (a[0] + row[4], a[1] + row[5], a[2] + row[6], a[3] + row[7])
+            else:
+                for i in range(4):
+                    other[i] += row[i]
+                    other_acc[i] += row[4 + i]
+        self._acc = acc
+        self._other_acc = (other_acc[0], other_acc[1], other_acc[2], other_acc[3])
+
+        groups = tuple(_GroupRow(g, *rows[g][:4]) for g in kept) + (_GroupRow(OTHER, *other),)
+        alloc = None
+        if self._alloc_seen:
+            alloc = tuple((g, acc[g]) for g in kept) + ((OTHER, self._other_acc),)
+        biggest = heapq.nlargest(top_k, live, key=lambda p: (p.rss_kb or 0, -p.pid))
+        top = tuple(
+            _TopRow(i + 1, p.comm, p.unit or "", (p.rss_kb or 0) * 1024) for i, p in enumerate(biggest)
+        )
+
+        self._observe_health(snap, daemon)
+        self.state = _State(
+            groups=groups,
+            alloc=alloc,
+            top=top,
+            meminfo=snap.meminfo,
+            alerts=self._alerts(daemon),
+            scan_buckets=tuple(self._cumulative_buckets()),
+            scan_sum_s=self._scan_sum,
+            counters=self._counters(daemon),
+            gauges={
+                "memwatchd_bpf_up": 1.0 if snap.bpf.state == "active" else 0.0,
+                "memwatchd_bpf_tracked_processes": float(snap.bpf.tracked),
+                "memwatchd_database_write_failing": 1.0 if getattr(daemon, "write_failing", None) else 0.0,
+                "memwatchd_processes": float(sum(r[3] for r in rows.values())),
+                "memwatchd_groups": float(len(rows)),
+                "memwatchd_last_snapshot_timestamp_seconds": snap.ts,
+            },
+        )
+
+    def _observe_health(self, snap: Snapshot, daemon: Any) -> None:
+        scan_ms = getattr(daemon, "scan_ms", None)
+        if isinstance(scan_ms, int | float):
+            s = scan_ms / 1000.0
+            i = next((i for i, b in enumerate(SCAN_BUCKETS_S) if s <= b), len(SCAN_BUCKETS_S))
+            self._scan_counts[i] += 1
+            self._scan_sum += s
+        # Kernel-side counts are cumulative; a failed poll reports zeros, which must not look like a reset.
+        self._bpf_lost = max(self._bpf_lost, snap.bpf.lost_events)
+        self._bpf_map_full = max(self._bpf_map_full, snap.bpf.map_full)
+        self._scan_errors += snap.scan_errors
+        self._ooms += len(snap.ooms)
+        if getattr(daemon, "write_failing", None):
+            self._db_failing_intervals += 1
+
+    def _cumulative_buckets(self) -> Iterator[int]:
+        total = 0
+        for n in self._scan_counts:
+            total += n
+            yield total
+
+    def _counters(self, daemon: Any) -> dict[str, float]:
+        deliverer = getattr(daemon, "deliverer", None)
+        # Failed store writes when the daemon counts them, else intervals spent with an unwritable database.
+        db_errors = getattr(daemon, "write_errors", None)
+        if not isinstance(db_errors, int):
+            db_errors = self._db_failing_intervals
+        return {
+            "memwatchd_bpf_lost_events_total": float(self._bpf_lost),
+            "memwatchd_bpf_map_full_total": float(self._bpf_map_full),
+            "memwatchd_scan_errors_total": float(self._scan_errors),
+            "memwatchd_oom_kills_total": float(self._ooms),
+            "memwatchd_snapshots_written_total": float(getattr(daemon, "committed", 0) or 0),
+            "memwatchd_snapshots_dropped_total": float(getattr(daemon, "dropped_snapshots", 0) or 0),
+            "memwatchd_database_errors_total": float(db_errors),
+            "memwatchd_notification_failures_total": float(getattr(deliverer, "failures", 0) or 0),
+            "memwatchd_notifications_delivered_total": float(getattr(deliverer, "delivered", 0) or 0),
+        }
+
+    def _alerts(self, daemon: Any) -> tuple[tuple[str, str, int], ...]:
+        engine = getattr(daemon, "alerts", None)
+        # AlertEngine.open_alerts(); open_records() is the name the metrics brief used.
+        open_records = getattr(engine, "open_alerts", None) or getattr(engine, "open_records", None)
+        if not callable(open_records):
+            return ()
+        try:
+            counts = Counter((r.rule, r.state) for r in open_records())
+        except Exception as e:  # metrics must never stop sampling
+            if not self._warned_alerts:
+                log.warning("alert states not exported: %s", e)
+                self._warned_alerts = True
+            return ()
+        # A rule that has alerted shows 0 once its alerts close rather than vanish, so graphs have no gaps.
+        # Bounded: one name per rule ever configured, two states each.
+        self._alert_rules |= {rule for rule, _ in counts}
+        self._alert_states |= {state for _, state in counts}
+        return tuple(
+            (rule, st, counts.get((rule, st), 0))
+            for rule in sorted(self._alert_rules)
+            for st in sorted(self._alert_states)
+        )
+
+
+class _Collector:
+    """prometheus_client collector rendering the latest _State."""
+
+    def __init__(self, agg: _Aggregator) -> None:
+        self.agg = agg
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # names vary with state; nothing to check for clashes in our own registry
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.agg.state
+        if st is None:
+            return
+        for i, (name, doc) in enumerate(GROUP_GAUGES):
+            fam = GaugeMetricFamily(
+                name, doc, labels=["group"], unit="bytes" if name.endswith("_bytes") else ""
+            )
+            for g in st.groups:
+                fam.add_metric([g.group], float((g.rss_bytes, g.anon_bytes, g.swap_bytes, g.processes)[i]))
+            yield fam
+        if st.alloc is not None:
+            for i, (name, doc) in enumerate(ALLOC_COUNTERS):
+                cfam = CounterMetricFamily(
+                    name, doc, labels=["group"], unit="bytes" if "_bytes" in name else ""
+                )
+                for group, values in st.alloc:
+                    cfam.add_metric([group], float(values[i]))
+                yield cfam
+        top = GaugeMetricFamily(
+            "memwatchd_process_rss_bytes",
+            "Resident set size of the K biggest processes; rank 1 is the biggest.",
+            labels=["rank", "comm", "unit"],
+            unit="bytes",
+        )
+        for t in st.top:
+            top.add_metric([str(t.rank), t.comm, t.unit], float(t.rss_bytes))
+        yield top
+        if st.meminfo is not None:
+            m = st.meminfo
+            for name, doc, kb in (
+                ("memwatchd_host_mem_total_bytes", "MemTotal from /proc/meminfo.", m.mem_total_kb),
+                (
+                    "memwatchd_host_mem_available_bytes",
+                    "MemAvailable from /proc/meminfo.",
+                    m.mem_available_kb,
+                ),
+                ("memwatchd_host_swap_total_bytes", "SwapTotal from /proc/meminfo.", m.swap_total_kb),
+                ("memwatchd_host_swap_free_bytes", "SwapFree from /proc/meminfo.", m.swap_free_kb),
+            ):
+                yield GaugeMetricFamily(name, doc, value=float(kb * 1024), unit="bytes")
+        if st.alerts:
+            alerts = GaugeMetricFamily(
+                "memwatchd_alerts", "Open alert episodes per rule and state.", labels=["rule", "state"]
+            )
+            for rule, state, n in st.alerts:
+                alerts.add_metric([rule, state], float(n))
+            yield alerts
+        buckets = [(f"{b:g}", float(n)) for b, n in zip(SCAN_BUCKETS_S, st.scan_buckets, strict=False)]
+        buckets.append(("+Inf", float(st.scan_buckets[-1])))
+        yield HistogramMetricFamily(
+            "memwatchd_scan_duration_seconds",
+            "Time to scan /proc, poll eBPF and merge one snapshot.",
+            buckets=buckets,
+            sum_value=st.scan_sum_s,
+            unit="seconds",
+        )
+        for name, value in st.counters.items():
+            yield CounterMetricFamily(name, _HELP[name], value=value)
+        for name, value in st.gauges.items():
+            yield GaugeMetricFamily(name, _HELP[name], value=value, unit=_unit(name))
+
+
+def _unit(name: str) -> str:
+    return "seconds" if name.endswith("_seconds") else ""
+
+
+_HELP = {
+    "memwatchd_bpf_lost_events_total": "eBPF ring-buffer events lost (reservation failed).",
+    "memwatchd_bpf_map_full_total": "eBPF stats-map updates refused because the map was full.",
+    "memwatchd_scan_errors_total": "Processes that vanished or were unreadable during a /proc scan.",
+    "memwatchd_oom_kills_total": "OOM kills seen through the oom:mark_victim tracepoint.",
+    "memwatchd_snapshots_written_total": "Snapshots committed to the database.",
+    "memwatchd_snapshots_dropped_total": "Snapshots dropped because the database stayed unwritable.",
+    "memwatchd_database_errors_total": "Database write failures.",
+    "memwatchd_notification_failures_total": "Notification deliveries that failed.",
+    "memwatchd_notifications_delivered_total": "Notifications delivered.",
+    "memwatchd_bpf_up": "1 when the eBPF probes are attached, 0 when running on /proc alone.",
+    "memwatchd_bpf_tracked_processes": "Entries in the eBPF per-process stats map.",
+    "memwatchd_database_write_failing": "1 while database writes are failing.",
+    "memwatchd_processes": "Live processes in the latest snapshot.",
+    "memwatchd_groups": "Distinct groups (units or comms) in the latest snapshot, before folding into other.",
+    "memwatchd_last_snapshot_timestamp_seconds": "Wall-clock time of the latest snapshot.",
+}
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stuck scraper must not hold up shutdown
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+        pass  # a scrape every few seconds must not fill the journal
+
+
+class MetricsServer:
+    """/metrics over HTTP from a private CollectorRegistry, served by a daemon thread."""
+
+    def __init__(self, cfg: PrometheusConfig) -> None:
+        self.cfg = cfg
+        self.registry = CollectorRegistry()
+        self._agg = _Aggregator(cfg)
+        self.registry.register(_Collector(self._agg))
+        ProcessCollector(registry=self.registry)  # memwatchd's own process_* (CPU, RSS, open fds)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.address: tuple[str, int] | None = None  # bound (host, port), known after start()
+
+    def start(self) -> None:
+        """Bind cfg.listen and serve in the background; MetricsError when that fails. Empty listen: no-op."""
+        if self._server is not None or not self.cfg.listen:
+            return
+        host, port = parse_listen(self.cfg.listen)
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server_class = _Server6 if family == socket.AF_INET6 else _Server
+            server = make_server(
+                host, port, make_wsgi_app(self.registry), server_class, handler_class=_QuietHandler
+            )
+        except OSError as e:
+            raise MetricsError(f"cannot listen on {self.cfg.listen}: {e.strerror or e}") from None
+        # A short poll interval keeps stop() quick; serve_forever only checks for shutdown between polls.
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="memwatchd-metrics", daemon=True
+        )
+        self._thread.start()
+        self._server = server
+        self.address = (host, server.server_port)
+
+    def update(self, snap: Snapshot, daemon: Any) -> None:
+        """Take in one snapshot: one pass over its processes, no I/O."""
+        self._agg.update(snap, daemon)
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
