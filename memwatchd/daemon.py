@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -61,6 +62,17 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     return fut
 
 
+def _raise_nofile_limit() -> None:
+    """The /proc reader keeps one statm fd per process (a pread is ~5x cheaper than open+read+close)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit (%s); the /proc reader will fall back to paths", e)
+
+
 class Daemon:
     def __init__(self, cfg: Config, db_override: bool = False) -> None:
         self.cfg = cfg
@@ -93,6 +105,7 @@ class Daemon:
         from memwatchd.collectors.procfs import ProcfsCollector
         from memwatchd.store.writer import StoreWriter
 
+        _raise_nofile_limit()
         self.store = await StoreWriter.open(self.cfg.storage.path, self.cfg.storage)
         self.procfs = ProcfsCollector(
             root=self.cfg.procfs.root, smaps=self.cfg.procfs.smaps, full_rescan_s=self.cfg.procfs.full_rescan_s
@@ -347,6 +360,8 @@ class Daemon:
         self.notifier.ready(self.status_line())
 
     async def close(self) -> None:
+        if getattr(self, "procfs", None) is not None:
+            self.procfs.close()
         if self.bpf is not None:
             try:
                 self.bpf.close()

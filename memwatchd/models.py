@@ -29,7 +29,7 @@ class ProcSample:
     state: str
     rss_kb: int
     vm_kb: int
-    hwm_kb: int | None  # VmHWM; None when status was not (re)read this scan
+    hwm_kb: int | None  # VmHWM (last value read; status is re-read when sizes change); None if unknown
     anon_kb: int
     swap_kb: int | None
     unit: str | None  # systemd unit (e.g. "nginx.service") or None
