@@ -17,7 +17,7 @@ from typing import Any
 
 from memwatchd.units import parse_duration, parse_rate, parse_size
 
-DEFAULT_CONFIG_PATH = "/etc/memwatchd.toml"
+DEFAULT_CONFIG_PATH = "/etc/memwatchd/memwatchd.toml"
 
 
 class ConfigError(Exception):
@@ -385,10 +385,18 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def notify_urls(cfg: Config) -> tuple[str, ...]:
     """The default notification URLs: [notify] urls plus those in urls_file (one per line, # comments)."""
     urls = list(cfg.notify.urls)
-    if cfg.notify.urls_file:
+    # the systemd unit passes a credential (LoadCredential=apprise-urls) through MEMWATCHD_URLS_FILE
+    urls_file = cfg.notify.urls_file or os.environ.get("MEMWATCHD_URLS_FILE", "")
+    if urls_file:
         try:
-            text = Path(cfg.notify.urls_file).read_text()
+            text = Path(urls_file).read_text()
         except OSError as e:
-            raise ConfigError(f"{cfg.source}: notify.urls_file: cannot read: {e.strerror}") from None
-        urls += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+            key = "notify.urls_file" if cfg.notify.urls_file else "MEMWATCHD_URLS_FILE"
+            raise ConfigError(f"{cfg.source}: {key}: cannot read {urls_file}: {e.strerror}") from None
+        for ln in text.splitlines():
+            u = ln.strip()
+            if u and not u.startswith("#"):
+                if "://" not in u:
+                    raise ConfigError(f"{cfg.source}: notify.urls_file: not an Apprise URL: {mask_url(u)!r}")
+                urls.append(u)
     return tuple(urls)

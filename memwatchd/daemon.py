@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
-from memwatchd.config import Config, ConfigError, load_config, notify_urls
+from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.logsetup import setup_logging
 from memwatchd.merge import merge
 from memwatchd.models import BpfHealth, BpfPoll, Snapshot
@@ -425,7 +425,7 @@ async def run(cfg: Config, config_path: str, db_override: bool = False) -> int:
 @click.option(
     "--config",
     "config_path",
-    default="/etc/memwatchd.toml",
+    default=DEFAULT_CONFIG_PATH,
     show_default=True,
     metavar="FILE",
     help="TOML configuration file.",

@@ -1,0 +1,127 @@
+"""Logging for the daemon: journald-style lines under systemd, timestamped lines on a terminal.
+
+Under systemd, stderr goes to the journal, which adds its own timestamps and reads the sd-daemon(3) prefix
+"<N>" as the record's priority; so lines there are "<N>logger: message". Elsewhere they carry a local time.
+Either way one event is one line (journald would split a multi-line message into several entries), and
+secrets are masked before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+# sd-daemon(3) / syslog priorities, highest logging level first.
+_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+# scheme://anything-up-to-whitespace-or-quote: every URL in a message, Apprise or not.
+_URL_RE = re.compile(r"""\b([a-zA-Z][a-zA-Z0-9+.-]{1,31})://([^\s'"<>]+)""")
+# A hostname we may show: dotted DNS name, IPv4, [IPv6] or localhost, with an optional :port. Apprise puts
+# tokens where a host would be (tgram://BOTTOKEN/CHAT, discord://ID/TOKEN), and those are no hostnames.
+_HOST_RE = re.compile(
+    r"^(?:localhost|(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z][a-zA-Z0-9-]*[a-zA-Z0-9]"
+    r"|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\])(?::\d{1,5})?$"
+)
+# key=value / key: value for secret-looking keys, also as --key=value and --key value on command lines.
+_SECRET_KEYS = r"(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|credentials?)"
+_KV_RE = re.compile(rf"(?i)(\b[\w.-]*{_SECRET_KEYS}[\w.-]*\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)")
+_OPT_RE = re.compile(rf"(?i)(--?[\w-]*{_SECRET_KEYS}[\w-]*\s+)(?!-)(\S+)")
+_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_MASK = "***"
+
+
+def _mask_url(match: re.Match[str]) -> str:
+    scheme, rest = match.group(1), match.group(2)
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+    tail = rest[len(host) :] if rest.startswith(host) else rest
+    if not _HOST_RE.match(host):
+        return f"{scheme}://{_MASK}"
+    return f"{scheme}://{host}/{_MASK}" if tail.strip("/") or "@" in rest else f"{scheme}://{host}"
+
+
+def syslog_priority(levelno: int) -> int:
+    """The sd-daemon(3) prefix number for a logging level (levels in between round down)."""
+    return next((prio for lvl, prio in _PRIORITY if levelno >= lvl), 7)
+
+
+def mask_secrets(text: str) -> str:
+    """Hide URL credentials, paths and queries (they hold Apprise tokens) and key=value secrets."""
+    text = _URL_RE.sub(_mask_url, text)
+    text = _BEARER_RE.sub(lambda m: f"{m.group(1)} {_MASK}", text)
+    text = _KV_RE.sub(lambda m: m.group(1) + _MASK, text)
+    return _OPT_RE.sub(lambda m: m.group(1) + _MASK, text)
+
+
+def one_line(text: str) -> str:
+    """Newlines shown as a visible marker so one event stays one journal entry."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").replace("\n", " \u23ce ")
+
+
+class SecretFilter(logging.Filter):
+    """Masks secrets in a record's message (arguments merged), for every logger reaching the handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the event
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = mask_secrets(message)
+        record.args = None
+        return True
+
+
+class _Formatter(logging.Formatter):
+    """Masks and flattens the whole formatted line, tracebacks included."""
+
+    def __init__(self, journal: bool) -> None:
+        fmt = "%(name)s: %(message)s" if journal else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+        super().__init__(fmt, datefmt="%Y-%m-%d %H:%M:%S")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = one_line(mask_secrets(super().format(record)))
+        if self.journal:
+            return f"<{syslog_priority(record.levelno)}>{line}"
+        return line
+
+
+def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
+    """True when stderr is connected to journald (systemd.exec(5), $JOURNAL_STREAM).
+
+    JOURNAL_STREAM names the device and inode of the journal stream; it is only trusted when stderr is
+    that very stream (a child with redirected stderr inherits the variable). Without it, INVOCATION_ID
+    (set for every systemd unit) also counts: the output is then collected by systemd, which adds its own
+    timestamps.
+    """
+    env = dict(os.environ) if env is None else env
+    stream = env.get("JOURNAL_STREAM", "")
+    if stream:
+        try:
+            dev, ino = (int(x) for x in stream.split(":", 1))
+            st = os.fstat(sys.stderr.fileno())
+        except (ValueError, OSError, AttributeError):
+            return False
+        return (st.st_dev, st.st_ino) == (dev, ino)
+    return bool(env.get("INVOCATION_ID"))
+
+
+def setup_logging(level: str) -> None:
+    """Configure the root logger; safe to call again (on reload) to change the level."""
+    if level not in _LEVELS:
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(_LEVELS)})")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_memwatchd", False)]:
+        root.removeHandler(old)
+        old.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler._memwatchd = True  # type: ignore[attr-defined]
+    handler.setFormatter(_Formatter(journal=stderr_is_journal()))
+    handler.addFilter(SecretFilter())
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    # Libraries chatty at debug level would drown the daemon's own messages.
+    for name in ("asyncio", "aiosqlite"):
+        logging.getLogger(name).setLevel(max(_LEVELS[level], logging.INFO))
