@@ -8,12 +8,15 @@ Counter semantics (all cumulative since the process was first seen by the probes
   munmap_count/munmap_bytes  successful munmap calls and their lengths
   brk_count                  every brk call (queries included, as strace counts them)
   brk_bytes                  net heap growth from brk return values since the first brk seen (floored at 0)
-mremap and 32-bit compat syscalls are not counted.
+  last_update_ns             CLOCK_MONOTONIC ns, refreshed at creation, on each brk and on every 64th mmap
+                             and munmap (a clock read per call cost ~4 points of the worst-case loop)
+mremap and 32-bit compat syscalls are not counted. Exit codes are reported as 0 (not in the tracepoint).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import importlib.resources
@@ -38,7 +41,9 @@ _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
 _BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
-_GC_GRACE_NS = 5_000_000_000  # an entry updated this recently is never collected (exit may be in flight)
+# An entry updated this recently is never collected: its process may have started after the caller's
+# /proc scan, or its exit event may still be in flight.
+_GC_MIN_IDLE_S = 5.0
 
 # ctypes mirrors of memwatch.h; their sizes are passed to the compiler, which asserts they match.
 _COMM_LEN = 16
@@ -146,10 +151,32 @@ def _tracefs() -> Path | None:
     return None
 
 
+_NEEDED_CAPS = ((39, "CAP_BPF"), (38, "CAP_PERFMON"))
+_CAP_SYS_ADMIN = 21
+
+
+def _effective_caps() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _has_cap(bit: int) -> bool:
+    caps = _effective_caps()
+    # kernels before 5.8 have no CAP_BPF/CAP_PERFMON: CAP_SYS_ADMIN covers both
+    return bool(caps & (1 << bit) or caps & (1 << _CAP_SYS_ADMIN))
+
+
 def _check_environment() -> Path:
     """Reasons that make loading pointless, checked before the (slow) compile."""
-    if os.geteuid() != 0:
-        raise BpfUnavailable("not running as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)")
+    missing = [name for bit, name in _NEEDED_CAPS if not _has_cap(bit)]
+    if missing:
+        raise BpfUnavailable(f"missing capabilities {', '.join(missing)} (run as root or grant them, as the unit does)")
     if platform.machine() not in _ARCHES:
         raise BpfUnavailable(f"unsupported architecture {platform.machine()} (x86_64 and arm64 only)")
     tracefs = _tracefs()
@@ -171,10 +198,8 @@ def _compile_error_summary(stderr_text: str) -> str:
 
 def _malloc_trim() -> None:
     # bcc's LLVM compile leaves ~46 MB of freed heap; give it back to the OS.
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class BpfCollector:
@@ -182,18 +207,21 @@ class BpfCollector:
 
     def __init__(self, bpf: Any, lib: Any) -> None:
         self._bpf = bpf
-        self._stats = bpf["stats"]
+        self._stats = bpf[b"stats"]
         self._reader = _BatchReader(lib, self._stats.map_fd, min(self._stats.max_entries, _BATCH))
-        self._counters = bpf["counters"]
+        self._counters = bpf[b"counters"]
         self._exits: list[ProcessExit] = []
         self._ooms: list[OomKill] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events_fd = bpf["events"].map_fd
-        bpf["events"].open_ring_buffer(self._on_event)
+        self._events_fd = bpf[b"events"].map_fd
+        bpf[b"events"].open_ring_buffer(self._on_event)
 
     @classmethod
-    def load(cls, cfg: BpfConfig) -> BpfCollector:
-        """Compile and attach the probes; BpfUnavailable(reason) when that cannot be done here."""
+    def load(cls, cfg: BpfConfig, *, extra_cflags: tuple[str, ...] = ()) -> BpfCollector:
+        """Compile and attach the probes; BpfUnavailable(reason) when that cannot be done here.
+
+        extra_cflags is for benchmarks (e.g. -DMW_EMPTY_SYS_EXIT to measure the hook's floor).
+        """
         tracefs = _check_environment()
         try:
             import bcc  # noqa: PLC0415 - lazy on purpose: bcc pulls in LLVM (~130 MB)
@@ -218,6 +246,7 @@ class BpfCollector:
             exit_fmt = tracefs / "events/sched/sched_process_exit/format"
             if "group_dead" in exit_fmt.read_text():
                 cflags.append("-DMW_HAVE_GROUP_DEAD")
+            cflags.extend(extra_cflags)
             bpf = _compile(bcc, str(path), cflags)
         try:
             collector = cls(bpf, bcc.lib)
@@ -234,6 +263,11 @@ class BpfCollector:
         self._loop = loop
         loop.add_reader(self._events_fd, self._bpf.ring_buffer_consume)
 
+    @property
+    def pending_events(self) -> int:
+        """Exit and OOM events received and not yet returned by poll()."""
+        return len(self._exits) + len(self._ooms)
+
     def poll(self) -> BpfPoll:
         """Current map contents plus the exit/OOM events received since the previous poll."""
         self._bpf.ring_buffer_consume()
@@ -244,15 +278,16 @@ class BpfCollector:
         health = BpfHealth(state="active", tracked=len(stats), map_full=map_full, lost_events=lost)
         return BpfPoll(stats=stats, exits=exits, ooms=ooms, health=health)
 
-    def gc(self, live_tgids: set[int]) -> int:
-        """Delete entries of processes not in live_tgids and idle for a few seconds; returns how many.
+    def gc(self, live_tgids: set[int], min_idle_s: float = _GC_MIN_IDLE_S) -> int:
+        """Delete entries of processes not in live_tgids and idle for min_idle_s; returns how many.
 
         A safety net only: exits normally remove entries in the kernel. Entries can outlive their process
         when the leader-only exit check is in use, or when an exit event raced with an update.
         """
-        cutoff = time.monotonic_ns() - _GC_GRACE_NS  # same clock as bpf_ktime_get_ns
+        cutoff = time.monotonic_ns() - int(min_idle_s * 1e9)  # same clock as bpf_ktime_get_ns
         stale = [
-            s.tgid for s in self._reader.read().values()
+            s.tgid
+            for s in self._reader.read().values()
             if s.tgid not in live_tgids and s.last_update_ns < cutoff
         ]
         if not stale:
@@ -261,10 +296,8 @@ class BpfCollector:
             self._stats.items_delete_batch((self._stats.Key * len(stale))(*stale))
         except Exception:  # noqa: BLE001 - the batch stops at a key the kernel removed meanwhile
             for tgid in stale:
-                try:
+                with contextlib.suppress(KeyError):
                     del self._stats[self._stats.Key(tgid)]
-                except KeyError:
-                    pass
         return len(stale)
 
     def close(self) -> None:
@@ -327,4 +360,3 @@ def _compile(bcc: Any, path: str, cflags: list[str]) -> Any:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
-
