@@ -415,8 +415,8 @@ async def run(cfg: Config, config_path: str, db_override: bool = False) -> int:
         if d.queue:
             log.warning("%d snapshots could not be written before exit", len(d.queue))
     wd.cancel()
+    await d.close()  # delivers what is queued (bounded), then detaches probes and closes the database
     deliverer.cancel()
-    await d.close()
     log.info("stopped")
     return 0
 

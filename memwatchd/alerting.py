@@ -1,0 +1,482 @@
+"""Pure alert lifecycle: pending -> firing -> resolved, per rule and per process identity.
+
+AlertEngine.observe() takes one merged Snapshot and returns the records to persist and the notifications that
+are due. It reads no clock: windows, `for`, hysteresis and the repeat interval run on snap.mono;
+snap.ts (wall) is only written into records for display, so a wall-clock step changes no decision.
+
+Only firing and resolved records are persisted: a pending condition lives in memory (its window does too),
+so a restart starts pending from scratch, while a firing episode comes back from the store through
+`open_alerts` and
+is neither forgotten nor re-sent (notified_state says what was already delivered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from memwatchd.config import RuleConfig
+from memwatchd.models import AlertRecord, OomKill, ProcessSnapshot, Snapshot
+from memwatchd.rules import (
+    CLEAR_RATE_SHARE,
+    THRESHOLD_CLEAR_SHARE,
+    Fit,
+    Window,
+    alloc_count,
+    allocations_continue,
+    could_grow,
+    fit,
+    forecast_s,
+    growth_cleared,
+    growth_verdict,
+    leak_rate,
+    metric_value,
+    threshold_cleared,
+    threshold_fired,
+    window_ready,
+)
+from memwatchd.units import format_duration, format_rate, format_size
+
+OOM_HISTORY_S = 300.0  # rss history kept per process for OOM messages
+OOM_HISTORY_POINTS = 30  # at 10 s resolution: enough for the message, small for 10,000 processes
+THRESHOLD_TRACK_SHARE = 0.5  # threshold rules keep a window only for processes above half the threshold
+OOM_GRACE_S = 120.0  # history of a vanished process is kept this long: the OOM event may arrive a cycle later
+MAX_GONE = 4096  # cap on vanished histories kept (process churn)
+MAX_CLOSING = 10000  # resolved episodes waiting for their notification to be confirmed
+_ORDER = {None: 0, "pending": 0, "firing": 1, "resolved": 2}
+
+Episode = tuple[str, int, int, float]
+# (pid, start_ticks): a plain tuple hashes in C; ProcKey's generated __hash__ costs ~10x at 10,000
+# processes per cycle
+Key = tuple[int, int]
+
+
+def episode(r: AlertRecord) -> Episode:
+    """What identifies one alert episode: rule, process identity, and when the condition began."""
+    return (r.rule, r.pid, r.start_ticks, r.since)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A notification is due for `record` (state "firing" or "resolved").
+
+    reason: "firing" | "resolved" | "repeat". series: (wall ts, value) points of the window (for OOM: the
+    victim's rss history). The remaining fields are context for the message only.
+    """
+
+    record: AlertRecord
+    reason: str
+    series: tuple[tuple[float, float], ...] = ()
+    at: float = 0.0  # wall time of the observation that made it due
+    rule: RuleConfig | None = None
+    forecast_s: float | None = None  # seconds until host MemAvailable is used up at record.rate
+    mem_available: float | None = None  # bytes, host MemAvailable at `at`
+    detail: str = ""  # fit quality, for the message
+
+
+def _window(rule: RuleConfig) -> Window:
+    return Window(rule.window_s, with_counter=rule.kind == "leak", compact=True)
+
+
+@dataclass(slots=True)
+class _Track:
+    """Mutable state of one rule for one process identity."""
+
+    window: Window
+    comm: str
+    unit: str | None
+    record: AlertRecord | None = None  # the open (firing) episode
+    pending_since: float | None = None  # mono: the fire condition has held since
+    pending_wall: float = 0.0  # wall time the evidence starts (becomes record.since)
+    clear_since: float | None = None  # mono: the clear condition has held since
+    last_emit: float = 0.0  # mono of the last notification made due
+    fit: Fit | None = None
+
+
+@dataclass(slots=True)
+class _Seen:
+    """Short rss history of a process, for OOM messages; kept a little after the process vanishes."""
+
+    window: Window
+    comm: str
+    unit: str | None
+    gone_at: float | None = None
+
+
+@dataclass(slots=True)
+class _Cycle:
+    snap: Snapshot
+    changed: list[AlertRecord] = field(default_factory=list)
+    due: list[Transition] = field(default_factory=list)
+
+
+class AlertEngine:
+    """Evaluates rules per process identity and drives each alert episode's lifecycle."""
+
+    def __init__(
+        self, rules: Sequence[RuleConfig], open_alerts: Sequence[AlertRecord], repeat_interval_s: float
+    ) -> None:
+        self._rules: dict[str, RuleConfig] = {}
+        self._tracks: dict[str, dict[Key, _Track]] = {}
+        self._seen: dict[Key, _Seen] = {}
+        self._closing: dict[Episode, AlertRecord] = {}
+        self._restored: list[AlertRecord] | None = list(open_alerts)
+        self._orphans: list[AlertRecord] = []  # open episodes of rules removed by a reload
+        self.repeat_interval_s = repeat_interval_s
+        self.update_rules(rules)
+
+    # ----- public API -----
+
+    def update_rules(self, rules: Sequence[RuleConfig]) -> None:
+        """Apply a reloaded rule set.
+
+        Unchanged rules keep their windows and alerts; a changed metric or window restarts the rule's windows
+        (alerts stay open); alerts of removed rules resolve at the next observe.
+        """
+        new = {r.name: r for r in rules}
+        for name, old in self._rules.items():
+            r = new.get(name)
+            tracks = self._tracks.get(name, {})
+            if r is None or r.kind != old.kind:
+                self._orphans += [t.record for t in tracks.values() if t.record is not None]
+                self._tracks.pop(name, None)
+            elif (r.metric, r.window_s) != (old.metric, old.window_s):
+                for t in tracks.values():
+                    t.window = _window(r)
+                    t.pending_since = t.clear_since = None
+                    t.fit = None
+        self._rules = new
+        for name in new:
+            self._tracks.setdefault(name, {})
+
+    def observe(self, snap: Snapshot) -> tuple[list[AlertRecord], list[Transition]]:
+        """Evaluate one snapshot: returns (records to persist, notifications due)."""
+        cyc = _Cycle(snap)
+        present = {(p.pid, p.start_ticks): p for p in snap.processes if not p.exited}
+        self._update_seen(snap, present)
+        if self._restored is not None:
+            self._restore(cyc, present)
+        for rec in self._orphans:
+            self._resolve_record(cyc, rec, None, "rule removed from the configuration")
+        self._orphans = []
+        for rule in self._rules.values():
+            if rule.kind == "oom":
+                for oom in snap.ooms:
+                    self._oom(cyc, rule, oom)
+            else:
+                self._evaluate_rule(cyc, rule, present)
+        return cyc.changed, cyc.due
+
+    def mark_notified(self, record: AlertRecord, state: str, at: float) -> AlertRecord:
+        """Record that a notification for `record` in `state` was delivered at wall time `at`.
+
+        Pass record.state. Returns the engine's current version of the episode to persist; a late confirmation
+        of an older state (firing confirmed after the episode resolved) never moves notified_state backwards.
+        """
+        if record.kind == "oom":
+            state = record.state  # fired and resolved at once: one message covers both
+        ep = episode(record)
+        tr = self._tracks.get(record.rule, {}).get((record.pid, record.start_ticks))
+        if tr is not None and tr.record is not None and episode(tr.record) == ep:
+            cur = tr.record
+        else:
+            tr = None
+            cur = self._closing.get(ep, record)
+        if _ORDER.get(cur.notified_state, 0) > _ORDER.get(state, 0):
+            return cur
+        new = replace(cur, notified_state=state, notified_at=at)
+        if tr is not None:
+            tr.record = new
+        elif ep in self._closing:
+            if new.state == "resolved" and state == "resolved":
+                del self._closing[ep]
+            else:
+                self._closing[ep] = new
+        return new
+
+    def open_alerts(self) -> list[AlertRecord]:
+        """Firing episodes currently held (for status output)."""
+        return [t.record for ts in self._tracks.values() for t in ts.values() if t.record is not None]
+
+    # ----- evaluation -----
+
+    def _evaluate_rule(self, cyc: _Cycle, rule: RuleConfig, present: dict[Key, ProcessSnapshot]) -> None:
+        tracks = self._tracks[rule.name]
+        now = cyc.snap.mono
+        seen: set[Key] = set()
+        for key, p in present.items():
+            if not rule.match.matches(p.comm, p.unit):
+                continue
+            value = metric_value(p, rule.metric)
+            tr = tracks.get(key)
+            if tr is None:
+                if value is None or value <= 0:
+                    continue  # kernel threads, no BPF data: nothing to watch yet
+                if rule.kind == "threshold" and value < THRESHOLD_TRACK_SHARE * rule.threshold:
+                    continue  # far below: no state needed
+                tr = tracks[key] = _Track(_window(rule), p.comm, p.unit)
+            elif (
+                rule.kind == "threshold"
+                and value is not None
+                and value < THRESHOLD_TRACK_SHARE * rule.threshold
+                and tr.record is None
+            ):
+                del tracks[key]
+                continue
+            seen.add(key)
+            tr.comm, tr.unit = p.comm, p.unit
+            if value is None:
+                continue  # a source missing for a moment does not end an episode
+            appended = tr.window.add(now, value, alloc_count(p) if rule.kind == "leak" else None)
+            self._step(cyc, rule, tr, key, appended)
+        for key in [k for k in tracks if k not in seen]:
+            tr = tracks.pop(key)
+            if tr.record is not None:
+                why = "process exited" if key not in present else "process no longer matches the rule"
+                self._resolve_record(cyc, tr.record, tr, why)
+
+    def _step(self, cyc: _Cycle, rule: RuleConfig, tr: _Track, key: Key, appended: bool) -> None:
+        w, now = tr.window, cyc.snap.mono
+        value = w.last
+        assert value is not None
+        fire: bool
+        clear: bool | None
+        if rule.kind in ("growth", "leak"):
+            min_rate = rule.min_rate if rule.kind == "growth" else leak_rate(rule.min_rate)
+            ready = window_ready(w)
+            if (
+                tr.record is None
+                and tr.pending_since is None
+                and not (appended and ready and could_grow(w, min_rate))
+            ):
+                # fast path: most processes are not growing; a quiet one is looked at again when its window
+                # gains a point (every window/MAX_POINTS), not at every sample
+                tr.fit = None
+                return
+            f = tr.fit = fit(w.t, w.v) if ready else None
+            fire = (
+                f is not None
+                and growth_verdict(f, min_rate)
+                and (rule.kind == "growth" or allocations_continue(w))
+            )
+            clear = None if f is None else growth_cleared(f, min_rate)
+            clear_hold = max(rule.for_s, rule.window_s / 2)
+            since_wall = cyc.snap.ts - (now - w.t[0])
+        else:  # threshold
+            fire = threshold_fired(value, rule.threshold)
+            clear = threshold_cleared(value, rule.threshold)
+            clear_hold = rule.for_s
+            since_wall = cyc.snap.ts
+        if tr.record is None:
+            if not fire:
+                tr.pending_since = None
+                return
+            if tr.pending_since is None:
+                tr.pending_since, tr.pending_wall = now, since_wall
+            if now - tr.pending_since >= rule.for_s:
+                self._fire(cyc, rule, tr, key)
+            return
+        if clear is True:
+            if tr.clear_since is None:
+                tr.clear_since = now
+            if now - tr.clear_since >= clear_hold:
+                self._resolve_record(cyc, tr.record, tr, self._clear_summary(rule, tr))
+                tr.record = None
+                return
+        elif clear is False:
+            tr.clear_since = None
+        if self.repeat_interval_s > 0 and now - tr.last_emit >= self.repeat_interval_s:
+            rec = tr.record = replace(tr.record, value=value, rate=self._rate(rule, tr))
+            cyc.changed.append(rec)
+            cyc.due.append(self._transition(cyc, rule, tr, rec, "repeat"))
+            tr.last_emit = now
+
+    def _rate(self, rule: RuleConfig, tr: _Track) -> float | None:
+        if tr.fit is None and rule.kind == "threshold" and window_ready(tr.window):
+            tr.fit = fit(tr.window.t, tr.window.v)
+        return tr.fit.slope if tr.fit is not None else None
+
+    def _fire(self, cyc: _Cycle, rule: RuleConfig, tr: _Track, key: Key) -> None:
+        s = cyc.snap
+        value = tr.window.last
+        rate = self._rate(rule, tr)
+        if rule.kind == "threshold":
+            summary = f"{rule.metric} {format_size(value)} ≥ {format_size(rule.threshold)}"
+        else:
+            assert tr.fit is not None and rate is not None
+            summary = (
+                f"{rule.metric} +{format_rate(rate)} over {format_duration(tr.fit.span_s)}"
+                f" ({tr.fit.describe()})"
+            )
+            if rule.kind == "leak":
+                summary += "; allocations continue"
+        rec = AlertRecord(
+            rule=rule.name,
+            kind=rule.kind,
+            pid=key[0],
+            start_ticks=key[1],
+            comm=tr.comm,
+            unit=tr.unit,
+            state="firing",
+            since=tr.pending_wall,
+            fired_at=s.ts,
+            value=value,
+            rate=rate,
+            summary=summary,
+        )
+        tr.record = rec
+        tr.pending_since = tr.clear_since = None
+        tr.last_emit = s.mono
+        cyc.changed.append(rec)
+        cyc.due.append(self._transition(cyc, rule, tr, rec, "firing"))
+
+    def _clear_summary(self, rule: RuleConfig, tr: _Track) -> str:
+        if rule.kind == "threshold":
+            v = tr.window.last
+            return f"{rule.metric} {format_size(v)} < {format_size(THRESHOLD_CLEAR_SHARE * rule.threshold)}"
+        slope = tr.fit.slope if tr.fit is not None else 0.0
+        min_rate = rule.min_rate if rule.kind == "growth" else leak_rate(rule.min_rate)
+        return (
+            f"growth stopped: {rule.metric} {format_rate(slope)}"
+            f" (< {format_rate(CLEAR_RATE_SHARE * min_rate)})"
+        )
+
+    def _resolve_record(self, cyc: _Cycle, rec: AlertRecord, tr: _Track | None, why: str) -> None:
+        s = cyc.snap
+        value = tr.window.last if tr is not None and len(tr.window) else rec.value
+        rate = tr.fit.slope if tr is not None and tr.fit is not None else rec.rate
+        done = replace(rec, state="resolved", resolved_at=s.ts, value=value, rate=rate, summary=why)
+        cyc.changed.append(done)
+        rule = self._rules.get(rec.rule)
+        if tr is not None and rule is not None:
+            cyc.due.append(self._transition(cyc, rule, tr, done, "resolved"))
+        else:
+            cyc.due.append(Transition(done, "resolved", at=s.ts, rule=rule))
+        self._remember_closing(done)
+
+    def _remember_closing(self, rec: AlertRecord) -> None:
+        self._closing[episode(rec)] = rec
+        while len(self._closing) > MAX_CLOSING:
+            del self._closing[next(iter(self._closing))]
+
+    def _transition(
+        self, cyc: _Cycle, rule: RuleConfig, tr: _Track, rec: AlertRecord, reason: str
+    ) -> Transition:
+        s = cyc.snap
+        avail = s.meminfo.mem_available_kb * 1024.0 if s.meminfo is not None else None
+        return Transition(
+            record=rec,
+            reason=reason,
+            series=tr.window.series(s.ts, s.mono),
+            at=s.ts,
+            rule=rule,
+            forecast_s=forecast_s(rec.rate, s.meminfo) if reason != "resolved" else None,
+            mem_available=avail,
+            detail=tr.fit.describe() if tr.fit is not None else "",
+        )
+
+    # ----- restart -----
+
+    def _restore(self, cyc: _Cycle, present: dict[Key, ProcessSnapshot]) -> None:
+        """First snapshot after start: adopt open episodes from the store without re-sending them."""
+        restored, self._restored = self._restored or [], None
+        s = cyc.snap
+        for rec in restored:
+            if rec.state == "resolved":
+                if rec.notified_state != "resolved":
+                    cyc.due.append(Transition(rec, "resolved", at=s.ts, rule=self._rules.get(rec.rule)))
+                    self._remember_closing(rec)
+                continue
+            if rec.state != "firing":
+                continue  # pending is never persisted; tolerate it anyway
+            rule = self._rules.get(rec.rule)
+            if rule is None or rule.kind != rec.kind:
+                self._resolve_record(cyc, rec, None, "rule removed from the configuration")
+                continue
+            key = (rec.pid, rec.start_ticks)
+            tr = _Track(_window(rule), rec.comm, rec.unit, record=rec)
+            # the repeat clock continues from the last delivery; wall time is all the store has
+            last = rec.notified_at or rec.fired_at or rec.since
+            tr.last_emit = s.mono - min(max(s.ts - last, 0.0), self.repeat_interval_s)
+            self._tracks[rule.name][key] = tr
+            if rec.notified_state != "firing" and key in present:
+                tr.last_emit = s.mono
+                cyc.due.append(self._transition(cyc, rule, tr, rec, "firing"))
+
+    # ----- OOM -----
+
+    def _update_seen(self, snap: Snapshot, present: dict[Key, ProcessSnapshot]) -> None:
+        if not any(r.kind == "oom" for r in self._rules.values()):
+            self._seen.clear()
+            return
+        now = snap.mono
+        for key, p in present.items():
+            if not p.rss_kb:
+                continue
+            sn = self._seen.get(key)
+            if sn is None:
+                sn = self._seen[key] = _Seen(
+                    Window(OOM_HISTORY_S, compact=True, max_points=OOM_HISTORY_POINTS), p.comm, p.unit
+                )
+            sn.comm, sn.unit, sn.gone_at = p.comm, p.unit, None
+            sn.window.add(now, p.rss_kb * 1024.0)
+        gone = 0
+        for key in self._seen.keys() - present.keys():
+            sn = self._seen[key]
+            if sn.gone_at is None:
+                sn.gone_at = now
+            if now - sn.gone_at > OOM_GRACE_S:
+                del self._seen[key]
+            else:
+                gone += 1
+        if gone > MAX_GONE:
+            oldest = sorted((sn.gone_at or 0.0, k) for k, sn in self._seen.items() if sn.gone_at is not None)
+            for _, k in oldest[: gone - MAX_GONE]:
+                del self._seen[k]
+
+    def _victim(self, pid: int) -> tuple[Key, _Seen] | None:
+        best: tuple[Key, _Seen] | None = None
+        for key, sn in self._seen.items():
+            if key[0] == pid and (best is None or sn.window.t[-1] > best[1].window.t[-1]):
+                best = (key, sn)
+        return best
+
+    def _oom(self, cyc: _Cycle, rule: RuleConfig, oom: OomKill) -> None:
+        s = cyc.snap
+        found = self._victim(oom.pid)
+        unit = found[1].unit if found else None
+        if not rule.match.matches(oom.comm, unit):
+            return
+        kill_mono = oom.mono_ns / 1e9
+        kill_wall = s.ts - (s.mono - kill_mono) if 0 < s.mono - kill_mono < 86400 else s.ts
+        series: tuple[tuple[float, float], ...] = ()
+        rate = None
+        if found is not None:
+            w = found[1].window
+            series = w.series(s.ts, s.mono)
+            f = fit(w.t, w.v)
+            rate = f.slope if f is not None else None
+        k = 1024
+        rec = AlertRecord(
+            rule=rule.name,
+            kind="oom",
+            pid=oom.pid,
+            start_ticks=found[0][1] if found else 0,
+            comm=oom.comm,
+            unit=unit,
+            state="resolved",  # an OOM kill is over when we hear of it: one message, nothing to clear
+            since=kill_wall,
+            fired_at=s.ts,
+            resolved_at=s.ts,
+            value=float((oom.anon_rss_kb + oom.file_rss_kb + oom.shmem_rss_kb) * k),
+            rate=rate,
+            summary=(
+                f"killed by the OOM killer: anon {format_size(oom.anon_rss_kb * k)},"
+                f" file {format_size(oom.file_rss_kb * k)}, shmem {format_size(oom.shmem_rss_kb * k)},"
+                f" total-vm {format_size(oom.total_vm_kb * k)}, oom_score_adj {oom.oom_score_adj},"
+                f" uid {oom.uid}"
+            ),
+        )
+        cyc.changed.append(rec)
+        avail = s.meminfo.mem_available_kb * 1024.0 if s.meminfo is not None else None
+        cyc.due.append(Transition(rec, "firing", series, at=s.ts, rule=rule, mem_available=avail))

@@ -1,0 +1,71 @@
+"""`memwatchctl notify-test`: send a test message through the configured Apprise URLs.
+
+It uses the daemon's own delivery path (a `python -m memwatchd.deliver` child), so a URL that works here
+works for the daemon. Register with `cli.add_command(notify_test)`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, mask_url, notify_urls
+from memwatchd.notify import send_sync
+
+
+class _ConfigProblem(click.ClickException):
+    exit_code = 2
+
+
+@click.command("notify-test")
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    default=DEFAULT_CONFIG_PATH,
+    show_default=True,
+    envvar="MEMWATCHD_CONFIG",
+    help="Daemon configuration file to read the notification URLs from.",
+)
+@click.option("--url", "urls", multiple=True, help="Send to this Apprise URL instead (repeatable).")
+@click.option(
+    "--rule", "rule_name", default=None, help="Send to the URLs of this rule instead of [notify] urls."
+)
+@click.option(
+    "--timeout", "timeout_s", type=float, default=None, help="Seconds per URL (default: [notify] timeout)."
+)
+def notify_test(
+    config_path: str, urls: tuple[str, ...], rule_name: str | None, timeout_s: float | None
+) -> None:
+    """Send a test message through the configured notification URLs and report each one."""
+    host = os.uname().nodename
+    if not urls:
+        try:
+            cfg = load_config(config_path)
+            urls = notify_urls(cfg)
+        except ConfigError as e:
+            raise _ConfigProblem(str(e)) from None
+        host = cfg.daemon.hostname or host
+        timeout_s = timeout_s if timeout_s is not None else cfg.notify.timeout_s
+        if rule_name is not None:
+            rule = next((r for r in cfg.rules if r.name == rule_name), None)
+            if rule is None:
+                raise click.ClickException(f"no rule named {rule_name!r} in {config_path}")
+            urls = rule.notify if rule.notify is not None else urls
+    if not urls:
+        raise click.ClickException(
+            "no notification URLs configured ([notify] urls, urls_file, or the rule's notify)"
+        )
+    title = f"[memwatchd] test notification from {host}"
+    body = (
+        f"This is a test message from memwatchd on {host}, sent by memwatchctl notify-test at"
+        f" {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.\nAlerts will arrive here."
+    )
+    results = send_sync(title, body, urls, timeout_s or 10.0)
+    for url, (ok, err) in zip(urls, results, strict=True):
+        click.echo(f"ok      {mask_url(url)}" if ok else f"failed  {mask_url(url)}: {err}")
+    failed = sum(1 for ok, _ in results if not ok)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(urls)} notification URL(s) failed")
