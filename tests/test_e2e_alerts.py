@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e_workloads import LEAKER, VICTIM
 from tests.helpers import bpf_possible, start_daemon, stop_daemon, wait_for, write_config
 from tests.receivers import WebhookReceiver
 
@@ -22,40 +22,6 @@ INTERVAL = 0.5
 WINDOW = 10.0
 FOR = 2.0
 SLACK = 6.0  # python start of the delivery helper, scheduling on a loaded test machine
-
-SET_COMM = textwrap.dedent(
-    """
-    import ctypes, sys
-    ctypes.CDLL(None).prctl(15, ctypes.c_char_p(sys.argv[1].encode()), 0, 0, 0)   # PR_SET_NAME
-    """
-)
-
-LEAKER = SET_COMM + textwrap.dedent(
-    """
-    import time
-    keep = []
-    sys.stdin.readline()                          # wait until the test says go
-    print("leaking", flush=True)
-    end = time.monotonic() + float(sys.argv[2])
-    while time.monotonic() < end:                 # 4 MB/s in 0.5 MB steps, every page touched
-        keep.append(b"\\x01" * (512 * 1024))
-        time.sleep(0.125)
-    print("stopped", flush=True)
-    sys.stdin.readline()
-    """
-)
-
-VICTIM = SET_COMM + textwrap.dedent(
-    """
-    import time
-    keep = []
-    sys.stdin.readline()
-    while True:                                   # grow past the cgroup limit: the OOM killer ends it
-        keep.append(b"\\x01" * (2 * 1024 * 1024))
-        time.sleep(0.05)
-    """
-)
-
 
 def titles(hook: WebhookReceiver, word: str) -> list[str]:
     return [b["title"] for b in hook.bodies if word in b["title"]]
