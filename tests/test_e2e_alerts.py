@@ -23,6 +23,7 @@ WINDOW = 10.0
 FOR = 2.0
 SLACK = 6.0  # python start of the delivery helper, scheduling on a loaded test machine
 
+
 def titles(hook: WebhookReceiver, word: str) -> list[str]:
     return [b["title"] for b in hook.bodies if word in b["title"]]
 

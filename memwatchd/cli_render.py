@@ -1,0 +1,139 @@
+"""Human output for memwatchctl: rich tables, local times, human sizes, and a terminal chart."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from memwatchd.units import format_duration, format_size
+
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def console() -> Console:
+    """A console writing to the current stdout; wide when not a terminal so pipes get whole lines."""
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 200)
+    return Console(width=width, markup=False, emoji=False, highlight=False, soft_wrap=False)
+
+
+def clean(s: str | None) -> str:
+    """A process name or unit made safe to print: control characters become '?'."""
+    if s is None:
+        return "-"
+    return "".join(c if c.isprintable() else "?" for c in s)
+
+
+def when(ts: float | None) -> str:
+    """Local date and time of a unix timestamp."""
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def kb(v: float | None) -> str:
+    return "-" if v is None else format_size(v * 1024)
+
+
+def size(v: float | None) -> str:
+    return "-" if v is None else format_size(v)
+
+
+def rate(v: float | None, unit: str = "/s") -> str:
+    if v is None:
+        return "-"
+    return f"{format_size(v)}{unit}"
+
+
+def num(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if abs(v) >= 100 or v == int(v) else f"{v:.2f}"
+
+
+def growth(kb_per_h: float | None) -> str:
+    if kb_per_h is None:
+        return "-"
+    sign = "+" if kb_per_h > 0 else ""
+    return f"{sign}{format_size(kb_per_h * 1024)}/h"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[str] | None = None) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+    for h in headers:
+        t.add_column(
+            h, justify="right" if right and h in right else "left", no_wrap=True, overflow="ellipsis"
+        )
+    for r in rows:
+        t.add_row(*(Text(c) for c in r))
+    return t
+
+
+def top_summary(s: dict[str, Any]) -> str:
+    parts = [
+        when(s["ts"]),
+        f"mem {kb(s['mem_total_kb'])} total, {kb(s['mem_available_kb'])} available",
+        f"swap {kb(s['swap_used_kb'])} used of {kb(s['swap_total_kb'])}",
+        f"{s['processes']} processes",
+        f"alloc {num(s['mmaps_per_s'])} mmaps/s {rate(s['mmap_bytes_per_s'])} mmap"
+        f" {rate(s['brk_bytes_per_s'])} brk",
+    ]
+    return "  ".join(parts)
+
+
+def span(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(seconds)
+
+
+def chart(series: Sequence[tuple[float, float]], width: int, height: int) -> list[str]:
+    """An area chart of (ts, value) points, one column per time slice (last value in it, carried forward)."""
+    if not series:
+        return ["(no data in range)"]
+    t0, t1 = series[0][0], series[-1][0]
+    cols: list[float | None] = [None] * width
+    step = (t1 - t0) / width if t1 > t0 else 1.0
+    for ts, v in series:
+        c = min(width - 1, int((ts - t0) / step)) if t1 > t0 else 0
+        cols[c] = v
+    last = None
+    for i, v in enumerate(cols):
+        if v is None:
+            cols[i] = last
+        last = cols[i]
+    vals = [v for v in cols if v is not None]
+    lo, hi = min(vals), max(vals)
+    if hi == lo:
+        lo = 0.0 if hi > 0 else hi - 1
+    levels = height * 8
+    label_w = 7
+    lines = []
+    heights = [None if v is None else round((v - lo) / (hi - lo) * (levels - 1)) + 1 for v in cols]
+    for row in range(height - 1, -1, -1):
+        base = row * 8
+        chars = []
+        for h in heights:
+            if h is None:
+                chars.append(" ")
+            else:
+                chars.append(_BLOCKS[max(0, min(8, h - base))])
+        if row == height - 1:
+            label = size(hi)
+        elif row == 0:
+            label = size(lo)
+        elif row == height // 2:
+            label = size((hi + lo) / 2)
+        else:
+            label = ""
+        lines.append(f"{label:>{label_w}} ┤{''.join(chars)}")
+    left, right = when(t0), when(t1)
+    pad = max(1, width - len(left) - len(right))
+    lines.append(" " * label_w + " └" + "─" * width)
+    lines.append(" " * (label_w + 2) + left + " " * pad + right)
+    return lines

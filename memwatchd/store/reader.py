@@ -1,0 +1,526 @@
+"""Read-only queries over the store for memwatchctl (plain sqlite3, ``mode=ro``, bound parameters only).
+
+Every public method runs in one read transaction, so a compaction running meanwhile (head rows moving
+into chunks) is never seen half done. Rows come back as plain dicts with the stable field names of the
+interface contract (``ts`` in unix seconds, sizes in KiB, eBPF counters in bytes and calls).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.parse
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from memwatchd.store import codec
+from memwatchd.store.rollup import Buckets, last_of, merge_sorted, rollup
+from memwatchd.store.schema import (
+    BUCKET_MS,
+    RAW_FIELDS,
+    SCHEMA_VERSION,
+    TIER_HOUR,
+    TIER_MINUTE,
+    TIER_NAMES,
+    TIER_RAW,
+)
+
+_RAW_COLS = ", ".join(RAW_FIELDS)
+_METRICS = ("rss", "anon", "swap")
+# Field order of a history row (JSON keys, CSV columns).
+HISTORY_FIELDS = (
+    "ts",
+    "pid",
+    "start_ticks",
+    "start_time",
+    "comm",
+    "unit",
+    "tier",
+    "samples",
+    "rss_kb",
+    "anon_kb",
+    "swap_kb",
+    "vm_kb",
+    "hwm_kb",
+    "pss_kb",
+    "uss_kb",
+    "mmap_count",
+    "mmap_bytes",
+    "munmap_count",
+    "munmap_bytes",
+    "brk_count",
+    "brk_bytes",
+    *(f"{m}_{s}_kb" for m in _METRICS for s in ("min", "max", "avg")),
+)
+AUTO_RAW_MAX_S = 6 * 3600.0
+AUTO_MINUTE_MAX_S = 3 * 86400.0
+
+
+class ReaderError(Exception):
+    """The database cannot be read; str() is a one-line message for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """One process identity as stored."""
+
+    id: int
+    pid: int
+    start_ticks: int
+    comm: str
+    unit: str | None
+    cgroup: str | None
+    start_time: float | None
+    first_snap: int
+    last_snap: int | None
+    first_seen_ms: int
+    last_seen_ms: int | None
+    exit_ms: int | None
+    exit_code: int | None
+
+
+_PROC_COLS = ", ".join(Proc.__slots__)  # type: ignore[attr-defined]
+
+
+def _s(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+class StoreReader:
+    """A read-only view of a memwatchd database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if not os.path.exists(path):
+            raise ReaderError(f"database {path} does not exist (is memwatchd running? see --db and --config)")
+        if os.path.isdir(path):
+            raise ReaderError(f"database {path} is a directory")
+        if not os.access(path, os.R_OK):
+            raise ReaderError(f"cannot read database {path}: permission denied")
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+        try:
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as e:
+            raise ReaderError(f"cannot read database {path}: {e}") from None
+        if version == 0:
+            self.db.close()
+            raise ReaderError(f"{path} is not a memwatchd database")
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise ReaderError(
+                f"{path} has schema version {version}; this memwatchctl knows up to {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[None]:
+        try:
+            self.db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise ReaderError(f"cannot read database {self.path}: {e}") from None
+
+    def _meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _latest(self) -> tuple[int, int] | None:
+        row = self.db.execute("SELECT id, ts_ms FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else None
+
+    def _cutoff(self, tier: int) -> int:
+        return int(self._meta(f"cutoff_{tier}_ms") or 0)
+
+    # ---- processes --------------------------------------------------------------------------------------
+    def find_processes(
+        self,
+        pid: int | None = None,
+        comm: str | None = None,
+        comm_glob: str | None = None,
+        unit: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Proc]:
+        """Process identities matching every given filter and seen in [since, until] (unix seconds)."""
+        with self._read():
+            return self._find(pid, comm, comm_glob, unit, since, until)
+
+    def _find(
+        self,
+        pid: int | None,
+        comm: str | None,
+        comm_glob: str | None,
+        unit: str | None,
+        since: float | None,
+        until: float | None,
+    ) -> list[Proc]:
+        where, params = [], []
+        for cond, value in (
+            ("pid = ?", pid),
+            ("comm = ?", comm),
+            ("comm GLOB ?", comm_glob),
+            ("unit = ?", unit),
+        ):
+            if value is not None:
+                where.append(cond)
+                params.append(value)
+        if until is not None:
+            where.append("first_seen_ms <= ?")
+            params.append(round(until * 1000))
+        if since is not None:
+            where.append("(last_seen_ms IS NULL OR last_seen_ms >= ?)")
+            params.append(round(since * 1000))
+        sql = f"SELECT {_PROC_COLS} FROM processes"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY first_seen_ms, pid, start_ticks"
+        return [Proc(*r) for r in self.db.execute(sql, params)]
+
+    def processes(self, **filters: Any) -> list[dict[str, Any]]:
+        """Processes seen in a range (exited ones included) with first/last seen and exit times."""
+        with self._read():
+            latest = self._latest()
+            out = []
+            for p in self._find(
+                **{k: filters.get(k) for k in ("pid", "comm", "comm_glob", "unit", "since", "until")}
+            ):
+                live = p.last_snap is None
+                last_ms = latest[1] if live and latest else p.last_seen_ms
+                out.append(
+                    {
+                        "pid": p.pid,
+                        "start_ticks": p.start_ticks,
+                        "start_time": p.start_time,
+                        "comm": p.comm,
+                        "unit": p.unit,
+                        "cgroup": p.cgroup,
+                        "first_seen": _s(p.first_seen_ms),
+                        "last_seen": _s(last_ms),
+                        "exit_time": _s(p.exit_ms),
+                        "exit_code": p.exit_code,
+                        "live": live,
+                    }
+                )
+            return out
+
+    # ---- history ----------------------------------------------------------------------------------------
+    def choose_tier(self, since: float, until: float) -> int:
+        """The finest tier that keeps a range readable (a few thousand points) and still covers its start."""
+        with self._read():
+            return self._choose_tier(since, until)
+
+    def _choose_tier(self, since: float, until: float) -> int:
+        span = until - since
+        tier = TIER_RAW if span <= AUTO_RAW_MAX_S else TIER_MINUTE if span <= AUTO_MINUTE_MAX_S else TIER_HOUR
+        while tier < TIER_HOUR and self._cutoff(tier) > since * 1000:
+            tier += 1
+        return tier
+
+    def history(
+        self, procs: Sequence[Proc], since: float, until: float, tier: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Each process's values over [since, until], oldest first.
+
+        Raw tier: a row at each stored change, plus rows at the first and last snapshot of the range in
+        which the process was present (values carried forward). Rollup tiers: one row per bucket (ts =
+        bucket start) with the last values and min/max/avg of rss, anon and swap.
+        """
+        with self._read():
+            if tier is None:
+                tier = self._choose_tier(since, until)
+            since_ms, until_ms = round(since * 1000), round(until * 1000)
+            latest = self._latest()
+            if latest is None:
+                return []
+            rows: list[dict[str, Any]] = []
+            ctx = _Ctx(self, tier, since_ms, until_ms, latest)
+            for p in procs:
+                rows += ctx.raw(p) if tier == TIER_RAW else ctx.rolled(p)
+            rows.sort(key=lambda r: (r["ts"], r["pid"], r["start_ticks"]))
+            return rows
+
+    def _entries(self, tier: int, proc: int, lo_ms: int, hi_ms: int) -> list[tuple[int, codec.Values]]:
+        out: list[tuple[int, codec.Values]] = []
+        dec = codec.decode_raw if tier == TIER_RAW else codec.decode_agg
+        for (data,) in self.db.execute(
+            "SELECT data FROM chunks WHERE tier = ? AND proc = ? AND t0_ms <= ? AND t1_ms >= ?"
+            " ORDER BY t0_ms, id",
+            (tier, proc, hi_ms, lo_ms),
+        ):
+            out += dec(data)
+        return out
+
+    def _head(self, proc: int) -> list[tuple[int, codec.Values]]:
+        return [
+            (r[0], tuple(r[1:]))
+            for r in self.db.execute(
+                f"SELECT snap, {_RAW_COLS} FROM raw_head WHERE proc = ? ORDER BY snap", (proc,)
+            )
+        ]
+
+    # ---- top --------------------------------------------------------------------------------------------
+    def top(self, window_s: float = 600.0) -> dict[str, Any]:
+        """The latest snapshot: a host summary and one row per live process with rates and growth."""
+        with self._read():
+            snap = self.db.execute(
+                "SELECT id, ts_ms, dt_ms, nproc, mem_total_kb, mem_available_kb, swap_total_kb, swap_free_kb"
+                " FROM snapshots ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            if snap is None:
+                return {"summary": None, "processes": []}
+            sid, ts_ms, dt_ms, nproc, mtot, mavail, stot, sfree = snap
+            compacted = int(self._meta("compacted_through") or 0)
+            head = dict(
+                self.db.execute("SELECT id, ts_ms FROM snapshots WHERE id > ?", (compacted,)).fetchall()
+            )
+            w = self.db.execute(
+                "SELECT id FROM snapshots WHERE id > ? AND ts_ms <= ? ORDER BY id DESC LIMIT 1",
+                (compacted, ts_ms - round(window_s * 1000)),
+            ).fetchone()
+            w_snap = w[0] if w else min(head, default=sid)
+            sql = (
+                "SELECT p.pid, p.start_ticks, p.start_time, p.comm, p.unit, c.snap,"
+                f" {', '.join('c.' + f for f in RAW_FIELDS)},"
+                " c.d_mmap_count, c.d_mmap_bytes, c.d_munmap_bytes, c.d_brk_bytes, c.dt_ms,"
+                " (SELECT h.snap FROM raw_head h WHERE h.proc = c.proc AND h.snap <= :w"
+                " ORDER BY h.snap DESC LIMIT 1),"
+                " (SELECT h.rss_kb FROM raw_head h WHERE h.proc = c.proc AND h.snap <= :w"
+                " ORDER BY h.snap DESC LIMIT 1),"
+                " (SELECT h.snap FROM raw_head h WHERE h.proc = c.proc ORDER BY h.snap LIMIT 1),"
+                " (SELECT h.rss_kb FROM raw_head h WHERE h.proc = c.proc ORDER BY h.snap LIMIT 1)"
+                " FROM current c JOIN processes p ON p.id = c.proc"
+            )
+            rows = []
+            nf = len(RAW_FIELDS)
+            for r in self.db.execute(sql, {"w": w_snap}):
+                pid, st, start_time, comm, unit, csnap = r[:6]
+                vals = dict(zip(RAW_FIELDS, r[6 : 6 + nf], strict=True))
+                d_mc, d_mb, d_ub, d_bb, p_dt = r[6 + nf : 11 + nf]
+                ws, wrss, fs, frss = r[11 + nf :]
+                base_snap, base_rss = (ws, wrss) if ws is not None else (fs, frss)
+                growth = None
+                if (
+                    base_snap is not None
+                    and base_snap in head
+                    and vals["rss_kb"] is not None
+                    and base_rss is not None
+                ):
+                    el = (ts_ms - head[base_snap]) / 1000
+                    if el >= 60:
+                        growth = (vals["rss_kb"] - base_rss) * 3600 / el
+                fresh = csnap == sid
+                dt = (p_dt if fresh and p_dt else dt_ms) or 0
+                mmaps_s = mmap_bps = brk_bps = None
+                if vals["mmap_count"] is not None and dt > 0:
+                    mmaps_s = (d_mc or 0) * 1000 / dt if fresh else 0.0
+                    mmap_bps = (d_mb or 0) * 1000 / dt if fresh else 0.0
+                    brk_bps = (d_bb or 0) * 1000 / dt if fresh else 0.0
+                mc, mb = vals["mmap_count"], vals["mmap_bytes"]
+                rows.append(
+                    {
+                        "pid": pid,
+                        "start_ticks": st,
+                        "start_time": start_time,
+                        "comm": comm,
+                        "unit": unit,
+                        **vals,
+                        "growth_kb_per_h": None if growth is None else round(growth, 1),
+                        "mmaps_per_s": None if mmaps_s is None else round(mmaps_s, 2),
+                        "mmap_bytes_per_s": None if mmap_bps is None else round(mmap_bps, 1),
+                        "brk_bytes_per_s": None if brk_bps is None else round(brk_bps, 1),
+                        "mean_mmap_bytes": round(mb / mc) if mc and mb is not None else None,
+                    }
+                )
+            summary = {
+                "ts": ts_ms / 1000,
+                "interval_s": None if dt_ms is None else dt_ms / 1000,
+                "mem_total_kb": mtot,
+                "mem_available_kb": mavail,
+                "swap_used_kb": None if stot is None or sfree is None else stot - sfree,
+                "swap_total_kb": stot,
+                "processes": nproc,
+                "mmaps_per_s": round(sum(r["mmaps_per_s"] or 0 for r in rows), 2),
+                "mmap_bytes_per_s": round(sum(r["mmap_bytes_per_s"] or 0 for r in rows), 1),
+                "brk_bytes_per_s": round(sum(r["brk_bytes_per_s"] or 0 for r in rows), 1),
+            }
+            return {"summary": summary, "processes": rows}
+
+    # ---- status and alerts ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Daemon status key/values plus the database's size, time span and contents."""
+        with self._read():
+            out: dict[str, Any] = dict(
+                self.db.execute("SELECT key, value FROM status ORDER BY key").fetchall()
+            )
+            latest = self._latest()
+            first = self.db.execute("SELECT min(ts_ms) FROM snapshots").fetchone()[0]
+            oldest_chunk = self.db.execute(
+                "SELECT min(t0_ms) FROM chunks WHERE tier = ?", (TIER_HOUR,)
+            ).fetchone()[0]
+            starts = [t for t in (first, oldest_chunk) if t is not None]
+            out["latest_snapshot_ts"] = _s(latest[1]) if latest else None
+            out["span_start_ts"] = _s(min(starts)) if starts else None
+            out["span_end_ts"] = out["latest_snapshot_ts"]
+            out["processes_live"] = self.db.execute("SELECT count(*) FROM current").fetchone()[0]
+            out["processes_known"] = self.db.execute("SELECT count(*) FROM processes").fetchone()[0]
+            out["snapshots_raw"] = self.db.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+            out["ooms"] = self.db.execute("SELECT count(*) FROM ooms").fetchone()[0]
+        out["db_path"] = os.path.abspath(self.path)
+        out["db_bytes"] = _size(self.path)
+        out["wal_bytes"] = _size(self.path + "-wal")
+        return out
+
+    def alerts(self, since: float | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """Alert episodes (newest last), optionally only those still open at or after ``since``."""
+        from memwatchd.store.writer import ALERT_COLS
+
+        where, params = [], []
+        if since is not None:
+            where.append("(resolved_at IS NULL OR resolved_at >= ?)")
+            params.append(since)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        sql = f"SELECT {', '.join(ALERT_COLS)} FROM alerts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY since, rule, pid, start_ticks"
+        with self._read():
+            return [dict(zip(ALERT_COLS, r, strict=True)) for r in self.db.execute(sql, params)]
+
+    def ooms(self, since: float | None = None) -> list[dict[str, Any]]:
+        """OOM kills recorded since ``since`` (unix seconds)."""
+        with self._read():
+            cur = self.db.execute(
+                "SELECT ts_ms, pid, comm, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb, uid,"
+                " oom_score_adj"
+                " FROM ooms WHERE ts_ms >= ? ORDER BY ts_ms, id",
+                (round((since or 0) * 1000),),
+            )
+            cols = ["ts", *(d[0] for d in cur.description[1:])]
+            return [dict(zip(cols, (r[0] / 1000, *r[1:]), strict=True)) for r in cur]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+class _Ctx:
+    """State shared by the per-process parts of one history query."""
+
+    def __init__(
+        self, r: StoreReader, tier: int, since_ms: int, until_ms: int, latest: tuple[int, int]
+    ) -> None:
+        self.r, self.tier, self.since_ms, self.until_ms, self.latest = r, tier, since_ms, until_ms, latest
+        db = r.db
+        self.compacted = int(r._meta("compacted_through") or 0)
+        if tier == TIER_RAW:
+            rng = db.execute(
+                "SELECT id, ts_ms FROM snapshots WHERE ts_ms >= ? AND ts_ms <= ? ORDER BY id",
+                (since_ms, until_ms),
+            ).fetchall()
+            self.ids = [x[0] for x in rng]
+            self.ts = dict(rng)
+        else:
+            self.bucket_ms = BUCKET_MS[tier]
+            self.cutoff = r._cutoff(tier)
+            head = db.execute(
+                "SELECT id, ts_ms FROM snapshots WHERE id > ? ORDER BY id", (self.compacted,)
+            ).fetchall()
+            self.head_buckets = Buckets([x[0] for x in head], [x[1] for x in head], self.bucket_ms)
+
+    def _base(self, p: Proc) -> dict[str, Any]:
+        return {
+            "pid": p.pid,
+            "start_ticks": p.start_ticks,
+            "start_time": p.start_time,
+            "comm": p.comm,
+            "unit": p.unit,
+            "tier": TIER_NAMES[self.tier],
+        }
+
+    def raw(self, p: Proc) -> list[dict[str, Any]]:
+        ids = self.ids
+        end = p.last_snap if p.last_snap is not None else self.latest[0]
+        lo, hi = bisect_left(ids, p.first_snap), bisect_right(ids, end)
+        if lo >= hi:
+            return []
+        first, last = ids[lo], ids[hi - 1]
+        entries = []
+        if first <= self.compacted:
+            entries = self.r._entries(TIER_RAW, p.id, self.ts[first], self.ts[last])
+        if last > self.compacted:
+            entries += self.r._head(p.id)
+        keys = [e[0] for e in entries]
+        emit = {first, last}
+        # keyframe entries repeat the held values: only real changes become rows
+        emit.update(
+            k
+            for i, k in enumerate(keys)
+            if first <= k <= last and k in self.ts and (i == 0 or entries[i][1] != entries[i - 1][1])
+        )
+        base = self._base(p)
+        out = []
+        for s in sorted(emit):
+            i = bisect_right(keys, s) - 1
+            if i < 0:
+                continue
+            vals = dict(zip(RAW_FIELDS, entries[i][1], strict=True))
+            row = {"ts": self.ts[s] / 1000, **base, "samples": 1, **vals}
+            for m in _METRICS:
+                v = vals[f"{m}_kb"]
+                row[f"{m}_min_kb"], row[f"{m}_max_kb"], row[f"{m}_avg_kb"] = (
+                    v,
+                    v,
+                    None if v is None else float(v),
+                )
+            out.append({k: row[k] for k in HISTORY_FIELDS})
+        return out
+
+    def rolled(self, p: Proc) -> list[dict[str, Any]]:
+        bm = self.bucket_ms
+        lo_ms = max(self.since_ms - bm + 1, self.cutoff)
+        parts = [self.r._entries(self.tier, p.id, lo_ms, self.until_ms)]
+        end = p.last_snap if p.last_snap is not None else self.latest[0]
+        if end > self.compacted:
+            head = self.r._head(p.id)
+            if head:
+                parts.append(rollup(head, self.head_buckets, max(head[0][0], p.first_snap), end))
+        base = self._base(p)
+        out = []
+        for b, a in merge_sorted(parts):
+            start = b * bm
+            if start + bm <= self.since_ms or start > self.until_ms or start < self.cutoff:
+                continue
+            row: dict[str, Any] = {"ts": start / 1000, **base, "samples": a[0]}
+            for f in RAW_FIELDS:
+                row[f] = last_of(a, f)
+            for m in _METRICS:
+                o = 1 + 5 * _METRICS.index(m)
+                mn, mx, sm, cnt, _ = a[o : o + 5]
+                row[f"{m}_min_kb"], row[f"{m}_max_kb"] = mn, mx
+                row[f"{m}_avg_kb"] = round(sm / cnt, 3) if cnt else None
+            out.append({k: row[k] for k in HISTORY_FIELDS})
+        return out
+
+
+__all__ = ["HISTORY_FIELDS", "Proc", "ReaderError", "StoreReader"]

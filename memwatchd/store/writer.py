@@ -1,0 +1,679 @@
+"""The store's single writer, owned by the daemon (one aiosqlite connection).
+
+Per snapshot, one ``BEGIN IMMEDIATE`` transaction writes a ``snapshots`` row and, for each process whose
+values changed since its last stored sample, one ``raw_head`` row; unchanged processes cost nothing. Every
+period (an hour of wall time) starts with a keyframe snapshot in which every live process gets a row, so
+each period is self-contained. Once a period is at least ``margin`` old, a separate transaction compacts it
+into per-process blobs for three tiers (every change, per-minute and per-hour rollups; see codec.py and
+rollup.py) and deletes its head rows. prune() applies retention per tier in small batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import operator
+import os
+import sqlite3
+import stat
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+import aiosqlite
+
+from memwatchd.config import StorageConfig
+from memwatchd.models import AlertRecord, ProcessSnapshot, Snapshot
+from memwatchd.store import codec
+from memwatchd.store.rollup import Buckets, coarsen, rollup
+from memwatchd.store.schema import (
+    BUCKET_MS,
+    RAW_FIELDS,
+    SCHEMA_VERSION,
+    TIER_HOUR,
+    TIER_MINUTE,
+    TIER_RAW,
+    pending_migrations,
+)
+
+log = logging.getLogger("memwatchd.store")
+
+FILE_MODE = 0o640
+_RAW_COLS = ", ".join(RAW_FIELDS)
+_RAW_QS = ", ".join("?" * len(RAW_FIELDS))
+ALERT_COLS = (
+    "rule",
+    "pid",
+    "start_ticks",
+    "since",
+    "kind",
+    "comm",
+    "unit",
+    "state",
+    "fired_at",
+    "resolved_at",
+    "notified_state",
+    "notified_at",
+    "value",
+    "rate",
+    "summary",
+)
+_MAX_PARAMS = 900
+
+
+class StoreError(Exception):
+    """The database cannot be opened or written (disk full, unwritable path, corrupt file)."""
+
+
+def describe(e: BaseException) -> str:
+    """One-line description of a database failure."""
+    msg = str(e) or type(e).__name__
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in msg:
+        return f"disk full: {msg}"
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
+_values: Callable[[ProcessSnapshot], tuple[int | None, ...]] = operator.attrgetter(*RAW_FIELDS)
+
+
+@dataclass(slots=True)
+class _Live:
+    proc: int
+    vals: tuple[int | None, ...]
+    comm: str
+    unit: str | None
+    cgroup: str | None
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Everything one snapshot writes, computed before the transaction and applied to memory after it."""
+
+    sid: int
+    ts_ms: int
+    kf: bool
+    period: int
+    rows: list[tuple[int | None, tuple[int | None, ...], ProcessSnapshot]] = field(default_factory=list)
+    new: list[ProcessSnapshot] = field(default_factory=list)
+    meta: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)
+    vanished: list[tuple[tuple[int, int], int]] = field(default_factory=list)
+    exited: list[tuple[int, int]] = field(default_factory=list)
+    state: dict[tuple[int, int], _Live] = field(default_factory=dict)
+    next_proc: int = 0
+
+
+def _prepare_file(path: str) -> None:
+    """Create the folder and an empty 0640 database file; tighten an existing file that is world-readable.
+
+    SQLite gives -wal and -shm the mode of the database file, so they are not world-readable either.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o750, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o027:
+            os.fchmod(fd, mode & ~0o027)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(path + suffix).st_mode)
+            if mode & 0o027:
+                os.chmod(path + suffix, mode & ~0o027)
+        except FileNotFoundError:
+            pass
+
+
+class StoreWriter:
+    """Writes snapshots, alerts and status; compacts and prunes. Not safe to share across event loops."""
+
+    period_ms = 3_600_000  # compaction period (a keyframe starts each one)
+    margin_ms = 900_000  # the head keeps at least this much uncompacted, so `top` reads it alone
+    margin_snaps = 2_000  # ... or this many snapshots, whichever comes first (wall-clock steps)
+    vacuum_reserve_pages = 2_048  # free pages kept for the head's churn instead of being vacuumed
+
+    def __init__(self, db: aiosqlite.Connection, cfg: StorageConfig, path: str) -> None:
+        self._db = db
+        self.cfg = cfg
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._state: dict[tuple[int, int], _Live] = {}
+        self._next_snap = 1
+        self._next_proc = 1
+        self._compacted = 0
+        self._keyframes: list[tuple[int, int]] = []  # (snap id, ts_ms) of keyframes not yet compacted
+        self._force_kf = True
+        self._period: int | None = None
+        self._last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
+        self._last_mono: float | None = None
+        self._compact_failing = False
+        self._closed = False
+
+    # ---- open / close ---------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, path: str, cfg: StorageConfig) -> StoreWriter:
+        """Open (creating if needed) the database at ``path``: WAL, busy timeout, migrations."""
+        old_umask = os.umask(0o027)
+        try:
+            _prepare_file(path)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(
+                f"cannot open database {path}: {getattr(e, 'strerror', None) or describe(e)}"
+            ) from None
+        finally:
+            os.umask(old_umask)
+        self = cls(db, cfg, path)
+        try:
+            await self._setup()
+        except (sqlite3.Error, ValueError) as e:
+            await db.close()
+            raise StoreError(f"cannot open database {path}: {describe(e)}") from None
+        return self
+
+    async def _setup(self) -> None:
+        db = self._db
+        await db.execute("PRAGMA busy_timeout = 10000")
+        version = await self._scalar("PRAGMA user_version")
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"schema version {version} is newer than this memwatchd ({SCHEMA_VERSION})")
+        if version == 0 and not await self._scalar("SELECT count(*) FROM sqlite_master"):
+            await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only possible before the first table
+        old_umask = os.umask(0o027)
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+        finally:
+            os.umask(old_umask)
+        await db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against process kills, fast commits
+        await db.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back after a long reader
+        await db.execute(
+            "PRAGMA wal_autocheckpoint = 4000"
+        )  # fewer, larger checkpoints (pages rewritten often)
+        for target, script in pending_migrations(version):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _statements(script):
+                    await db.execute(stmt)
+                await db.execute(f"PRAGMA user_version = {target}")
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            # processes live when the previous writer stopped were last seen at its last snapshot
+            await db.execute(
+                "UPDATE processes SET last_snap = (SELECT max(id) FROM snapshots),"
+                " last_seen_ms = (SELECT ts_ms FROM snapshots ORDER BY id DESC LIMIT 1)"
+                " WHERE last_snap IS NULL"
+            )
+            await db.execute("DELETE FROM current")
+            await db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        self._compacted = int(
+            await self._scalar("SELECT value FROM meta WHERE key = 'compacted_through'") or 0
+        )
+        self._next_snap = 1 + max(
+            int(await self._scalar("SELECT max(id) FROM snapshots") or 0),
+            int(await self._scalar("SELECT max(snap) FROM raw_head") or 0),
+            self._compacted,
+            int(await self._scalar("SELECT value FROM meta WHERE key = 'last_snap'") or 0),
+        )
+        self._next_proc = 1 + int(await self._scalar("SELECT max(id) FROM processes") or 0)
+        async with db.execute(
+            "SELECT id, ts_ms FROM snapshots WHERE kf = 1 AND id > ? ORDER BY id", (self._compacted,)
+        ) as cur:
+            self._keyframes = [(r[0], r[1]) async for r in cur]
+
+    async def close(self) -> None:
+        """Close the connection (the last snapshot is already committed)."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            with contextlib.suppress(sqlite3.Error):  # only statistics; closing matters more
+                await self._db.execute("PRAGMA optimize")
+            await self._db.close()
+
+    # ---- helpers --------------------------------------------------------------------------------------
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._db.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
+            await self._db.execute("ROLLBACK")
+
+    async def _tx(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` inside one BEGIN IMMEDIATE transaction; StoreError on any database failure."""
+        if self._closed:
+            raise StoreError("database is closed")
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await fn(*args)
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(describe(e)) from None
+        return result
+
+    # ---- snapshots ------------------------------------------------------------------------------------
+    async def write(self, snap: Snapshot) -> None:
+        """Store one snapshot in one transaction; StoreError leaves the database and this writer unchanged."""
+        async with self._lock:
+            plan = self._plan(snap)
+            await self._tx(self._apply, snap, plan)
+            self._commit(snap, plan)
+        await self._maybe_compact(plan.ts_ms, plan.sid)
+
+    def _plan(self, snap: Snapshot) -> _Plan:
+        ts_ms = round(snap.ts * 1000)
+        period = ts_ms // self.period_ms
+        kf = self._force_kf or period != self._period
+        plan = _Plan(sid=self._next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=self._next_proc)
+        state = plan.state
+        for p in snap.processes:
+            key = (p.pid, p.start_ticks)
+            if key in state:  # a duplicate identity in one snapshot: keep the first
+                continue
+            vals = _values(p)
+            old = self._state.get(key)
+            if old is None:
+                plan.new.append(p)
+                state[key] = _Live(0, vals, p.comm, p.unit, p.cgroup)
+                continue
+            same_meta = p.comm == old.comm and p.unit == old.unit and p.cgroup == old.cgroup
+            if vals == old.vals and same_meta:
+                state[key] = old  # the common case: nothing to write, nothing to allocate
+                if kf:
+                    plan.rows.append((old.proc, vals, p))
+            else:
+                if not same_meta:
+                    plan.meta.append((p.comm, p.unit, p.cgroup, old.proc))
+                if kf or vals != old.vals:
+                    plan.rows.append((old.proc, vals, p))
+                state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup)
+            if p.exited:
+                plan.exited.append(key)
+        plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
+        return plan
+
+    async def _apply(self, snap: Snapshot, plan: _Plan) -> None:
+        db = self._db
+        if plan.new:
+            await self._resolve_new(plan)
+        mi = snap.meminfo
+        dt_ms = None
+        if self._last_mono is not None and snap.mono >= self._last_mono:
+            dt_ms = round((snap.mono - self._last_mono) * 1000)
+        await db.execute(
+            "INSERT INTO snapshots (id, ts_ms, dt_ms, kf, nproc, mem_total_kb, mem_available_kb,"
+            " swap_total_kb,"
+            " swap_free_kb, scan_errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                plan.sid,
+                plan.ts_ms,
+                dt_ms,
+                int(plan.kf),
+                len(plan.state),
+                mi.mem_total_kb if mi else None,
+                mi.mem_available_kb if mi else None,
+                mi.swap_total_kb if mi else None,
+                mi.swap_free_kb if mi else None,
+                snap.scan_errors,
+            ),
+        )
+        if plan.rows:
+            await db.executemany(
+                f"INSERT INTO raw_head (proc, snap, {_RAW_COLS}) VALUES (?, ?, {_RAW_QS})",
+                [(proc, plan.sid, *vals) for proc, vals, _ in plan.rows],
+            )
+            await db.executemany(
+                f"INSERT OR REPLACE INTO current (proc, snap, {_RAW_COLS}, d_mmap_count, d_mmap_bytes,"
+                f" d_munmap_bytes, d_brk_bytes, dt_ms) VALUES (?, ?, {_RAW_QS}, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        proc,
+                        plan.sid,
+                        *vals,
+                        p.d_mmap_count,
+                        p.d_mmap_bytes,
+                        p.d_munmap_bytes,
+                        p.d_brk_bytes,
+                        None if p.dt_s is None else round(p.dt_s * 1000),
+                    )
+                    for proc, vals, p in plan.rows
+                ],
+            )
+        if plan.meta:
+            await db.executemany(
+                "UPDATE processes SET comm = ?, unit = ?, cgroup = ? WHERE id = ?", plan.meta
+            )
+        ended: list[tuple[int, int, int]] = []
+        if plan.vanished and self._last is not None:
+            ended += [(self._last[0], self._last[1], proc) for _, proc in plan.vanished]
+        ended += [(plan.sid, plan.ts_ms, plan.state[k].proc) for k in plan.exited]
+        if ended:
+            await db.executemany("UPDATE processes SET last_snap = ?, last_seen_ms = ? WHERE id = ?", ended)
+            await db.executemany("DELETE FROM current WHERE proc = ?", [(e[2],) for e in ended])
+        for e in snap.exits:
+            exit_ms = plan.ts_ms
+            age = snap.mono - e.mono_ns / 1e9
+            if 0 <= age < 3600:
+                exit_ms = round((snap.ts - age) * 1000)
+            proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+            if proc is None:
+                proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
+            if proc is not None:
+                await db.execute(
+                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = ?",
+                    (exit_ms, e.exit_code, proc),
+                )
+            else:
+                await db.execute(
+                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = (SELECT id FROM processes"
+                    " WHERE pid = ? AND exit_ms IS NULL ORDER BY first_snap DESC LIMIT 1)",
+                    (exit_ms, e.exit_code, e.pid),
+                )
+        if snap.ooms:
+            await db.executemany(
+                "INSERT INTO ooms (ts_ms, pid, comm, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb,"
+                " uid,"
+                " oom_score_adj) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        plan.ts_ms,
+                        o.pid,
+                        o.comm,
+                        o.total_vm_kb,
+                        o.anon_rss_kb,
+                        o.file_rss_kb,
+                        o.shmem_rss_kb,
+                        o.uid,
+                        o.oom_score_adj,
+                    )
+                    for o in snap.ooms
+                ],
+            )
+        await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snap', ?)", (plan.sid,))
+
+    async def _resolve_new(self, plan: _Plan) -> None:
+        """Give processes first seen by this writer an id: the existing row of that identity, or a new one."""
+        db = self._db
+        known: dict[tuple[int, int], int] = {}
+        pids = sorted({p.pid for p in plan.new})
+        for i in range(0, len(pids), _MAX_PARAMS):
+            part = pids[i : i + _MAX_PARAMS]
+            sql = f"SELECT id, pid, start_ticks FROM processes WHERE pid IN ({', '.join('?' * len(part))})"
+            async with db.execute(sql, part) as cur:
+                async for pid_id, pid, st in cur:
+                    known[(pid, st)] = pid_id
+        inserts, reopen = [], []
+        for p in plan.new:
+            key = (p.pid, p.start_ticks)
+            proc = known.get(key)
+            if proc is None:
+                proc = plan.next_proc
+                plan.next_proc += 1
+                inserts.append(
+                    (proc, p.pid, p.start_ticks, p.comm, p.unit, p.cgroup, p.start_time, plan.sid, plan.ts_ms)
+                )
+            else:
+                reopen.append((p.comm, p.unit, p.cgroup, proc))
+            live = plan.state[key]
+            live.proc = proc
+            plan.rows.append((proc, live.vals, p))
+            if p.exited:
+                plan.exited.append(key)
+        if inserts:
+            await db.executemany(
+                "INSERT INTO processes (id, pid, start_ticks, comm, unit, cgroup, start_time, first_snap,"
+                " first_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
+        if reopen:
+            await db.executemany(
+                "UPDATE processes SET comm = ?, unit = ?, cgroup = ?, last_snap = NULL, last_seen_ms = NULL"
+                " WHERE id = ?",
+                reopen,
+            )
+
+    def _commit(self, snap: Snapshot, plan: _Plan) -> None:
+        for key in plan.exited:
+            plan.state.pop(key, None)
+        self._state = plan.state
+        self._next_proc = plan.next_proc
+        self._next_snap = plan.sid + 1
+        if plan.kf:
+            self._keyframes.append((plan.sid, plan.ts_ms))
+        self._force_kf = False
+        self._period = plan.period
+        self._last = (plan.sid, plan.ts_ms)
+        self._last_mono = snap.mono
+
+    # ---- compaction -----------------------------------------------------------------------------------
+    async def _maybe_compact(self, now_ms: int, sid: int) -> None:
+        due = [
+            k
+            for k in self._keyframes
+            if k[0] > self._compacted + 1
+            and (now_ms - k[1] >= self.margin_ms or sid - k[0] >= self.margin_snaps)
+        ]
+        if not due:
+            return
+        try:
+            await self.compact(due[-1][0] - 1)
+        except StoreError as e:  # the snapshot is committed; compaction is retried after the next one
+            if not self._compact_failing:
+                log.warning("compaction failed (will retry): %s", e)
+            self._compact_failing = True
+        else:
+            self._compact_failing = False
+
+    async def compact(self, through: int) -> int:
+        """Move the head's rows of snapshots up to ``through`` into chunks; returns the processes compacted.
+
+        ``through`` + 1 must be a keyframe snapshot (or the next one to be written).
+        """
+        async with self._lock:
+            if through <= self._compacted:
+                return 0
+            n = await self._tx(self._compact, self._compacted, through)
+            self._compacted = through
+            self._keyframes = [k for k in self._keyframes if k[0] > through]
+            return int(n)
+
+    async def _compact(self, after: int, through: int) -> int:
+        db = self._db
+        async with db.execute(
+            "SELECT id, ts_ms FROM snapshots WHERE id > ? AND id <= ? ORDER BY id", (after, through)
+        ) as cur:
+            snaps = [(r[0], r[1]) async for r in cur]
+        async with db.execute(
+            f"SELECT proc, snap, {_RAW_COLS} FROM raw_head WHERE snap <= ? ORDER BY proc, snap", (through,)
+        ) as cur:
+            rows = await cur.fetchall()
+        async with db.execute(
+            "SELECT id, last_snap FROM processes WHERE last_snap IS NULL OR last_snap > ?", (after,)
+        ) as cur:
+            ends = {r[0]: r[1] async for r in cur}
+        chunks = await asyncio.to_thread(_build_chunks, snaps, rows, ends, through)
+        if chunks:
+            await db.executemany(
+                "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
+            )
+        await db.execute("DELETE FROM raw_head WHERE snap <= ?", (through,))
+        await db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted_through', ?)", (through,)
+        )
+        return len({c[1] for c in chunks})
+
+    # ---- retention ------------------------------------------------------------------------------------
+    async def prune(self, now: float, batch: int = 5000) -> int:
+        """Delete what is older than each tier's retention, ``batch`` rows per transaction.
+
+        Returns the number of rows deleted.
+        """
+        now_ms = round(now * 1000)
+        cut = {
+            TIER_RAW: now_ms - round(self.cfg.raw_retention_s * 1000),
+            TIER_MINUTE: now_ms - round(self.cfg.minute_retention_s * 1000),
+            TIER_HOUR: now_ms - round(self.cfg.retention_s * 1000),
+        }
+        oldest = cut[TIER_HOUR]
+        steps = [
+            *(
+                (
+                    f"SELECT id FROM chunks WHERE tier = {t} AND t1_ms < ? LIMIT ?",
+                    "DELETE FROM chunks WHERE id IN",
+                    c,
+                )
+                for t, c in cut.items()
+            ),
+            (
+                "SELECT id FROM snapshots WHERE ts_ms < ? LIMIT ?",
+                "DELETE FROM snapshots WHERE id IN",
+                cut[TIER_RAW],
+            ),
+            ("SELECT id FROM ooms WHERE ts_ms < ? LIMIT ?", "DELETE FROM ooms WHERE id IN", oldest),
+            (
+                "SELECT id FROM processes WHERE last_seen_ms < ? AND last_snap IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM raw_head WHERE raw_head.proc = processes.id) LIMIT ?",
+                "DELETE FROM processes WHERE id IN",
+                oldest,
+            ),
+        ]
+        total = 0
+        for select, delete, cutoff in steps:
+            while True:
+                async with self._lock:
+                    n = await self._tx(self._delete_batch, select, delete, cutoff, batch)
+                total += n
+                if n < batch:
+                    break
+                await asyncio.sleep(0)  # let a snapshot write in between batches
+        async with self._lock:
+            total += await self._tx(self._prune_small, cut, oldest / 1000)
+        await self._vacuum()
+        return total
+
+    async def _delete_batch(self, select: str, delete: str, cutoff: int, batch: int) -> int:
+        cur = await self._db.execute(f"{delete} ({select})", (cutoff, batch))
+        return max(cur.rowcount, 0)
+
+    async def _prune_small(self, cut: dict[int, int], oldest_s: float) -> int:
+        cur = await self._db.execute(
+            "DELETE FROM alerts WHERE state = 'resolved' AND notified_state IS 'resolved'"
+            " AND resolved_at < ?",
+            (oldest_s,),
+        )
+        await self._db.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [(f"cutoff_{t}_ms", c) for t, c in cut.items()],
+        )
+        return max(cur.rowcount, 0)
+
+    async def _vacuum(self) -> None:
+        """Give free pages beyond a reserve back to the file system, a bounded number per transaction."""
+        for _ in range(64):
+            async with self._lock:
+                free = int(await self._scalar("PRAGMA freelist_count") or 0)
+                excess = free - self.vacuum_reserve_pages
+                if excess <= 0:
+                    return
+                try:
+                    await self._db.execute(f"PRAGMA incremental_vacuum({min(excess, 1024)})")
+                except sqlite3.Error as e:
+                    raise StoreError(describe(e)) from None
+            await asyncio.sleep(0)
+
+    # ---- alerts and status ----------------------------------------------------------------------------
+    async def save_alerts(self, alerts: Sequence[AlertRecord]) -> None:
+        """Insert or update alert episodes, keyed by (rule, pid, start_ticks, since)."""
+        if not alerts:
+            return
+        cols = ", ".join(ALERT_COLS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ALERT_COLS[4:])
+        sql = (
+            f"INSERT INTO alerts ({cols}) VALUES ({', '.join('?' * len(ALERT_COLS))})"
+            f" ON CONFLICT (rule, pid, start_ticks, since) DO UPDATE SET {updates}"
+        )
+        params = [tuple(getattr(a, c) for c in ALERT_COLS) for a in alerts]
+
+        async def run() -> None:
+            await self._db.executemany(sql, params)
+
+        async with self._lock:
+            await self._tx(run)
+
+    async def load_open_alerts(self) -> list[AlertRecord]:
+        """Pending and firing episodes, and resolved ones whose resolution was not yet notified."""
+        sql = (
+            f"SELECT {', '.join(ALERT_COLS)} FROM alerts WHERE state IN ('pending', 'firing')"
+            " OR (state = 'resolved' AND notified_state != 'resolved') ORDER BY since, rule, pid"
+        )
+        try:
+            async with self._lock, self._db.execute(sql) as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(describe(e)) from None
+        return [AlertRecord(**dict(zip(ALERT_COLS, r, strict=True))) for r in rows]
+
+    async def set_status(self, **fields: str | int | float | None) -> None:
+        """Record daemon status key/values (shown by ``memwatchctl status``)."""
+        if not fields:
+            return
+        params = list(fields.items())
+
+        async def run() -> None:
+            await self._db.executemany("INSERT OR REPLACE INTO status (key, value) VALUES (?, ?)", params)
+
+        async with self._lock:
+            await self._tx(run)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (the scripts hold no semicolons inside literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _build_chunks(
+    snaps: list[tuple[int, int]],
+    rows: Sequence[Sequence[Any]],
+    ends: dict[int, int | None],
+    through: int,
+) -> list[tuple[int, int, int, int, bytes]]:
+    """Encode the head rows of one compaction range into (tier, proc, t0_ms, t1_ms, blob) chunks."""
+    ids = [s[0] for s in snaps]
+    ts = [s[1] for s in snaps]
+    minutes = Buckets(ids, ts, BUCKET_MS[TIER_MINUTE])
+    out: list[tuple[int, int, int, int, bytes]] = []
+    for proc, group in groupby(rows, key=lambda r: r[0]):
+        entries = [(r[1], tuple(r[2:])) for r in group]
+        start = entries[0][0]
+        last = ends.get(proc)
+        end = through if last is None else min(max(last, entries[-1][0]), through)
+        lo, hi = bisect_left(ids, start), bisect_right(ids, end)
+        if hi <= lo:
+            continue  # every snapshot of its presence is past retention
+        span = ts[lo:hi]
+        out.append((TIER_RAW, proc, min(span), max(span), codec.encode_raw(entries)))
+        mins = rollup(entries, minutes, start, end)
+        if mins:
+            mm = BUCKET_MS[TIER_MINUTE]
+            out.append((TIER_MINUTE, proc, mins[0][0] * mm, mins[-1][0] * mm, codec.encode_agg(mins)))
+            hours = coarsen(mins, BUCKET_MS[TIER_HOUR] // mm)
+            hm = BUCKET_MS[TIER_HOUR]
+            out.append((TIER_HOUR, proc, hours[0][0] * hm, hours[-1][0] * hm, codec.encode_agg(hours)))
+    return out
