@@ -305,7 +305,7 @@ class Daemon:
         try:
             await self.store.set_status(
                 last_snapshot_ts=snap.ts,
-                processes=len(snap.processes),
+                snapshot_processes=len(snap.processes),
                 bpf_state=snap.bpf.state if self.bpf else self.bpf_state,
                 bpf_tracked=snap.bpf.tracked,
                 map_full=snap.bpf.map_full,
