@@ -55,13 +55,13 @@ def run(quick: bool) -> list[dict]:
 def _measure(soak: float, warm: float, rows: list[dict]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "m.toml"
-        cfg.write_text(
-            f'[daemon]\ninterval = 3\n[bpf]\nenabled = {"true" if os.geteuid() == 0 else "false"}\n'
-            f'[storage]\npath = "{tmp}/m.db"\n'
-            '[notify]\nurls = ["json://127.0.0.1:9/"]\n'
-            '[[rules]]\nname = "g"\nkind = "growth"\nmin_rate = "10MB/h"\nwindow = "10m"\n'
-            '[[rules]]\nname = "o"\nkind = "oom"\n'
-        )
+        # the shipped configuration (its four default rules), with a throwaway database and one webhook URL
+        shipped = (REPO / "etc" / "memwatchd.toml").read_text()
+        text = shipped.replace('path = "/var/lib/memwatchd/memwatchd.db"', f'path = "{tmp}/m.db"')
+        text = text.replace("urls = []", 'urls = ["json://127.0.0.1:9/"]')
+        if os.geteuid() != 0:
+            text = text.replace("enabled = true", "enabled = false")
+        cfg.write_text(text)
         p = subprocess.Popen([str(BIN / "memwatchd"), "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(warm)
