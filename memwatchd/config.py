@@ -121,7 +121,11 @@ class _Section:
         self.seen: set[str] = set()
 
     def err(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {self.prefix}.{key}: {problem}" if self.prefix else f"{self.file}: {key}: {problem}")
+        return ConfigError(
+            f"{self.file}: {self.prefix}.{key}: {problem}"
+            if self.prefix
+            else f"{self.file}: {key}: {problem}"
+        )
 
     def get(self, key: str, default: Any, conv: Any) -> Any:
         self.seen.add(key)
@@ -229,7 +233,9 @@ def mask_url(url: str) -> str:
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     hostpart = authority.rsplit("@", 1)[-1]
     # many services put tokens where the host goes (tgram://TOKEN/chat, slack://A/B/C): show only real hosts
-    if not re.fullmatch(r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(:\d{1,5})?", hostpart):
+    if not re.fullmatch(
+        r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(:\d{1,5})?", hostpart
+    ):
         hostpart = "***"
     masked_path = "/***" if "/" in rest or "@" in rest or "?" in rest else ""
     return f"{scheme}://{hostpart}{masked_path}"
@@ -282,7 +288,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         s = _str(v)
         if not s:
             raise ValueError("empty path")
-        return str((base / s)) if not os.path.isabs(s) else s
+        return str(base / s) if not os.path.isabs(s) else s
 
     d = _Section(file, "daemon", top.get("daemon", {}, lambda v: v))
     daemon = DaemonConfig(

@@ -37,7 +37,9 @@ def _counter_delta(cur: int | None, old: int | None) -> int | None:
     return d if d >= 0 else cur
 
 
-def _with_deltas(p: ProcessSnapshot, prev: ProcessSnapshot | None, mono: float, prev_mono: float | None) -> ProcessSnapshot:
+def _with_deltas(
+    p: ProcessSnapshot, prev: ProcessSnapshot | None, mono: float, prev_mono: float | None
+) -> ProcessSnapshot:
     if prev is None or prev_mono is None:
         return p
     return replace(
@@ -51,7 +53,9 @@ def _with_deltas(p: ProcessSnapshot, prev: ProcessSnapshot | None, mono: float, 
     )
 
 
-def _from_proc(s: ProcSample, bpf: BpfStats | None, start_time: float, prev: ProcessSnapshot | None) -> ProcessSnapshot:
+def _from_proc(
+    s: ProcSample, bpf: BpfStats | None, start_time: float, prev: ProcessSnapshot | None
+) -> ProcessSnapshot:
     # Fields the incremental /proc reader did not re-read this time carry forward from the same identity.
     hwm = s.hwm_kb if s.hwm_kb is not None else (prev.hwm_kb if prev else None)
     swap = s.swap_kb if s.swap_kb is not None else (prev.swap_kb if prev else None)
@@ -122,11 +126,12 @@ def merge(
     - deltas (d_*) and dt_s are against the previous snapshot of the same identity.
     """
     prev_by_key: Mapping[ProcKey, ProcessSnapshot] = {p.key: p for p in prev.processes} if prev else {}
-    prev_by_pid: Mapping[int, ProcessSnapshot] = {p.pid: p for p in prev.processes if not p.exited} if prev else {}
+    prev_by_pid: Mapping[int, ProcessSnapshot] = (
+        {p.pid: p for p in prev.processes if not p.exited} if prev else {}
+    )
     prev_mono = prev.mono if prev else None
     stats = bpf.stats if bpf else {}
     exits: tuple[ProcessExit, ...] = bpf.exits if bpf else ()
-    exited_pids = {e.pid for e in exits}
 
     out: dict[ProcKey, ProcessSnapshot] = {}
     by_pid: dict[int, ProcKey] = {}

@@ -29,8 +29,12 @@ def _one(window: float, for_s: float, interval: float) -> float:
         )
         cfg = write_config(Path(tmp), bpf=False, interval=interval, extra=extra)
         d = start_daemon(cfg)
-        leak = subprocess.Popen([sys.executable, "-c", LEAKER, "leaker", str(window * 3)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        leak = subprocess.Popen(
+            [sys.executable, "-c", LEAKER, "leaker", str(window * 3)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_for(lambda: "memwatchd started" in (Path(tmp) / "daemon.log").read_text(), 60)
             time.sleep(2 * interval)
@@ -52,13 +56,16 @@ def run(quick: bool) -> list[dict]:
     rows = []
     for window, for_s, interval in cases:
         lat = _one(window, for_s, interval)
-        rows.append({
-            "benchmark": "alert latency",
-            "config": f"leak start -> webhook (window {window:g}s, for {for_s:g}s, interval {interval:g}s)",
-            "value": round(lat, 2),
-            "unit": "s",
-            "target": f"<= window+for+2 intervals = {window + for_s + 2 * interval:g}",
-        })
+        rows.append(
+            {
+                "benchmark": "alert latency",
+                "config": f"leak start -> webhook (window {window:g}s, for {for_s:g}s, "
+                f"interval {interval:g}s)",
+                "value": round(lat, 2),
+                "unit": "s",
+                "target": f"<= window+for+2 intervals = {window + for_s + 2 * interval:g}",
+            }
+        )
     return rows
 
 

@@ -27,7 +27,9 @@ def load(name: str):  # noqa: ANN201 - module
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="memwatchd benchmarks, each figure beside its peer in the same run")
+    ap = argparse.ArgumentParser(
+        description="memwatchd benchmarks, each figure beside its peer in the same run"
+    )
     ap.add_argument("--quick", action="store_true", help="short runs (under 5 minutes in all)")
     ap.add_argument("--only", default=",".join(ORDER), help="comma-separated subset of: " + ", ".join(ORDER))
     ap.add_argument("--out", default=str(REPO / "bench" / "results.json"), help="JSON output file")
@@ -42,14 +44,30 @@ def main() -> int:
         try:
             rows += load(name).run(args.quick)
         except Exception as e:  # one failing benchmark must not hide the others
-            rows.append({"benchmark": name, "config": "ERROR", "value": None, "unit": "", "target": "", "note": repr(e)})
-    w = [max(len(str(r.get(k, ""))) for r in rows + [{k: k}]) for k in ("benchmark", "config", "value", "unit", "target")]
+            rows.append(
+                {
+                    "benchmark": name,
+                    "config": "ERROR",
+                    "value": None,
+                    "unit": "",
+                    "target": "",
+                    "note": repr(e),
+                }
+            )
+    w = [
+        max(len(str(r.get(k, ""))) for r in rows + [{k: k}])
+        for k in ("benchmark", "config", "value", "unit", "target")
+    ]
     line = "  ".join(f"{{:{n}}}" for n in w)
     print(line.format("benchmark", "config", "value", "unit", "target"))
     for r in rows:
         v = r.get("value")
         v = f"{v:.3g}" if isinstance(v, float) else v
-        print(line.format(r.get("benchmark", ""), r.get("config", ""), str(v), r.get("unit", ""), r.get("target", "")))
+        print(
+            line.format(
+                r.get("benchmark", ""), r.get("config", ""), str(v), r.get("unit", ""), r.get("target", "")
+            )
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {

@@ -20,7 +20,9 @@ BIN = Path(sys.executable).parent
 
 def _status(pid: int) -> dict[str, int]:
     out = {}
-    for line in open(f"/proc/{pid}/status"):
+    with open(f"/proc/{pid}/status") as f:
+        lines = f.readlines()
+    for line in lines:
         k, _, v = line.partition(":")
         if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
             out[k] = int(v.split()[0])
@@ -62,7 +64,11 @@ def _measure(soak: float, warm: float, rows: list[dict]) -> list[dict]:
         if os.geteuid() != 0:
             text = text.replace("enabled = true", "enabled = false")
         cfg.write_text(text)
-        p = subprocess.Popen([str(BIN / "memwatchd"), "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [str(BIN / "memwatchd"), "--config", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(warm)
             t0 = time.monotonic()
@@ -78,10 +84,44 @@ def _measure(soak: float, warm: float, rows: list[dict]) -> list[dict]:
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
     mode = f"{soak / 60:.0f} min soak after {warm:.0f} s warm-up, {SLEEPERS} extra processes"
-    rows.append({"benchmark": "daemon memory", "config": f"anonymous RSS (steady, {SLEEPERS} extra processes)", "value": round(last["RssAnon"] / 1024, 1), "unit": "MB", "target": "<= 40"})
-    rows.append({"benchmark": "daemon memory", "config": "file-backed RSS (steady)", "value": round(last["RssFile"] / 1024, 1), "unit": "MB", "target": "-"})
-    rows.append({"benchmark": "daemon memory", "config": f"anon growth ({mode})", "value": round(growth_kb_h / 1024, 2), "unit": "MB/h", "target": "<= 1", "first_anon_kb": first["RssAnon"], "last_anon_kb": last["RssAnon"]})
-    rows.append({"benchmark": "daemon memory", "config": "peak RSS (VmHWM)", "value": round(last["VmHWM"] / 1024, 1), "unit": "MB", "target": "-"})
+    rows.append(
+        {
+            "benchmark": "daemon memory",
+            "config": f"anonymous RSS (steady, {SLEEPERS} extra processes)",
+            "value": round(last["RssAnon"] / 1024, 1),
+            "unit": "MB",
+            "target": "<= 40",
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "daemon memory",
+            "config": "file-backed RSS (steady)",
+            "value": round(last["RssFile"] / 1024, 1),
+            "unit": "MB",
+            "target": "-",
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "daemon memory",
+            "config": f"anon growth ({mode})",
+            "value": round(growth_kb_h / 1024, 2),
+            "unit": "MB/h",
+            "target": "<= 1",
+            "first_anon_kb": first["RssAnon"],
+            "last_anon_kb": last["RssAnon"],
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "daemon memory",
+            "config": "peak RSS (VmHWM)",
+            "value": round(last["VmHWM"] / 1024, 1),
+            "unit": "MB",
+            "target": "-",
+        }
+    )
     return rows
 
 

@@ -30,21 +30,23 @@ def bpf_possible() -> str | None:
 def write_config(tmp: Path, *, bpf: bool, interval: float = 0.5, extra: str = "") -> Path:
     cfg = tmp / "memwatchd.toml"
     cfg.write_text(
-        f"[daemon]\ninterval = {interval}\nlog_level = \"debug\"\n"
+        f'[daemon]\ninterval = {interval}\nlog_level = "debug"\n'
         f"[bpf]\nenabled = {'true' if bpf else 'false'}\n"
-        f"[storage]\npath = \"{tmp / 'db' / 'memwatchd.db'}\"\n{extra}"
+        f'[storage]\npath = "{tmp / "db" / "memwatchd.db"}"\n{extra}'
     )
     return cfg
 
 
-def start_daemon(cfg: Path, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = open(log or (cfg.parent / "daemon.log"), "wb")
-    return subprocess.Popen(
-        [str(BIN / "memwatchd"), "--config", str(cfg)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+def start_daemon(
+    cfg: Path, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    with open(log or (cfg.parent / "daemon.log"), "wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [str(BIN / "memwatchd"), "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def stop_daemon(p: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
@@ -53,7 +55,9 @@ def stop_daemon(p: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
     return p.wait(timeout=timeout)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, every: float = 0.2, what: str = "condition") -> Any:
+def wait_for(
+    cond: Callable[[], Any], timeout: float = 20.0, every: float = 0.2, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
@@ -65,7 +69,9 @@ def wait_for(cond: Callable[[], Any], timeout: float = 20.0, every: float = 0.2,
 
 
 def ctl(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "memwatchctl"), "--db", str(db), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(BIN / "memwatchctl"), "--db", str(db), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def ctl_json(db: Path, *args: str) -> Any:

@@ -24,13 +24,22 @@ SHIPPED = REPO / "etc" / "memwatchd.toml"
         ("[daemon]\ninterval = 0\n", "daemon.interval: must be between"),
         ("[bpf]\nenabled = 'yes'\n", "bpf.enabled: expected true or false"),
         ("[storage]\nretention = '3 fortnights'\n", "storage.retention:"),
-        ("[storage]\nraw_retention = '30d'\nminute_retention = '1d'\n", "storage.raw_retention: must not be longer"),
+        (
+            "[storage]\nraw_retention = '30d'\nminute_retention = '1d'\n",
+            "storage.raw_retention: must not be longer",
+        ),
         ("[[rules]]\nname = 'x'\nkind = 'growth'\n", "rules[0].min_rate: required"),
-        ("[[rules]]\nname = 'x'\nkind = 'threshold'\nthreshold = 'big'\n", "rules[0].threshold: expected a size"),
+        (
+            "[[rules]]\nname = 'x'\nkind = 'threshold'\nthreshold = 'big'\n",
+            "rules[0].threshold: expected a size",
+        ),
         ("[[rules]]\nname = 'x'\nkind = 'nope'\n", "rules[0].kind: expected one of"),
         ("[[rules]]\nname = 'x'\nkind = 'oom'\nwhen = 1\n", "rules[0].when: unknown key"),
         ("[[rules]]\nname = 'x'\nkind = 'oom'\nmatch = { pid = 1 }\n", "rules[0].match.pid: unknown key"),
-        ("[[rules]]\nname = 'x'\nkind = 'oom'\n[[rules]]\nname = 'x'\nkind = 'oom'\n", "rules[1].name: duplicate"),
+        (
+            "[[rules]]\nname = 'x'\nkind = 'oom'\n[[rules]]\nname = 'x'\nkind = 'oom'\n",
+            "rules[1].name: duplicate",
+        ),
         ("[notify]\nurls = ['not a url']\n", "notify.urls: not an Apprise URL"),
         ("[prometheus]\nlisten = 'localhost'\n", "prometheus.listen: expected HOST:PORT"),
         ("surprise = 1\n", "surprise: unknown key"),
@@ -49,7 +58,9 @@ def test_bad_config_names_file_and_key(tmp_path: Path, toml: str, expected: str)
 def test_daemon_exits_2_on_bad_config_without_traceback(tmp_path: Path) -> None:
     f = tmp_path / "bad.toml"
     f.write_text("[storage]\nretention = 'forever'\n")
-    r = subprocess.run([sys.executable, "-m", "memwatchd.daemon", "--config", str(f)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "memwatchd.daemon", "--config", str(f)], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert f"{f}: storage.retention:" in r.stderr
     assert "Traceback" not in r.stderr
@@ -57,7 +68,9 @@ def test_daemon_exits_2_on_bad_config_without_traceback(tmp_path: Path) -> None:
 
 def test_check_flag_validates_shipped_config() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "memwatchd.daemon", "--config", str(SHIPPED), "--check"], capture_output=True, text=True
+        [sys.executable, "-m", "memwatchd.daemon", "--config", str(SHIPPED), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
@@ -65,7 +78,9 @@ def test_check_flag_validates_shipped_config() -> None:
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "memwatchd.daemon", "--config", str(tmp_path / "none.toml")], capture_output=True, text=True
+        [sys.executable, "-m", "memwatchd.daemon", "--config", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 2
     assert "cannot read: no such file" in r.stderr
@@ -96,7 +111,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("2h", 7200), ("7d", 604800), ("1h30m", 5400), (5, 5), ("1.5h", 5400)]
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("7d", 604800), ("1h30m", 5400), (5, 5), ("1.5h", 5400)],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds

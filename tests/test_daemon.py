@@ -45,9 +45,16 @@ def test_workload_counters_and_rss_reach_history(tmp_path: Path) -> None:
     db = tmp_path / "db" / "memwatchd.db"
     d = start_daemon(cfg)
     rss_file = tmp_path / "rss"
-    w = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(rss_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    w = subprocess.Popen(
+        [sys.executable, "-c", WORKLOAD, str(rss_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_for(lambda: (tmp_path / "daemon.log").read_text().count("memwatchd started"), what="daemon start")
+        wait_for(
+            lambda: (tmp_path / "daemon.log").read_text().count("memwatchd started"), what="daemon start"
+        )
         assert "BPF probes attached" in (tmp_path / "daemon.log").read_text()
         assert w.stdin and w.stdout
         w.stdin.write("go\n")
@@ -60,7 +67,9 @@ def test_workload_counters_and_rss_reach_history(tmp_path: Path) -> None:
             if not rows:
                 return None
             last = rows[-1]
-            if (last.get("mmap_bytes") or 0) < N_CHUNKS * CHUNK or (last.get("rss_kb") or 0) < N_CHUNKS * CHUNK // 1024:
+            if (last.get("mmap_bytes") or 0) < N_CHUNKS * CHUNK or (
+                last.get("rss_kb") or 0
+            ) < N_CHUNKS * CHUNK // 1024:
                 return None
             return last
 
@@ -71,8 +80,19 @@ def test_workload_counters_and_rss_reach_history(tmp_path: Path) -> None:
         # all chunks counted; the interpreter's own mappings (loader, arenas) come on top
         assert N_CHUNKS * CHUNK <= last["mmap_bytes"] <= N_CHUNKS * CHUNK + 64 * 1024 * 1024
         assert abs(last["rss_kb"] - own_rss) <= 0.05 * own_rss
-        for key in ("ts", "start_time", "unit", "anon_kb", "swap_kb", "vm_kb", "hwm_kb", "munmap_count",
-                    "munmap_bytes", "brk_count", "brk_bytes"):
+        for key in (
+            "ts",
+            "start_time",
+            "unit",
+            "anon_kb",
+            "swap_kb",
+            "vm_kb",
+            "hwm_kb",
+            "munmap_count",
+            "munmap_bytes",
+            "brk_count",
+            "brk_bytes",
+        ):
             assert key in last
         assert last["hwm_kb"] >= last["rss_kb"] - 1024
     finally:
@@ -88,7 +108,10 @@ def test_proc_only_daemon_runs_and_stops_cleanly(tmp_path: Path) -> None:
     db = tmp_path / "db" / "memwatchd.db"
     d = start_daemon(cfg)
     try:
-        wait_for(lambda: (ctl_json(db, "history", "--pid", str(os.getpid()), "--since", "5m") or [None])[-1], what="own history")
+        wait_for(
+            lambda: (ctl_json(db, "history", "--pid", str(os.getpid()), "--since", "5m") or [None])[-1],
+            what="own history",
+        )
         st = ctl_json(db, "status")
         assert st is not None and "disabled" in str(st.get("bpf_state"))
     finally:
@@ -112,13 +135,20 @@ def test_bad_reload_keeps_old_config_running(tmp_path: Path) -> None:
         good = cfg.read_text()
         cfg.write_text(good + "\n[daemon2]\nx = 1\n")
         d.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reload failed" in (tmp_path / "daemon.log").read_text(), what="reload failure logged")
+        wait_for(
+            lambda: "reload failed" in (tmp_path / "daemon.log").read_text(), what="reload failure logged"
+        )
         n0 = (ctl_json(db, "status") or {}).get("committed_snapshots", 0)
-        wait_for(lambda: (ctl_json(db, "status") or {}).get("committed_snapshots", 0) > n0 + 2, what="sampling continues")
+        wait_for(
+            lambda: (ctl_json(db, "status") or {}).get("committed_snapshots", 0) > n0 + 2,
+            what="sampling continues",
+        )
         assert d.poll() is None
         cfg.write_text(good.replace("interval = 0.3", "interval = 0.2"))
         d.send_signal(signal.SIGHUP)
-        wait_for(lambda: "configuration reloaded" in (tmp_path / "daemon.log").read_text(), what="good reload")
+        wait_for(
+            lambda: "configuration reloaded" in (tmp_path / "daemon.log").read_text(), what="good reload"
+        )
     finally:
         assert stop_daemon(d) == 0
     log = (tmp_path / "daemon.log").read_text()
@@ -129,8 +159,15 @@ def test_unwritable_database_is_a_clear_startup_failure(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     cfg = write_config(tmp_path, bpf=False)
-    cfg.write_text(cfg.read_text().replace(str(tmp_path / "db" / "memwatchd.db"), str(blocker / "sub" / "m.db")))
-    r = subprocess.run([sys.executable, "-m", "memwatchd.daemon", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    cfg.write_text(
+        cfg.read_text().replace(str(tmp_path / "db" / "memwatchd.db"), str(blocker / "sub" / "m.db"))
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "memwatchd.daemon", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1
     assert "startup failed" in r.stderr and "Traceback" not in r.stderr
 

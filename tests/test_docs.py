@@ -19,8 +19,15 @@ def test_readme_config_reference_is_current() -> None:
 
 def test_reference_lists_every_key_of_the_shipped_config() -> None:
     table = render_reference((REPO / "etc" / "memwatchd.toml").read_text())
-    for key in ("[daemon] interval", "[bpf] enabled", "[storage] path", "[storage] retention", "[notify] urls",
-                "[prometheus] listen", "[procfs] smaps"):
+    for key in (
+        "[daemon] interval",
+        "[bpf] enabled",
+        "[storage] path",
+        "[storage] retention",
+        "[notify] urls",
+        "[prometheus] listen",
+        "[procfs] smaps",
+    ):
         assert f"`{key}`" in table
 
 
