@@ -216,7 +216,16 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, db: str | None, config_path: str) -> None:
     """Query the memory history recorded by memwatchd.
 
-    Times are shown in local time (set TZ to change it); sizes in binary units (1K = 1024 bytes).
+    Reads the daemon's SQLite database read-only (found through --config's [storage] path, or named
+    with --db). Times are shown in local time (set TZ to change it); sizes in binary units
+    (1K = 1024 bytes). Every command has --help; tables become JSON with --json.
+
+    \b
+    Examples:
+      memwatchctl top                                   # live, sortable process view
+      memwatchctl plot --comm java --since 6h           # chart the java processes' RSS
+      memwatchctl --db /tmp/copy.db history --pid 1234  # read a copied database
+      eval "$(memwatchctl completion bash)"             # tab completion in this shell
     """
     time.tzset()
     obj = Obj(db, config_path)
@@ -248,24 +257,63 @@ SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
     type=click.IntRange(min=0),
     default=20,
     show_default=True,
-    help="Show at most this many processes (0: all).",
+    help="Show at most this many processes (0: all; the live view shows all unless this is given).",
 )
 @click.option(
     "--window", default="10m", show_default=True, help="Window over which growth per hour is measured."
 )
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Print the table once and exit, even on a terminal (the interactive view is the default there).",
+)
+@click.option(
+    "--refresh",
+    default="2s",
+    show_default=True,
+    help="How often the interactive view re-reads the database ('500ms', '2s', '1m').",
+)
 @json_option
-@click.pass_obj
+@click.pass_context
 @errors
-def top(obj: Obj, sort_by: str, limit: int, window: str, as_json: bool) -> None:
+def top(
+    ctx: click.Context, sort_by: str, limit: int, window: str, once: bool, refresh: str, as_json: bool
+) -> None:
     """Processes in the latest snapshot, biggest first, with a host summary.
 
     Per process: memory, RSS growth per hour over --window, mmap calls and bytes per second over the last
     interval, and the mean mapping size (mmap bytes / mmap calls) as a fragmentation hint.
+
+    On a terminal this is a live view, re-read every --refresh: keys r a s g m sort by RSS, anon, swap,
+    growth or mmap (again: reverse), / filters by name, unit or PID (Esc clears), Enter charts the
+    selected process's history, q quits. With --once or --json, or when output is not a terminal, the
+    table is printed once.
+
+    \b
+    Examples:
+      memwatchctl top                       # live view on a terminal
+      memwatchctl top --once --sort growth  # print the fastest-growing processes once
+      memwatchctl top --json --limit 5 | jq '.processes[].comm'
     """
+    obj: Obj = ctx.obj
     try:
         window_s = parse_duration(window)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--window") from None
+    try:
+        refresh_s = parse_duration(refresh)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--refresh") from None
+    if refresh_s <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--refresh")
+    # Textual reads keys from stdin and draws on stderr: all three must be the terminal.
+    if not once and not as_json and all(f.isatty() for f in (sys.stdin, sys.stdout, sys.stderr)):
+        from memwatchd.tui import run_top
+
+        given = ctx.get_parameter_source("limit") is not click.core.ParameterSource.DEFAULT
+        reader = obj.reader()  # a missing or foreign database fails here as "Error: ...", before the screen
+        run_top(reader, window_s=window_s, sort_by=sort_by, limit=limit if given else 0, refresh_s=refresh_s)
+        return
     data = obj.reader().top(window_s)
     rows = sorted(data["processes"], key=lambda r: (SORT_KEYS[sort_by](r), -r["pid"]), reverse=True)
     if limit:
@@ -358,6 +406,12 @@ def history(
     The raw tier has a row at each stored change plus the first and last snapshot of the range at which
     the process was present (values are held between changes). Rollup tiers have one row per minute or
     hour with the last values and min/max/avg of rss, anon and swap.
+
+    \b
+    Examples:
+      memwatchctl history --pid 1234 --since 2h
+      memwatchctl history --unit nginx.service --since 1d --tier minute
+      memwatchctl history --comm-glob 'php-fpm*' --since 30m --csv > fpm.csv
     """
     from memwatchd.store.reader import HISTORY_FIELDS
 
@@ -435,7 +489,18 @@ def processes(
     until: float,
     as_json: bool,
 ) -> None:
-    """Processes seen in a time range, exited ones included, with start, first/last seen and exit times."""
+    """Processes seen in a time range, exited ones included, with start, first/last seen and exit times.
+
+    A process is one (PID, start time): a reused PID shows as a second row. Live processes show "live"
+    as last seen; exited ones show when they were last seen and, when the daemon saw the exit, its
+    time and code.
+
+    \b
+    Examples:
+      memwatchctl processes                      # the last 24 hours
+      memwatchctl processes --comm-glob 'java*' --since 7d
+      memwatchctl processes --unit cron.service --since 2024-05-01T00:00 --json
+    """
     _check_range(since, until)
     rows = obj.reader().processes(
         pid=pid, comm=comm, comm_glob=comm_glob, unit=unit, since=since, until=until
@@ -499,7 +564,17 @@ def plot(
     height: int,
     as_json: bool,
 ) -> None:
-    """A terminal chart of memory over time: one process, or the sum over a name or unit."""
+    """A terminal chart of memory over time: one process, or the sum over a name or unit.
+
+    Each column is one time slice holding the last value in it; with several processes the chart is
+    their sum, each process's value held between its stored changes. --json prints the points.
+
+    \b
+    Examples:
+      memwatchctl plot --pid 1234 --since 6h
+      memwatchctl plot --unit postgresql.service --metric anon --since 3d --width 120
+      memwatchctl plot --comm worker --since 1h --json
+    """
     _check_range(since, until)
     procs = _selected(obj, pid, comm, comm_glob, unit, since, until)
     rows = obj.reader().history(procs, since, until, _tier(tier)) if procs else []
@@ -557,7 +632,16 @@ def _summed(rows: list[dict[str, Any]], field: str) -> list[tuple[float, int]]:
 @click.pass_obj
 @errors
 def status(obj: Obj, as_json: bool) -> None:
-    """The daemon's last snapshot, BPF state and lost events, and the database's size and time span."""
+    """The daemon's last snapshot, BPF state and lost events, and the database's size and time span.
+
+    Shows whether the daemon is sampling (the last snapshot's age), whether eBPF probes are active or why
+    not, how many events were lost, and how much history the database holds.
+
+    \b
+    Examples:
+      memwatchctl status
+      memwatchctl status --json | jq .bpf_state
+    """
     st = obj.reader().status()
     if as_json:
         _print_json(st)
@@ -621,7 +705,16 @@ def status(obj: Obj, as_json: bool) -> None:
 @click.pass_obj
 @errors
 def alerts(obj: Obj, since: float | None, state: str | None, as_json: bool) -> None:
-    """Alert history: one line per episode of a rule for a process (or the host), oldest first."""
+    """Alert history: one line per episode of a rule for a process (or the host), oldest first.
+
+    An episode starts when its rule's condition first holds (pending, SINCE), then fires and later
+    resolves; VALUE is the measured memory and RATE its growth per hour (growth and leak rules).
+
+    \b
+    Examples:
+      memwatchctl alerts --since 7d
+      memwatchctl alerts --state firing --json
+    """
     rows = obj.reader().alerts(since=since, state=state)
     if as_json:
         _print_json(rows)
@@ -660,6 +753,36 @@ def alerts(obj: Obj, since: float | None, state: str | None, as_json: bool) -> N
         for r in rows
     ]
     con.print(R.table(headers, body, right={"PID", "VALUE", "RATE"}))
+
+
+# ---- completion --------------------------------------------------------------------------------------
+COMPLETE_VAR = "_MEMWATCHCTL_COMPLETE"
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]), required=False)
+def completion(shell: str | None) -> None:
+    """Print the shell completion script for memwatchctl (bash, zsh or fish).
+
+    Without SHELL, the one named by $SHELL is used. The script calls memwatchctl with
+    _MEMWATCHCTL_COMPLETE set to complete commands, options and choices.
+
+    \b
+    Examples:
+      eval "$(memwatchctl completion bash)"       # this bash session only
+      memwatchctl completion bash > /etc/bash_completion.d/memwatchctl
+      memwatchctl completion zsh > "${fpath[1]}/_memwatchctl"
+      memwatchctl completion fish > ~/.config/fish/completions/memwatchctl.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    if shell is None:
+        shell = os.path.basename(os.environ.get("SHELL", ""))
+        if shell not in ("bash", "zsh", "fish"):
+            raise click.UsageError("name the shell: memwatchctl completion bash|zsh|fish")
+    comp_cls = get_completion_class(shell)
+    assert comp_cls is not None  # click ships all three
+    click.echo(comp_cls(cli, {}, "memwatchctl", COMPLETE_VAR).source(), nl=False)
 
 
 def main() -> None:
