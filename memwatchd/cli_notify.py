@@ -39,7 +39,17 @@ class _ConfigProblem(click.ClickException):
 def notify_test(
     config_path: str, urls: tuple[str, ...], rule_name: str | None, timeout_s: float | None
 ) -> None:
-    """Send a test message through the configured notification URLs and report each one."""
+    """Send a test message through the configured notification URLs and report each one.
+
+    Each URL is tried once, through the same delivery path the daemon uses; the output has one line per
+    URL ("ok" or "failed" with the reason), with tokens masked. Exit 1 when any URL failed.
+
+    \b
+    Examples:
+      memwatchctl notify-test                              # [notify] urls of the default config
+      memwatchctl notify-test --rule oom-kill              # the URLs that rule would use
+      memwatchctl notify-test --url 'json://127.0.0.1:8080/'
+    """
     host = os.uname().nodename
     if not urls:
         try:
