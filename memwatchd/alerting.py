@@ -72,6 +72,9 @@ class Transition:
     forecast_s: float | None = None  # seconds until host MemAvailable is used up at record.rate
     mem_available: float | None = None  # bytes, host MemAvailable at `at`
     detail: str = ""  # fit quality, for the message
+    limit_forecast_s: float | None = None  # seconds until the process's memory cgroup limit is reached
+    limit_cgroup: str | None = None  # the cgroup level whose limit is tightest
+    limit_bytes: float | None = None
 
 
 def _window(rule: RuleConfig) -> Window:

@@ -116,12 +116,17 @@ def _rule_text(rule: RuleConfig | None) -> str:
 
 
 def _forecast(t: Transition) -> str:
-    if t.forecast_s is None or t.mem_available is None:
-        return ""
-    return (
-        f"host MemAvailable ({format_size(t.mem_available)}) runs out in ~{format_duration(t.forecast_s)}"
-        " at this rate"
-    )
+    parts = []
+    if t.limit_forecast_s is not None and t.limit_bytes is not None:
+        parts.append(
+            f"cgroup {t.limit_cgroup} reaches its limit ({format_size(t.limit_bytes)}) in"
+            f" ~{format_duration(t.limit_forecast_s)}"
+        )
+    if t.forecast_s is not None and t.mem_available is not None:
+        parts.append(
+            f"host MemAvailable ({format_size(t.mem_available)}) runs out in ~{format_duration(t.forecast_s)}"
+        )
+    return "; ".join(parts) + " at this rate" if parts else ""
 
 
 def _window_line(t: Transition) -> str:
