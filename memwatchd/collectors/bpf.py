@@ -1,7 +1,9 @@
 """eBPF collector: per-process allocation counters aggregated in the kernel, plus exit and OOM events.
 
-The kernel side is memwatchd/bpf/memwatch.bpf.c (structs in memwatch.h). bcc is imported only inside
-BpfCollector.load(), so modules that merely import this one (the CLI, tests without root) never pull it in.
+The kernel side is memwatchd/bpf/memwatch.bpf.c (structs in memwatch.h). The daemon never imports bcc: load()
+runs bpf_loader.py in a short-lived child that compiles and attaches with bcc and hands the maps and the
+attachments over as file descriptors; this process reads them with plain bpf(2) calls and an mmap of the ring
+buffer (bpfsys.py). That keeps libbcc and LLVM (~12 MB anonymous, ~50 MB file-backed) out of the daemon.
 
 Counter semantics (all cumulative since the process was first seen by the probes):
   mmap_count/mmap_bytes      successful mmap calls and their requested lengths
@@ -18,15 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import importlib.resources
+import json
+import mmap
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from memwatchd.collectors import bpfsys
 from memwatchd.config import BpfConfig
 from memwatchd.models import BpfHealth, BpfPoll, BpfStats, OomKill, ProcessExit
 
@@ -41,6 +48,9 @@ _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
 _BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
+_MAPS = ("stats", "counters", "events")  # handed over by the loader in this order
+_LOADER_TIMEOUT_S = 60.0  # a cold compile takes a few seconds; a hung loader must not hang the daemon
+_MAX_FDS = 64
 # An entry updated this recently is never collected: its process may have started after the caller's
 # /proc scan, or its exit event may still be in flight.
 _GC_MIN_IDLE_S = 5.0
@@ -82,45 +92,6 @@ class _Event(ctypes.Structure):
         ("_pad", ctypes.c_uint32),
         ("comm", ctypes.c_char * _COMM_LEN),
     ]
-
-
-class _BatchReader:
-    """Reads the whole stats map with BPF_MAP_LOOKUP_BATCH into one buffer allocated once.
-
-    bcc 0.26's items_lookup_batch() allocates max_entries keys and values (4 MB at 65,536 entries) on every
-    call and shares one c_uint32 between the batch token and the count, which breaks resumption when one
-    call does not return everything. This calls the same libbpf function with a fixed-size chunk.
-    """
-
-    def __init__(self, lib: Any, map_fd: int, chunk: int) -> None:
-        self._lib, self._fd = lib, map_fd
-        self._keys = (ctypes.c_uint32 * chunk)()
-        self._values = (_Stats * chunk)()
-        self._chunk = chunk
-
-    def read(self) -> dict[int, BpfStats]:
-        out: dict[int, BpfStats] = {}
-        token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
-        first = True
-        while True:
-            count = ctypes.c_uint32(self._chunk)
-            res = self._lib.bpf_lookup_batch(
-                self._fd,
-                None if first else ctypes.byref(token_in),
-                ctypes.byref(token_out),
-                self._keys,
-                self._values,
-                ctypes.byref(count),
-            )
-            err = ctypes.get_errno()
-            for i in range(count.value):
-                tgid = self._keys[i]
-                out[tgid] = _to_stats(tgid, self._values[i])
-            if res != 0:
-                if err == errno.ENOENT:  # end of map
-                    return out
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-            token_in.value, first = token_out.value, False
 
 
 class BpfUnavailable(Exception):
@@ -176,7 +147,9 @@ def _check_environment() -> Path:
     """Reasons that make loading pointless, checked before the (slow) compile."""
     missing = [name for bit, name in _NEEDED_CAPS if not _has_cap(bit)]
     if missing:
-        raise BpfUnavailable(f"missing capabilities {', '.join(missing)} (run as root or grant them, as the unit does)")
+        raise BpfUnavailable(
+            f"missing capabilities {', '.join(missing)} (run as root or grant them, as the unit does)"
+        )
     if platform.machine() not in _ARCHES:
         raise BpfUnavailable(f"unsupported architecture {platform.machine()} (x86_64 and arm64 only)")
     tracefs = _tracefs()
@@ -188,80 +161,147 @@ def _check_environment() -> Path:
     return tracefs
 
 
-def _compile_error_summary(stderr_text: str) -> str:
-    for line in stderr_text.splitlines():
-        if "error:" in line:
-            return line.strip()
-    lines = [ln.strip() for ln in stderr_text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "no compiler output"
+def _cflags(
+    cfg: BpfConfig, pages: int, include_dir: Path, tracefs: Path, extra: tuple[str, ...]
+) -> list[str]:
+    cflags = [
+        f"-I{include_dir}",
+        f"-DMAX_PIDS={cfg.max_pids}",
+        f"-DRINGBUF_PAGES={pages}",
+        f"-DMW_STATS_SIZE={ctypes.sizeof(_Stats)}",
+        f"-DMW_EVENT_SIZE={ctypes.sizeof(_Event)}",
+    ]
+    if "group_dead" in (tracefs / "events/sched/sched_process_exit/format").read_text():
+        cflags.append("-DMW_HAVE_GROUP_DEAD")
+    cflags.extend(extra)
+    return cflags
 
 
-def _malloc_trim() -> None:
-    # bcc's LLVM compile leaves ~46 MB of freed heap; give it back to the OS.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+def _run_loader(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Run bpf_loader in a child with the daemon's interpreter; returns its reply and the fds it sent."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # the child must import this very package, installed or not
+    path = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    with ours, tempfile.TemporaryFile() as errlog:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "memwatchd.collectors.bpf_loader", str(theirs.fileno())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errlog,
+                pass_fds=(theirs.fileno(),),
+                env=env,
+            )
+        except OSError as e:
+            raise BpfUnavailable(f"cannot start the BPF loader: {e}") from None
+        finally:
+            theirs.close()  # the child's end: EOF on ours when the child dies without answering
+        try:
+            msg, fds = _receive(proc, ours, json.dumps(request).encode())
+        finally:
+            _reap(proc)
+        if not msg:
+            errlog.seek(0)
+            lines = [ln.strip() for ln in errlog.read().decode(errors="replace").splitlines() if ln.strip()]
+            detail = lines[-1] if lines else "no output"
+            raise BpfUnavailable(f"BPF loader exited with status {proc.returncode}: {detail}")
+    reply: dict[str, Any] = json.loads(msg)
+    if "error" in reply:
+        _close_all(fds)
+        raise BpfUnavailable(reply["error"])
+    return reply, fds
+
+
+def _receive(proc: subprocess.Popen[bytes], sock: socket.socket, request: bytes) -> tuple[bytes, list[int]]:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # the child died early: reported from its stderr
+        proc.stdin.write(request)
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    sock.settimeout(_LOADER_TIMEOUT_S)
+    try:
+        msg, fds, flags, _ = socket.recv_fds(sock, 1 << 16, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    except TimeoutError:
+        proc.kill()
+        raise BpfUnavailable(f"the BPF loader did not answer within {_LOADER_TIMEOUT_S:.0f} s") from None
+    if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        _close_all(fds)
+        raise BpfUnavailable("the BPF loader's reply was truncated")
+    return msg, fds
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(timeout=5)  # it exits right after sending, or has been killed
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class BpfCollector:
-    """Loaded and attached probes. Create with BpfCollector.load(cfg); call close() when done."""
+    """Attached probes held as file descriptors. Create with BpfCollector.load(cfg); close() when done."""
 
-    def __init__(self, bpf: Any, lib: Any) -> None:
-        self._bpf = bpf
-        self._stats = bpf[b"stats"]
-        self._reader = _BatchReader(lib, self._stats.map_fd, min(self._stats.max_entries, _BATCH))
-        self._counters = bpf[b"counters"]
+    def __init__(self, fds: list[int]) -> None:
+        """fds: the maps in _MAPS order, then the attachments (closing those detaches the probes)."""
+        self._fds = fds
+        stats_fd, counters_fd, events_fd = fds[: len(_MAPS)]
+        # the layout as the kernel sees it, not as the loader reported it
+        stats, counters, events = (bpfsys.map_info(fd) for fd in (stats_fd, counters_fd, events_fd))
+        expected = [
+            (bpfsys.MAP_TYPE_HASH, 4, ctypes.sizeof(_Stats)),
+            (bpfsys.MAP_TYPE_PERCPU_ARRAY, 4, 8),
+            (bpfsys.MAP_TYPE_RINGBUF, 0, 0),
+        ]
+        if [(m.type, m.key_size, m.value_size) for m in (stats, counters, events)] != expected:
+            raise ValueError("the maps differ from memwatch.bpf.c's stats, counters and events")
+        self._stats_fd, self._counters_fd = stats_fd, counters_fd
+        self._reader = bpfsys.HashBatchReader(stats_fd, _Stats, min(stats.max_entries, _BATCH))
+        self._ncpus = bpfsys.possible_cpus()
+        self._ring = bpfsys.RingBuffer(events_fd, events.max_entries)
         self._exits: list[ProcessExit] = []
         self._ooms: list[OomKill] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events_fd = bpf[b"events"].map_fd
-        bpf[b"events"].open_ring_buffer(self._on_event)
 
     @classmethod
     def load(cls, cfg: BpfConfig, *, extra_cflags: tuple[str, ...] = ()) -> BpfCollector:
-        """Compile and attach the probes; BpfUnavailable(reason) when that cannot be done here.
+        """Compile and attach the probes (in a child); BpfUnavailable(reason) when that cannot be done here.
 
         extra_cflags is for benchmarks (e.g. -DMW_EMPTY_SYS_EXIT to measure the hook's floor).
         """
         tracefs = _check_environment()
-        try:
-            import bcc  # noqa: PLC0415 - lazy on purpose: bcc pulls in LLVM (~130 MB)
-        except ImportError as e:
-            raise BpfUnavailable(f"bcc Python module not found (install python3-bpfcc): {e}") from None
-        for category, event in _TRACEPOINTS:
-            if not bcc.BPF.tracepoint_exists(category, event):
-                raise BpfUnavailable(f"tracepoint {category}:{event} does not exist on this kernel")
-
         pages = max(1, cfg.ringbuf_kb * 1024 // _PAGE)
         if pages & (pages - 1):
             raise BpfUnavailable(f"ringbuf_kb {cfg.ringbuf_kb} is not a power-of-two number of pages")
         src = importlib.resources.files("memwatchd.bpf").joinpath("memwatch.bpf.c")
         with importlib.resources.as_file(src) as path:
-            cflags = [
-                f"-I{path.parent}",
-                f"-DMAX_PIDS={cfg.max_pids}",
-                f"-DRINGBUF_PAGES={pages}",
-                f"-DMW_STATS_SIZE={ctypes.sizeof(_Stats)}",
-                f"-DMW_EVENT_SIZE={ctypes.sizeof(_Event)}",
-            ]
-            exit_fmt = tracefs / "events/sched/sched_process_exit/format"
-            if "group_dead" in exit_fmt.read_text():
-                cflags.append("-DMW_HAVE_GROUP_DEAD")
-            cflags.extend(extra_cflags)
-            bpf = _compile(bcc, str(path), cflags)
+            request = {
+                "source": str(path),
+                "cflags": _cflags(cfg, pages, path.parent, tracefs, extra_cflags),
+                "tracepoints": _TRACEPOINTS,
+                "maps": _MAPS,
+            }
+            reply, fds = _run_loader(request)
         try:
-            collector = cls(bpf, bcc.lib)
-        except Exception as e:
-            bpf.cleanup()
+            if reply["maps"] != list(_MAPS) or len(fds) != len(_MAPS) + len(reply["links"]):
+                raise ValueError(f"unexpected reply from the loader: {len(fds)} fds for {reply}")
+            return cls(fds)
+        except (OSError, ValueError) as e:
+            _close_all(fds)
             raise BpfUnavailable(f"cannot open BPF maps: {_first_line(e)}") from None
-        _malloc_trim()
-        return collector
 
     def attach_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """Deliver ring-buffer events inside the event loop: the map fd is pollable, no thread needed."""
         if self._loop is not None:
-            self._loop.remove_reader(self._events_fd)
+            self._loop.remove_reader(self._ring.fileno())
         self._loop = loop
-        loop.add_reader(self._events_fd, self._bpf.ring_buffer_consume)
+        loop.add_reader(self._ring.fileno(), self._consume)
 
     @property
     def pending_events(self) -> int:
@@ -270,8 +310,8 @@ class BpfCollector:
 
     def poll(self) -> BpfPoll:
         """Current map contents plus the exit/OOM events received since the previous poll."""
-        self._bpf.ring_buffer_consume()
-        stats = self._reader.read()
+        self._consume()
+        stats = self._reader.read(_to_stats)
         exits, self._exits = tuple(self._exits), []
         ooms, self._ooms = tuple(self._ooms), []
         map_full, lost = self._counter_sums()
@@ -287,34 +327,38 @@ class BpfCollector:
         cutoff = time.monotonic_ns() - int(min_idle_s * 1e9)  # same clock as bpf_ktime_get_ns
         stale = [
             s.tgid
-            for s in self._reader.read().values()
+            for s in self._reader.read(_to_stats).values()
             if s.tgid not in live_tgids and s.last_update_ns < cutoff
         ]
-        if not stale:
-            return 0
-        try:
-            self._stats.items_delete_batch((self._stats.Key * len(stale))(*stale))
-        except Exception:  # noqa: BLE001 - the batch stops at a key the kernel removed meanwhile
-            for tgid in stale:
-                with contextlib.suppress(KeyError):
-                    del self._stats[self._stats.Key(tgid)]
-        return len(stale)
+        # an entry the kernel removed meanwhile (its exit) is not counted
+        return sum(bpfsys.delete_u32(self._stats_fd, tgid) for tgid in stale)
 
     def close(self) -> None:
-        """Remove the reader, detach the probes and free the maps."""
+        """Remove the reader, unmap the ring buffer and close every fd.
+
+        That detaches the probes and frees the maps: nothing else holds them once the loader has exited.
+        """
         if self._loop is not None:
-            self._loop.remove_reader(self._events_fd)
+            self._loop.remove_reader(self._ring.fileno())
             self._loop = None
-        self._bpf.cleanup()
+        if self._fds:
+            self._ring.close()
+            _close_all(self._fds)
+            self._fds = []
 
     def _counter_sums(self) -> tuple[int, int]:
         def total(idx: int) -> int:
-            return int(sum(self._counters[self._counters.Key(idx)]))
+            return sum(bpfsys.lookup_percpu_u64(self._counters_fd, idx, self._ncpus))
 
         return total(_CTR_MAP_FULL), total(_CTR_LOST_EVENTS)
 
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        e = ctypes.cast(data, ctypes.POINTER(_Event)).contents
+    def _consume(self) -> None:
+        self._ring.consume(self._on_record)
+
+    def _on_record(self, buf: mmap.mmap, offset: int, size: int) -> None:
+        if size < ctypes.sizeof(_Event):
+            return
+        e = _Event.from_buffer_copy(buf, offset)
         if e.type == _EVENT_EXIT:
             self._exits.append(
                 ProcessExit(
@@ -339,23 +383,6 @@ class BpfCollector:
                     mono_ns=e.mono_ns,
                 )
             )
-
-
-def _compile(bcc: Any, path: str, cflags: list[str]) -> Any:
-    """bcc.BPF(src_file=...) with the compiler's stderr captured, so a failure becomes one readable line."""
-    with tempfile.TemporaryFile(mode="w+") as err:
-        saved = os.dup(2)
-        os.dup2(err.fileno(), 2)
-        try:
-            return bcc.BPF(src_file=path.encode(), cflags=cflags)
-        except Exception as e:  # bcc raises bare Exception for compile and attach failures
-            os.dup2(saved, 2)
-            err.seek(0)
-            detail = _compile_error_summary(err.read())
-            raise BpfUnavailable(f"{_first_line(e)}: {detail}") from None
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _first_line(e: BaseException) -> str:
