@@ -79,6 +79,18 @@ def main() -> int:
         "command": "scripts/bench" + (" --quick" if args.quick else ""),
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    md = ["| benchmark | config | value | unit | target |", "|---|---|---|---|---|"]
+    for r in rows:
+        v = r.get("value")
+        v = f"{v:.3g}" if isinstance(v, float) else v
+        cells = (r.get("benchmark", ""), r.get("config", ""), v, r.get("unit", ""), r.get("target", ""))
+        md.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    out.with_suffix(".md").write_text(
+        f"Measured {meta['date']} with `{meta['command']}`"
+        f" (kernel {meta['kernel']}, {meta['cpus']} CPUs).\n\n"
+        + "\n".join(md)
+        + "\n"
+    )
     print(f"\nwritten {out} in {meta['seconds']} s", file=sys.stderr)
     return 0
 
