@@ -326,22 +326,8 @@ def top(
         con.print("(no snapshots yet)")
         return
     con.print(R.top_summary(data["summary"]))
-    headers = ["PID", "COMM", "UNIT", "RSS", "ANON", "SWAP", "GROWTH", "MMAP/S", "MMAP B/S", "MEAN MAP"]
-    body = [
-        [
-            str(r["pid"]),
-            R.clean(r["comm"]),
-            R.clean(r["unit"]),
-            R.kb(r["rss_kb"]),
-            R.kb(r["anon_kb"]),
-            R.kb(r["swap_kb"]),
-            R.growth(r["growth_kb_per_h"]),
-            R.num(r["mmaps_per_s"]),
-            R.rate(r["mmap_bytes_per_s"]),
-            R.size(r["mean_mmap_bytes"]),
-        ]
-        for r in rows
-    ]
+    headers = list(R.TOP_HEADERS)
+    body = [R.top_cells(r) for r in rows]
     con.print(
         R.table(
             headers, body, right={"PID", "RSS", "ANON", "SWAP", "GROWTH", "MMAP/S", "MMAP B/S", "MEAN MAP"}

@@ -76,6 +76,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[str]
     return t
 
 
+TOP_HEADERS = ("PID", "COMM", "UNIT", "RSS", "ANON", "SWAP", "GROWTH", "MMAP/S", "MMAP B/S", "MEAN MAP")
+
+
+def top_cells(r: dict[str, Any]) -> list[str]:
+    """One `top` row as display strings, in TOP_HEADERS order (the plain table and the live view)."""
+    return [
+        str(r["pid"]),
+        clean(r["comm"]),
+        clean(r["unit"]),
+        kb(r["rss_kb"]),
+        kb(r["anon_kb"]),
+        kb(r["swap_kb"]),
+        growth(r["growth_kb_per_h"]),
+        num(r["mmaps_per_s"]),
+        rate(r["mmap_bytes_per_s"]),
+        size(r["mean_mmap_bytes"]),
+    ]
+
+
 def top_summary(s: dict[str, Any]) -> str:
     parts = [
         when(s["ts"]),

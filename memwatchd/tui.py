@@ -76,18 +76,7 @@ def row_key(r: dict[str, Any]) -> str:
 
 
 def _cells(r: dict[str, Any]) -> list[Text]:
-    values = [
-        str(r["pid"]),
-        R.clean(r["comm"]),
-        R.clean(r["unit"]),
-        R.kb(r["rss_kb"]),
-        R.kb(r["anon_kb"]),
-        R.kb(r["swap_kb"]),
-        R.growth(r["growth_kb_per_h"]),
-        R.num(r["mmaps_per_s"]),
-        R.rate(r["mmap_bytes_per_s"]),
-        R.size(r["mean_mmap_bytes"]),
-    ]
+    values = R.top_cells(r)
     # Text, not str: a str cell is parsed as markup, and a process may be named "[red]x".
     return [Text(v, justify="right" if c[2] else "left") for v, c in zip(values, COLUMNS, strict=True)]
 
