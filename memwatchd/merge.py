@@ -53,6 +53,14 @@ def _with_deltas(
     )
 
 
+_BPF_FIELDS = ("mmap_count", "mmap_bytes", "munmap_count", "munmap_bytes", "brk_count", "brk_bytes")
+
+
+def _bpf_fields(stats: BpfStats | None) -> dict[str, int | None]:
+    """The eBPF counters of a ProcessSnapshot (all None when BPF did not track the process)."""
+    return {f: getattr(stats, f) if stats is not None else None for f in _BPF_FIELDS}
+
+
 def _from_proc(
     s: ProcSample, bpf: BpfStats | None, start_time: float, prev: ProcessSnapshot | None
 ) -> ProcessSnapshot:
@@ -73,12 +81,7 @@ def _from_proc(
         hwm_kb=hwm,
         pss_kb=s.pss_kb,
         uss_kb=s.uss_kb,
-        mmap_count=bpf.mmap_count if bpf else None,
-        mmap_bytes=bpf.mmap_bytes if bpf else None,
-        munmap_count=bpf.munmap_count if bpf else None,
-        munmap_bytes=bpf.munmap_bytes if bpf else None,
-        brk_count=bpf.brk_count if bpf else None,
-        brk_bytes=bpf.brk_bytes if bpf else None,
+        **_bpf_fields(bpf),
     )
 
 
@@ -100,12 +103,7 @@ def _from_bpf(
         hwm_kb=None,
         pss_kb=None,
         uss_kb=None,
-        mmap_count=stats.mmap_count,
-        mmap_bytes=stats.mmap_bytes,
-        munmap_count=stats.munmap_count,
-        munmap_bytes=stats.munmap_bytes,
-        brk_count=stats.brk_count,
-        brk_bytes=stats.brk_bytes,
+        **_bpf_fields(stats),
         exited=exited,
     )
 
@@ -155,18 +153,7 @@ def merge(
         live_key = by_pid.get(e.pid)
         if live_key is not None and (prev_p is None or prev_p.key == live_key):
             # /proc still showed this process this interval; it exited after the scan: one row, final counters
-            cur = out[live_key]
-            final = _from_bpf(e.final, cur, comm=cur.comm or e.comm, exited=True)
-            merged = replace(
-                cur,
-                mmap_count=final.mmap_count,
-                mmap_bytes=final.mmap_bytes,
-                munmap_count=final.munmap_count,
-                munmap_bytes=final.munmap_bytes,
-                brk_count=final.brk_count,
-                brk_bytes=final.brk_bytes,
-                exited=True,
-            )
+            merged = replace(out[live_key], **_bpf_fields(e.final), exited=True)
             out[live_key] = _with_deltas(merged, prev_by_key.get(live_key), mono, prev_mono)
             continue
         p = _with_deltas(_from_bpf(e.final, prev_p, comm=e.comm, exited=True), prev_p, mono, prev_mono)
