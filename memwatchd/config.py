@@ -58,7 +58,7 @@ class NotifyConfig:
     urls: tuple[str, ...] = ()
     urls_file: str = ""  # file with one Apprise URL per line (secrets kept out of the main config)
     repeat_interval_s: float = 4 * 3600.0
-    group_wait_s: float = 0.0
+    group_wait_s: float = 30.0  # after a message, alerts due within this are sent together
     timeout_s: float = 10.0
     max_retries: int = 8
 
@@ -334,7 +334,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         urls=n.get("urls", (), _urls),
         urls_file=n.get("urls_file", "", lambda v: path(v) if v else ""),
         repeat_interval_s=n.get("repeat_interval", 4 * 3600.0, _duration(0.0)),
-        group_wait_s=n.get("group_wait", 0.0, _duration(0.0)),
+        group_wait_s=n.get("group_wait", 30.0, _duration(0.0)),
         timeout_s=n.get("timeout", 10.0, _duration(0.1)),
         max_retries=n.get("max_retries", 8, _int(0, 1000)),
     )

@@ -8,6 +8,7 @@ ring buffer is read inside the loop. Snapshots go through a bounded queue to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -53,13 +54,38 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
             r, e = fn(), None
         except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
             r, e = None, err
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
             loop.call_soon_threadsafe(settle, r, e)
-        except RuntimeError:
-            pass  # loop closed during shutdown
 
     threading.Thread(target=target, daemon=True, name="memwatchd-scan").start()
     return fut
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        v = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return v if v > 0 else default
+
+
+def with_limit_forecast(t: Any, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup") -> Any:
+    """Add "its memory cgroup reaches the limit in ~N" to a growing alert (reads the cgroup files once)."""
+    rate = t.record.rate
+    if t.reason == "resolved" or rate is None or rate <= 0:
+        return t
+    key = (t.record.pid, t.record.start_ticks)
+    proc = next((p for p in snap.processes if (p.pid, p.start_ticks) == key), None)
+    if proc is None or not proc.cgroup:
+        return t
+    from memwatchd.collectors.cgroupfs import headroom
+
+    h = headroom(proc.cgroup, cgroup_root)
+    if h is None:
+        return t
+    return dataclasses.replace(
+        t, limit_forecast_s=h.free_bytes / rate, limit_cgroup=h.cgroup, limit_bytes=float(h.limit_bytes)
+    )
 
 
 def _raise_nofile_limit() -> None:
@@ -99,6 +125,10 @@ class Daemon:
         self.scan_ms = 0.0
         stall = os.environ.get("MEMWATCHD_TEST_STALL_AFTER")
         self._stall_after = int(stall) if stall and stall.isdigit() else None
+        self._held: list[Any] = []  # alert transitions waiting for [notify] group_wait
+        self._last_sent = float("-inf")  # mono of the last alert messages handed to the deliverer
+        self._retention_ref: tuple[float, float] | None = None  # (wall, mono) of the last prune
+        self.prune_every_s = _env_seconds("MEMWATCHD_TEST_PRUNE_EVERY_S", PRUNE_EVERY_S)  # test hook
 
     # ---- setup -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -108,13 +138,24 @@ class Daemon:
         _raise_nofile_limit()
         self.store = await StoreWriter.open(self.cfg.storage.path, self.cfg.storage)
         self.procfs = ProcfsCollector(
-            root=self.cfg.procfs.root, smaps=self.cfg.procfs.smaps, full_rescan_s=self.cfg.procfs.full_rescan_s
+            root=self.cfg.procfs.root,
+            smaps=self.cfg.procfs.smaps,
+            full_rescan_s=self.cfg.procfs.full_rescan_s,
         )
         self._load_bpf()
         await self._open_alerting()
         self._open_metrics()
+        # this run's counters start at zero: status must not mix the previous run's counts with this pid
         await self.store.set_status(
-            pid=os.getpid(), started_at=time.time(), bpf_state=self.bpf_state, host=self.host, interval_s=self.cfg.daemon.interval_s
+            pid=os.getpid(),
+            started_at=time.time(),
+            bpf_state=self.bpf_state,
+            host=self.host,
+            interval_s=self.cfg.daemon.interval_s,
+            committed_snapshots=0,
+            dropped_snapshots=0,
+            notify_failures=0,
+            notify_delivered=0,
         )
 
     def _load_bpf(self) -> None:
@@ -225,18 +266,28 @@ class Daemon:
             return
         if changed:
             asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
-        if due:
-            from memwatchd.notify import render
+        self._held.extend(with_limit_forecast(t, snap) for t in due)
+        # [notify] group_wait: after a message goes out, what comes due within group_wait is held and sent
+        # as one message per rule; a lone alert after a quiet spell goes out at once
+        if self._held and snap.mono - self._last_sent >= self.cfg.notify.group_wait_s:
+            self._last_sent = snap.mono
+            self._send_held()
 
-            for msg in render(due, self.host, self.default_urls):
-                if msg.urls:
-                    self.deliverer.submit(msg)
-                else:
-                    log.info("alert (no notification URLs configured): %s", msg.title)
+    def _send_held(self) -> None:
+        from memwatchd.notify import render
+
+        due, self._held = self._held, []
+        for msg in render(due, self.host, self.default_urls):
+            if msg.urls:
+                self.deliverer.submit(msg)
+            else:
+                log.info("alert (no notification URLs configured): %s", msg.title)
 
     def status_line(self) -> str:
         n = len(self.prev.processes) if self.prev else 0
-        last = time.strftime("%H:%M:%S", time.localtime(self.last_write_ts)) if self.last_write_ts else "never"
+        last = (
+            time.strftime("%H:%M:%S", time.localtime(self.last_write_ts)) if self.last_write_ts else "never"
+        )
         db = f"db error: {self.write_failing}" if self.write_failing else f"last write {last}"
         return f"{n} processes, bpf {self.bpf_state}, {db}"
 
@@ -253,13 +304,12 @@ class Daemon:
             now = time.monotonic()
             if next_at < now:  # overran: skip missed ticks instead of bursting
                 next_at = now + interval - ((now - next_at) % interval)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=next_at - now)
-            except TimeoutError:
-                pass
 
     async def writer(self) -> None:
-        last_prune = time.monotonic()
+        # the first prune follows the first write: after a long downtime retention applies at once
+        last_prune = time.monotonic() - self.prune_every_s
         while True:
             if not self.queue:
                 if self.stop_event.is_set():
@@ -276,15 +326,17 @@ class Daemon:
                 await self.store.write(snap)
             except Exception as e:
                 if self.write_failing is None:
-                    log.error("cannot write to the database (%s); keeping up to %d snapshots in memory and retrying", e, WRITE_BACKLOG)
+                    log.error(
+                        "cannot write to the database (%s); keeping up to %d snapshots in memory, retrying",
+                        e,
+                        WRITE_BACKLOG,
+                    )
                 self.write_failing = str(e)
                 self.write_errors += 1
                 if self.stop_event.is_set():
                     return
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), timeout=self.cfg.daemon.interval_s)
-                except TimeoutError:
-                    pass
                 continue
             if self.queue and self.queue[0] is snap:
                 self.queue.popleft()
@@ -294,12 +346,26 @@ class Daemon:
                 log.info("database writes resumed")
                 self.write_failing = None
             await self._write_status(snap)
-            if time.monotonic() - last_prune >= PRUNE_EVERY_S:
+            if time.monotonic() - last_prune >= self.prune_every_s:
                 last_prune = time.monotonic()
                 try:
-                    await self.store.prune(time.time())
+                    await self.store.prune(self._retention_now())
                 except Exception as e:
                     log.warning("retention prune failed: %s", e)
+
+    def _retention_now(self) -> float:
+        """The wall time retention cuts at: it advances no faster than the monotonic clock.
+
+        A wall-clock step forward (NTP correcting a wrong clock, an operator's date -s) would otherwise
+        age every stored row at once and the next prune would delete up to the whole history. A step back
+        is followed at once (it only keeps rows longer).
+        """
+        wall, mono = time.time(), time.monotonic()
+        if self._retention_ref is not None:
+            ref_wall, ref_mono = self._retention_ref
+            wall = min(wall, ref_wall + (mono - ref_mono))
+        self._retention_ref = (wall, mono)
+        return wall
 
     async def _write_status(self, snap: Snapshot) -> None:
         try:
@@ -328,10 +394,8 @@ class Daemon:
             if self.cycles != self._pinged_cycles:  # only while sampling makes progress
                 self._pinged_cycles = self.cycles
                 self.notifier.watchdog()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=period)
-            except TimeoutError:
-                pass
 
     # ---- reload / stop -----------------------------------------------------------------------
     def reload(self, path: str) -> None:
@@ -351,7 +415,9 @@ class Daemon:
                 log.warning("[%s] changed: takes effect after a restart", section)
         new_procfs = new.procfs
         # sections that need a restart keep their running values (the storage path may come from --db)
-        self.cfg = dataclasses.replace(new, bpf=self.cfg.bpf, storage=self.cfg.storage, prometheus=self.cfg.prometheus)
+        self.cfg = dataclasses.replace(
+            new, bpf=self.cfg.bpf, storage=self.cfg.storage, prometheus=self.cfg.prometheus
+        )
         self.default_urls = urls
         self.procfs.smaps = new_procfs.smaps
         self.alerts.update_rules(new.rules)
@@ -369,6 +435,8 @@ class Daemon:
                 log.warning("BPF detach: %s", e)
             self.bpf = None
         if self.deliverer is not None:
+            if self._held:
+                self._send_held()  # do not sit on a held group at shutdown
             await self.deliverer.close(timeout=2.0)
         if self.metrics is not None:
             self.metrics.stop()
@@ -398,7 +466,12 @@ async def run(cfg: Config, config_path: str, db_override: bool = False) -> int:
     ]
     # First snapshot before READY=1 so `status` has data as soon as systemd considers us started.
     d.notifier.ready(d.status_line())
-    log.info("memwatchd started: interval %gs, bpf %s, database %s", cfg.daemon.interval_s, d.bpf_state, cfg.storage.path)
+    log.info(
+        "memwatchd started: interval %gs, bpf %s, database %s",
+        cfg.daemon.interval_s,
+        d.bpf_state,
+        cfg.storage.path,
+    )
     wd = asyncio.create_task(d.watchdog(), name="watchdog")
     await d.stop_event.wait()
     d.notifier.stopping()
@@ -447,7 +520,9 @@ def cli(config_path: str, db_path: str | None, check: bool) -> None:
         cfg = load_config(config_path)
         notify_urls(cfg)
         if db_path:
-            cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, path=os.path.abspath(db_path)))
+            cfg = dataclasses.replace(
+                cfg, storage=dataclasses.replace(cfg.storage, path=os.path.abspath(db_path))
+            )
     except ConfigError as e:
         click.echo(f"memwatchd: {e}", err=True)
         ServiceNotifier().status(f"invalid configuration: {e}")

@@ -31,7 +31,7 @@ def titles(hook: WebhookReceiver, word: str) -> list[str]:
 def test_leaking_process_fires_once_and_resolves_once(tmp_path: Path) -> None:
     with WebhookReceiver() as hook:
         extra = (
-            f'[notify]\nurls = ["{hook.url()}"]\nrepeat_interval = "1h"\n'
+            f'[notify]\nurls = ["{hook.url()}"]\nrepeat_interval = "1h"\ngroup_wait = "0s"\n'
             f'[[rules]]\nname = "leak-growth"\nkind = "growth"\nmetric = "rss"\nmin_rate = "1MB/min"\n'
             f'window = "{WINDOW:g}s"\nfor = "{FOR:g}s"\nmatch = {{ comm = "leaker" }}\n'
         )

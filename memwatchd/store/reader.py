@@ -7,6 +7,7 @@ interface contract (``ts`` in unix seconds, sizes in KiB, eBPF counters in bytes
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sqlite3
 import urllib.parse
@@ -170,6 +171,9 @@ class StoreReader:
         since: float | None,
         until: float | None,
     ) -> list[Proc]:
+        nul_glob = comm_glob if comm_glob is not None and "\x00" in comm_glob else None
+        if nul_glob is not None:
+            comm_glob = None  # GLOB stops at a NUL ("*\x00*" matched every process): matched below instead
         where, params = [], []
         for cond, value in (
             ("pid = ?", pid),
@@ -190,7 +194,10 @@ class StoreReader:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY first_seen_ms, pid, start_ticks"
-        return [Proc(*r) for r in self.db.execute(sql, params)]
+        found = [Proc(*r) for r in self.db.execute(sql, params)]
+        if nul_glob is not None:
+            found = [p for p in found if fnmatch.fnmatchcase(p.comm, nul_glob)]
+        return found
 
     def processes(self, **filters: Any) -> list[dict[str, Any]]:
         """Processes seen in a range (exited ones included) with first/last seen and exit times."""

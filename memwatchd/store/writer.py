@@ -593,7 +593,9 @@ class StoreWriter:
                 if excess <= 0:
                     return
                 try:
-                    await self._db.execute(f"PRAGMA incremental_vacuum({min(excess, 1024)})")
+                    # executescript steps the pragma to completion: execute() frees one page per step and
+                    # leaves the statement open, holding the write lock until the cursor is collected
+                    await self._db.executescript(f"PRAGMA incremental_vacuum({min(excess, 1024)});")
                 except sqlite3.Error as e:
                     raise StoreError(describe(e)) from None
             await asyncio.sleep(0)

@@ -1,0 +1,27 @@
+"""Fault-injection suite: long variants (@pytest.mark.slow) run only with MEMWATCHD_LONG=1."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+LONG = os.environ.get("MEMWATCHD_LONG") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if LONG:
+        return
+    skip = pytest.mark.skip(reason="long variant: set MEMWATCHD_LONG=1")
+    for item in items:
+        if "slow" in item.keywords and "faults" in str(item.fspath):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def daemons():  # type: ignore[no-untyped-def]
+    from tests.faults.common import Daemons
+
+    d = Daemons()
+    yield d
+    d.close()
