@@ -87,7 +87,8 @@ def _measure(soak: float, warm: float, window: str, rows: list[dict]) -> list[di
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
-    mode = f"{soak / 60:.0f} min soak after {warm:.0f} s warm-up, {SLEEPERS} extra processes, windows {window}"
+    mode = f"{soak / 60:.0f} min soak after {warm:.0f} s warm-up, {SLEEPERS} extra processes"
+    mode += f", windows {window}"
     rows.append(
         {
             "benchmark": "daemon memory",
