@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e_workloads import LEAKER, VICTIM
 from tests.helpers import bpf_possible, start_daemon, stop_daemon, wait_for, write_config
-from tests.receivers import WebhookReceiver
+from tests.receivers import SmtpReceiver, WebhookReceiver
 
 INTERVAL = 0.5
 WINDOW = 10.0
@@ -29,9 +29,9 @@ def titles(hook: WebhookReceiver, word: str) -> list[str]:
 
 
 def test_leaking_process_fires_once_and_resolves_once(tmp_path: Path) -> None:
-    with WebhookReceiver() as hook:
+    with WebhookReceiver() as hook, SmtpReceiver(user="alerts", password="s3cret") as smtp:
         extra = (
-            f'[notify]\nurls = ["{hook.url()}"]\nrepeat_interval = "1h"\ngroup_wait = "0s"\n'
+            f'[notify]\nurls = ["{hook.url()}", "{smtp.url()}"]\nrepeat_interval = "1h"\ngroup_wait = "0s"\n'
             f'[[rules]]\nname = "leak-growth"\nkind = "growth"\nmetric = "rss"\nmin_rate = "1MB/min"\n'
             f'window = "{WINDOW:g}s"\nfor = "{FOR:g}s"\nmatch = {{ comm = "leaker" }}\n'
         )
@@ -69,6 +69,11 @@ def test_leaking_process_fires_once_and_resolves_once(tmp_path: Path) -> None:
             ]
             time.sleep(3 * INTERVAL + 2)  # nothing more may follow
             assert len(titles(hook, "FIRING")) == 1 and len(titles(hook, "RESOLVED")) == 1
+            # the same two messages reached the real SMTP server, once each
+            mails = smtp.wait_for(2, timeout=10)
+            subjects = sorted(str(m["Subject"]) for m in mails)
+            assert len(mails) == 2, subjects
+            assert "FIRING leak-growth: leaker" in subjects[0] and "RESOLVED leak-growth: leaker" in subjects[1]
         finally:
             leaker.kill()
             leaker.wait()
