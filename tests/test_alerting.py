@@ -13,6 +13,7 @@ from memwatchd.alerting import AlertEngine, Transition
 from memwatchd.config import Match, RuleConfig
 from memwatchd.models import AlertRecord, BpfHealth, MemInfo, OomKill, ProcessSnapshot, Snapshot
 from memwatchd.notify import render
+from tests.factories import process_snapshot
 
 MB = 1024 * 1024
 MI = MemInfo(mem_total_kb=16 << 20, mem_available_kb=4 << 20, swap_total_kb=0, swap_free_kb=0)
@@ -25,26 +26,14 @@ def proc(pid: int, rss_mb: float, start: int = 1000, comm: str = "leaker", **kw:
     base: dict[str, object] = dict(
         pid=pid,
         start_ticks=start,
-        start_time=None,
         comm=comm,
         unit="app.service",
-        cgroup=None,
         rss_kb=int(rss_mb * 1024),
         anon_kb=int(rss_mb * 1024),
         swap_kb=0,
         vm_kb=0,
-        hwm_kb=None,
-        pss_kb=None,
-        uss_kb=None,
-        mmap_count=None,
-        mmap_bytes=None,
-        munmap_count=None,
-        munmap_bytes=None,
-        brk_count=None,
-        brk_bytes=None,
     )
-    base.update(kw)
-    return ProcessSnapshot(**base)  # type: ignore[arg-type]
+    return process_snapshot(**{**base, **kw})
 
 
 def snap(mono: float, procs: Iterable[ProcessSnapshot], wall: float | None = None, **kw: object) -> Snapshot:

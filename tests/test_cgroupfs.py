@@ -13,8 +13,9 @@ import pytest
 from memwatchd.alerting import Transition
 from memwatchd.collectors.cgroupfs import headroom
 from memwatchd.daemon import with_limit_forecast
-from memwatchd.models import AlertRecord, BpfHealth, ProcessSnapshot, Snapshot
+from memwatchd.models import AlertRecord, BpfHealth, Snapshot
 from memwatchd.notify import render
+from tests.factories import process_snapshot
 
 MB = 1024 * 1024
 
@@ -47,26 +48,8 @@ def test_unknown_or_hostile_paths_give_none(tmp_path: Path, cg: str | None) -> N
 
 
 def _snap(cgroup: str) -> Snapshot:
-    p = ProcessSnapshot(
-        pid=42,
-        start_ticks=7,
-        start_time=0.0,
-        comm="api",
-        unit="api.service",
-        cgroup=cgroup,
-        rss_kb=400 * 1024,
-        anon_kb=0,
-        swap_kb=0,
-        vm_kb=0,
-        hwm_kb=0,
-        pss_kb=None,
-        uss_kb=None,
-        mmap_count=None,
-        mmap_bytes=None,
-        munmap_count=None,
-        munmap_bytes=None,
-        brk_count=None,
-        brk_bytes=None,
+    p = process_snapshot(
+        pid=42, start_ticks=7, comm="api", unit="api.service", cgroup=cgroup, rss_kb=400 * 1024
     )
     return Snapshot(ts=1000.0, mono=5.0, processes=(p,), meminfo=None, bpf=BpfHealth(state="disabled"))
 

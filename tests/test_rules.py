@@ -26,6 +26,7 @@ from memwatchd.rules import (
     threshold_fired,
     window_ready,
 )
+from tests.factories import process_snapshot
 
 W = 600.0  # window, seconds
 MIN_RATE = 1024 * 1024 / 60  # 1MB/min
@@ -33,29 +34,7 @@ BASE = 200e6
 
 
 def proc(**kw: object) -> ProcessSnapshot:
-    base: dict[str, object] = dict(
-        pid=10,
-        start_ticks=100,
-        start_time=None,
-        comm="x",
-        unit=None,
-        cgroup=None,
-        rss_kb=1000,
-        anon_kb=800,
-        swap_kb=None,
-        vm_kb=5000,
-        hwm_kb=None,
-        pss_kb=None,
-        uss_kb=None,
-        mmap_count=None,
-        mmap_bytes=None,
-        munmap_count=None,
-        munmap_bytes=None,
-        brk_count=None,
-        brk_bytes=None,
-    )
-    base.update(kw)
-    return ProcessSnapshot(**base)  # type: ignore[arg-type]
+    return process_snapshot(**{"rss_kb": 1000, "anon_kb": 800, "vm_kb": 5000, **kw})
 
 
 def first_fire(
