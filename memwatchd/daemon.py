@@ -125,6 +125,7 @@ class Daemon:
         self.scan_ms = 0.0
         stall = os.environ.get("MEMWATCHD_TEST_STALL_AFTER")
         self._stall_after = int(stall) if stall and stall.isdigit() else None
+        self._bpf_failing = False
         self._held: list[Any] = []  # alert transitions waiting for [notify] group_wait
         self._last_sent = float("-inf")  # mono of the last alert messages handed to the deliverer
         self._retention_ref: tuple[float, float] | None = None  # (wall, mono) of the last prune
@@ -228,10 +229,16 @@ class Daemon:
         if self.bpf is None:
             return None
         try:
-            return self.bpf.poll()
-        except Exception as e:  # a failing map read must not stop sampling
-            log.error("BPF poll failed: %s", e)
+            poll = self.bpf.poll()
+        except Exception as e:  # a failing map read must not stop sampling; said once, not per cycle
+            if not self._bpf_failing:
+                log.error("BPF map read failed (%s); counters missing until it recovers", e)
+            self._bpf_failing = True
             return None
+        if self._bpf_failing:
+            log.info("BPF map reads recovered")
+            self._bpf_failing = False
+        return poll
 
     async def sample_once(self) -> Snapshot:
         mono = time.monotonic()
