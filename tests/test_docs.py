@@ -33,5 +33,5 @@ def test_reference_lists_every_key_of_the_shipped_config() -> None:
 
 def test_readme_quick_start_has_the_two_commands_ci_runs() -> None:
     readme = (REPO / "README.md").read_text()
-    assert "sudo scripts/run" in readme and "sudo scripts/test" in readme
+    assert "\nscripts/run " in readme and "\nscripts/test " in readme
     assert "scripts/test" in (REPO / ".ci" / "run").read_text()
