@@ -87,9 +87,7 @@ def main() -> int:
         md.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     out.with_suffix(".md").write_text(
         f"Measured {meta['date']} with `{meta['command']}`"
-        f" (kernel {meta['kernel']}, {meta['cpus']} CPUs).\n\n"
-        + "\n".join(md)
-        + "\n"
+        f" (kernel {meta['kernel']}, {meta['cpus']} CPUs).\n\n" + "\n".join(md) + "\n"
     )
     print(f"\nwritten {out} in {meta['seconds']} s", file=sys.stderr)
     return 0

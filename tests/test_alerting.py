@@ -9,10 +9,10 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memwatchd.alerting import AlertEngine, Transition
+from memwatchd.alerts.engine import AlertEngine, Transition
 from memwatchd.config import Match, RuleConfig
 from memwatchd.models import AlertRecord, BpfHealth, MemInfo, OomKill, ProcessSnapshot, Snapshot
-from memwatchd.notify import render
+from memwatchd.notify.render import render
 from tests.factories import process_snapshot
 
 MB = 1024 * 1024

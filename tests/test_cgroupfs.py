@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from memwatchd.alerting import Transition
+from memwatchd.alerts.engine import Transition
 from memwatchd.collectors.cgroupfs import headroom
-from memwatchd.daemon import with_limit_forecast
+from memwatchd.daemon.app import with_limit_forecast
 from memwatchd.models import AlertRecord, BpfHealth, Snapshot
-from memwatchd.notify import render
+from memwatchd.notify.render import render
 from tests.factories import process_snapshot
 
 MB = 1024 * 1024

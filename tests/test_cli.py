@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from memwatchd.cli import cli
+from memwatchd.cli.main import cli
 from memwatchd.config import StorageConfig
 from memwatchd.models import AlertRecord, BpfHealth, MemInfo, ProcessExit, ProcessSnapshot, Snapshot
 from memwatchd.store.writer import StoreWriter

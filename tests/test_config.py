@@ -59,7 +59,7 @@ def test_daemon_exits_2_on_bad_config_without_traceback(tmp_path: Path) -> None:
     f = tmp_path / "bad.toml"
     f.write_text("[storage]\nretention = 'forever'\n")
     r = subprocess.run(
-        [sys.executable, "-m", "memwatchd.daemon", "--config", str(f)], capture_output=True, text=True
+        [sys.executable, "-m", "memwatchd.daemon.app", "--config", str(f)], capture_output=True, text=True
     )
     assert r.returncode == 2
     assert f"{f}: storage.retention:" in r.stderr
@@ -68,7 +68,7 @@ def test_daemon_exits_2_on_bad_config_without_traceback(tmp_path: Path) -> None:
 
 def test_check_flag_validates_shipped_config() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "memwatchd.daemon", "--config", str(SHIPPED), "--check"],
+        [sys.executable, "-m", "memwatchd.daemon.app", "--config", str(SHIPPED), "--check"],
         capture_output=True,
         text=True,
     )
@@ -78,7 +78,7 @@ def test_check_flag_validates_shipped_config() -> None:
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "memwatchd.daemon", "--config", str(tmp_path / "none.toml")],
+        [sys.executable, "-m", "memwatchd.daemon.app", "--config", str(tmp_path / "none.toml")],
         capture_output=True,
         text=True,
     )

@@ -163,7 +163,7 @@ def test_unwritable_database_is_a_clear_startup_failure(tmp_path: Path) -> None:
         cfg.read_text().replace(str(tmp_path / "db" / "memwatchd.db"), str(blocker / "sub" / "m.db"))
     )
     r = subprocess.run(
-        [sys.executable, "-m", "memwatchd.daemon", "--config", str(cfg)],
+        [sys.executable, "-m", "memwatchd.daemon.app", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=30,

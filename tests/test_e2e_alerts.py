@@ -73,7 +73,9 @@ def test_leaking_process_fires_once_and_resolves_once(tmp_path: Path) -> None:
             mails = smtp.wait_for(2, timeout=10)
             subjects = sorted(str(m["Subject"]) for m in mails)
             assert len(mails) == 2, subjects
-            assert "FIRING leak-growth: leaker" in subjects[0] and "RESOLVED leak-growth: leaker" in subjects[1]
+            assert (
+                "FIRING leak-growth: leaker" in subjects[0] and "RESOLVED leak-growth: leaker" in subjects[1]
+            )
         finally:
             leaker.kill()
             leaker.wait()

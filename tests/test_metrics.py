@@ -17,10 +17,9 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from memwatchd.alerting import AlertEngine
+from memwatchd.alerts.engine import AlertEngine
 from memwatchd.config import PrometheusConfig, RuleConfig, parse_config
-from memwatchd.merge import merge
-from memwatchd.metrics import (
+from memwatchd.daemon.metrics import (
     ALLOC_COUNTERS,
     GROUP_GAUGES,
     OTHER,
@@ -28,6 +27,7 @@ from memwatchd.metrics import (
     MetricsServer,
     series_budget,
 )
+from memwatchd.merge import merge
 from memwatchd.models import (
     BpfHealth,
     BpfPoll,

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from memwatchd.alerting import Transition
-from memwatchd.cli_notify import notify_test
+from memwatchd.alerts.engine import Transition
+from memwatchd.cli.notify_test import notify_test
 from memwatchd.config import RuleConfig
-from memwatchd.deliver import scrub, secrets_of
 from memwatchd.models import AlertRecord
-from memwatchd.notify import Deliverer, Message, check_urls_child, render, send_sync, sparkline
+from memwatchd.notify.child import scrub, secrets_of
+from memwatchd.notify.deliverer import Deliverer, check_urls_child, send_sync
+from memwatchd.notify.render import Message, render, sparkline
 from tests.receivers import SmtpReceiver, WebhookReceiver
 
 MB = 1024 * 1024
@@ -288,7 +289,7 @@ def test_urls_never_reach_the_child_command_line() -> None:
             return cmdline
 
     cmdline = run(scenario)
-    assert "memwatchd.deliver" in cmdline and secret not in cmdline and "json://" not in cmdline
+    assert "memwatchd.notify.child" in cmdline and secret not in cmdline and "json://" not in cmdline
 
 
 def test_submit_never_blocks_and_drops_the_oldest_when_full() -> None:
@@ -342,7 +343,7 @@ def test_send_sync_and_url_check_in_a_child() -> None:
 
 def test_delivery_helper_rejects_bad_input() -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "memwatchd.deliver"], input=b"not json", capture_output=True, timeout=30
+        [sys.executable, "-m", "memwatchd.notify.child"], input=b"not json", capture_output=True, timeout=30
     )
     assert p.returncode == 2 and json.loads(p.stdout)["error"].startswith("bad input")
 

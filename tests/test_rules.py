@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memwatchd.models import MemInfo, ProcessSnapshot
-from memwatchd.rules import (
+from memwatchd.alerts.fit import (
     MAX_POINTS,
     Window,
     alloc_count,
@@ -26,6 +25,7 @@ from memwatchd.rules import (
     threshold_fired,
     window_ready,
 )
+from memwatchd.models import MemInfo, ProcessSnapshot
 from tests.factories import process_snapshot
 
 W = 600.0  # window, seconds

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from memwatchd.service import ServiceNotifier, watchdog_interval_s
+from memwatchd.daemon.service import ServiceNotifier, watchdog_interval_s
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_vanished_socket_warns_once(
     monkeypatch.setenv("NOTIFY_SOCKET", receiver.path)
     n = ServiceNotifier()
     receiver.close()
-    with caplog.at_level(logging.WARNING, logger="memwatchd.service"):
+    with caplog.at_level(logging.WARNING, logger="memwatchd.daemon.service"):
         for _ in range(5):
             n.watchdog()
     assert not n.enabled

@@ -189,7 +189,11 @@ def test_installed_files_name_final_paths(staged: Path) -> None:
 
 def test_staged_virtualenv_imports(staged: Path) -> None:
     py = staged / PREFIX.lstrip("/") / "bin" / "python"
-    proc = run(py, "-c", "import sys, memwatchd.service, memwatchd.logsetup, sdnotify; print(sys.prefix)")
+    proc = run(
+        py,
+        "-c",
+        "import sys, memwatchd.daemon.service, memwatchd.daemon.logsetup, sdnotify; print(sys.prefix)",
+    )
     assert proc.stdout.strip() == str(staged / PREFIX.lstrip("/"))
 
 
@@ -277,7 +281,7 @@ import logging, os, sys
 if os.environ.get("AS_JOURNAL"):
     st = os.fstat(2)
     os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-from memwatchd.logsetup import setup_logging
+from memwatchd.daemon.logsetup import setup_logging
 setup_logging(sys.argv[1])
 log = logging.getLogger("memwatchd.test")
 log.debug("debug line")
@@ -331,7 +335,7 @@ def test_terminal_format_and_level() -> None:
 
 def test_setup_logging_twice_keeps_one_handler() -> None:
     code = (
-        "import logging; from memwatchd.logsetup import setup_logging\n"
+        "import logging; from memwatchd.daemon.logsetup import setup_logging\n"
         "setup_logging('info'); setup_logging('debug')\n"
         "logging.getLogger('x').debug('once')"
     )
@@ -356,7 +360,7 @@ def test_setup_logging_twice_keeps_one_handler() -> None:
     ],
 )
 def test_mask_secrets(text: str, masked: str) -> None:
-    from memwatchd.logsetup import mask_secrets
+    from memwatchd.daemon.logsetup import mask_secrets
 
     assert mask_secrets(text) == masked
 
@@ -364,7 +368,7 @@ def test_mask_secrets(text: str, masked: str) -> None:
 def test_secret_filter_merges_arguments() -> None:
     import logging
 
-    from memwatchd.logsetup import SecretFilter
+    from memwatchd.daemon.logsetup import SecretFilter
 
     rec = logging.LogRecord("x", logging.INFO, __file__, 1, "url %s and %d%%", ("tgram://1:AB/2", 5), None)
     assert SecretFilter().filter(rec)

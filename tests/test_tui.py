@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from memwatchd.cli import cli
+from memwatchd.cli.main import cli
 from memwatchd.config import StorageConfig
 from memwatchd.models import BpfHealth, MemInfo, Snapshot
 from memwatchd.store.reader import StoreReader
@@ -106,7 +106,7 @@ def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def drive(db: Path, script: Callable[[Any, Any], Any], **kw: Any) -> None:
     """Run the app headless at SIZE and hand (app, pilot) to an async script; plain asyncio, no plugin."""
-    from memwatchd.tui import TopApp
+    from memwatchd.cli.tui import TopApp
 
     async def go() -> None:
         with StoreReader(str(db)) as reader:
@@ -119,7 +119,7 @@ def drive(db: Path, script: Callable[[Any, Any], Any], **kw: Any) -> None:
 
 
 def names(app: Any) -> list[str]:
-    from memwatchd.tui import ProcessScreen
+    from memwatchd.cli.tui import ProcessScreen
 
     screen = app.screen
     assert isinstance(screen, ProcessScreen)
@@ -192,7 +192,7 @@ def test_filter_by_name_and_unit_then_escape_clears(db: Path) -> None:
 
 def test_enter_opens_history_and_escape_returns(db: Path) -> None:
     async def script(app: Any, pilot: Any) -> None:
-        from memwatchd.tui import HistoryScreen, ProcessScreen
+        from memwatchd.cli.tui import HistoryScreen, ProcessScreen
 
         await pilot.press("down", "down", "enter")  # the third row by rss: bravo
         await pilot.pause()

@@ -1,4 +1,4 @@
-"""`python -m memwatchd.deliver`: send one message through Apprise, in a short-lived child process.
+"""`python -m memwatchd.notify.child`: send one message through Apprise, in a short-lived child process.
 
 The daemon never imports apprise (it costs ~30 MB); it starts this module per delivery attempt.
 Input on stdin (never argv, which every user can read in /proc):

@@ -1,6 +1,6 @@
 """`memwatchctl notify-test`: send a test message through the configured Apprise URLs.
 
-It uses the daemon's own delivery path (a `python -m memwatchd.deliver` child), so a URL that works here
+It uses the daemon's own delivery path (a `python -m memwatchd.notify.child` child), so a URL that works here
 works for the daemon. Register with `cli.add_command(notify_test)`.
 """
 
@@ -12,7 +12,7 @@ import time
 import click
 
 from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, mask_url, notify_urls
-from memwatchd.notify import send_sync
+from memwatchd.notify.deliverer import send_sync
 
 
 class _ConfigProblem(click.ClickException):

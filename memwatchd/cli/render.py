@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich import box
@@ -14,6 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from memwatchd.units import format_duration, format_size
+
+# Sort orders of `top`, shared by the table and the live view.
+SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "rss": lambda r: r["rss_kb"] or 0,
+    "anon": lambda r: r["anon_kb"] or 0,
+    "swap": lambda r: r["swap_kb"] or 0,
+    "growth": lambda r: r["growth_kb_per_h"] if r["growth_kb_per_h"] is not None else float("-inf"),
+    "mmap": lambda r: (r["mmap_bytes_per_s"] or 0, r["mmap_bytes"] or 0),
+}
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from memwatchd import cli_render as R
+from memwatchd.cli import render as R
 from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from memwatchd.units import parse_duration
 
@@ -180,7 +180,7 @@ def _check_range(since: float, until: float) -> None:
 class LazyGroup(click.Group):
     """A group whose heavier subcommands are imported only when used (notify-test loads Apprise)."""
 
-    lazy = {"notify-test": ("memwatchd.cli_notify", "notify_test")}
+    lazy = {"notify-test": ("memwatchd.cli.notify_test", "notify_test")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -234,20 +234,13 @@ def cli(ctx: click.Context, db: str | None, config_path: str) -> None:
 
 
 # ---- top ---------------------------------------------------------------------------------------------
-SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "rss": lambda r: r["rss_kb"] or 0,
-    "anon": lambda r: r["anon_kb"] or 0,
-    "swap": lambda r: r["swap_kb"] or 0,
-    "growth": lambda r: r["growth_kb_per_h"] if r["growth_kb_per_h"] is not None else float("-inf"),
-    "mmap": lambda r: (r["mmap_bytes_per_s"] or 0, r["mmap_bytes"] or 0),
-}
 
 
 @cli.command()
 @click.option(
     "--sort",
     "sort_by",
-    type=click.Choice(list(SORT_KEYS)),
+    type=click.Choice(list(R.SORT_KEYS)),
     default="rss",
     show_default=True,
     help="Order by resident, anonymous or swapped memory, RSS growth per hour, or mmap activity.",
@@ -308,14 +301,14 @@ def top(
         raise click.BadParameter("must be more than 0", param_hint="--refresh")
     # Textual reads keys from stdin and draws on stderr: all three must be the terminal.
     if not once and not as_json and all(f.isatty() for f in (sys.stdin, sys.stdout, sys.stderr)):
-        from memwatchd.tui import run_top
+        from memwatchd.cli.tui import run_top
 
         given = ctx.get_parameter_source("limit") is not click.core.ParameterSource.DEFAULT
         reader = obj.reader()  # a missing or foreign database fails here as "Error: ...", before the screen
         run_top(reader, window_s=window_s, sort_by=sort_by, limit=limit if given else 0, refresh_s=refresh_s)
         return
     data = obj.reader().top(window_s)
-    rows = sorted(data["processes"], key=lambda r: (SORT_KEYS[sort_by](r), -r["pid"]), reverse=True)
+    rows = sorted(data["processes"], key=lambda r: (R.SORT_KEYS[sort_by](r), -r["pid"]), reverse=True)
     if limit:
         rows = rows[:limit]
     if as_json:

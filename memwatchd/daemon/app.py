@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import click
 
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
-from memwatchd.logsetup import setup_logging
+from memwatchd.daemon.logsetup import setup_logging
+from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.merge import merge
 from memwatchd.models import BpfHealth, BpfPoll, Snapshot
-from memwatchd.service import ServiceNotifier
 
 log = logging.getLogger("memwatchd")
 T = TypeVar("T")
@@ -181,8 +181,8 @@ class Daemon:
         log.info("BPF probes attached")
 
     async def _open_alerting(self) -> None:
-        from memwatchd.alerting import AlertEngine
-        from memwatchd.notify import Deliverer
+        from memwatchd.alerts.engine import AlertEngine
+        from memwatchd.notify.deliverer import Deliverer
 
         open_alerts = await self.store.load_open_alerts()
         self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
@@ -193,7 +193,7 @@ class Daemon:
         if not self.cfg.prometheus.listen:
             return
         try:
-            from memwatchd.metrics import MetricsServer
+            from memwatchd.daemon.metrics import MetricsServer
         except ImportError:
             log.warning("prometheus endpoint not available in this build")
             return
@@ -281,7 +281,7 @@ class Daemon:
             self._send_held()
 
     def _send_held(self) -> None:
-        from memwatchd.notify import render
+        from memwatchd.notify.render import render
 
         due, self._held = self._held, []
         for msg in render(due, self.host, self.default_urls):

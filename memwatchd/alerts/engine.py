@@ -15,9 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from memwatchd.config import RuleConfig
-from memwatchd.models import AlertRecord, OomKill, ProcessSnapshot, Snapshot
-from memwatchd.rules import (
+from memwatchd.alerts.fit import (
     CLEAR_RATE_SHARE,
     THRESHOLD_CLEAR_SHARE,
     Fit,
@@ -35,6 +33,8 @@ from memwatchd.rules import (
     threshold_fired,
     window_ready,
 )
+from memwatchd.config import RuleConfig
+from memwatchd.models import AlertRecord, OomKill, ProcessSnapshot, Snapshot
 from memwatchd.units import format_duration, format_rate, format_size
 
 OOM_HISTORY_S = 300.0  # rss history kept per process for OOM messages

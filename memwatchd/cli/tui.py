@@ -18,8 +18,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from memwatchd import cli_render as R
-from memwatchd.cli import SORT_KEYS
+from memwatchd.cli import render as R
 from memwatchd.store.reader import ReaderError, StoreReader
 from memwatchd.units import format_duration
 
@@ -49,8 +48,8 @@ HISTORY_SPANS = (600.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
 
 def sort_rows(rows: Sequence[dict[str, Any]], by: str, descending: bool) -> list[dict[str, Any]]:
     """Rows ordered by a sort key; ties by PID (lowest first), as in the plain table."""
-    if by in SORT_KEYS:
-        key = SORT_KEYS[by]
+    if by in R.SORT_KEYS:
+        key = R.SORT_KEYS[by]
         out = sorted(rows, key=lambda r: (key(r), -r["pid"]), reverse=True)
         return out if descending else out[::-1]
     return sorted(rows, key=_TEXT_SORTS[by], reverse=descending)

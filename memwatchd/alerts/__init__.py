@@ -1,0 +1,1 @@
+"""Pipeline stage: rules over the history (fit maths, alert lifecycle)."""

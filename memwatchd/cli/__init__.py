@@ -1,0 +1,1 @@
+"""memwatchctl: the read-only query CLI, its renderers and the live view."""

@@ -1,0 +1,1 @@
+"""The daemon: wiring of the pipeline, sd_notify, metrics endpoint, logging."""

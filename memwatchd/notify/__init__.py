@@ -1,0 +1,1 @@
+"""Pipeline stage: telling (pure rendering, background delivery, the Apprise child)."""
