@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import operator
 import os
 import sqlite3
 import stat
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
@@ -28,6 +29,17 @@ import aiosqlite
 from memwatchd.config import StorageConfig
 from memwatchd.models import AlertRecord, ProcessSnapshot, Snapshot
 from memwatchd.store import codec
+from memwatchd.store.files import (
+    DatabaseInUse,
+    StoreError,
+    WriterLock,
+    acquire_lock,
+    classify,
+    corrupt_message,
+    describe,
+    is_corrupt,
+    refuse_symlinks,
+)
 from memwatchd.store.rollup import Buckets, coarsen, rollup
 from memwatchd.store.schema import (
     BUCKET_MS,
@@ -38,6 +50,8 @@ from memwatchd.store.schema import (
     TIER_RAW,
     pending_migrations,
 )
+
+__all__ = ["DatabaseInUse", "StoreError", "StoreWriter", "WriterLock", "acquire_lock", "describe"]
 
 log = logging.getLogger("memwatchd.store")
 
@@ -64,19 +78,6 @@ ALERT_COLS = (
 _MAX_PARAMS = 900
 
 
-class StoreError(Exception):
-    """The database cannot be opened or written (disk full, unwritable path, corrupt file)."""
-
-
-def describe(e: BaseException) -> str:
-    """One-line description of a database failure."""
-    msg = str(e) or type(e).__name__
-    code = getattr(e, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "database or disk is full" in msg:
-        return f"disk full: {msg}"
-    return msg.splitlines()[0] if msg else type(e).__name__
-
-
 _values: Callable[[ProcessSnapshot], tuple[int | None, ...]] = operator.attrgetter(*RAW_FIELDS)
 
 
@@ -87,6 +88,19 @@ class _Live:
     comm: str
     unit: str | None
     cgroup: str | None
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where the stored history stands: what the next snapshot is planned against."""
+
+    state: dict[tuple[int, int], _Live]
+    next_snap: int = 1
+    next_proc: int = 1
+    force_kf: bool = True
+    period: int | None = None
+    last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
+    last_mono: float | None = None
 
 
 @dataclass(slots=True)
@@ -113,7 +127,7 @@ def _prepare_file(path: str) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o750, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     try:
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         if mode & 0o027:
@@ -136,44 +150,54 @@ class StoreWriter:
     margin_ms = 900_000  # the head keeps at least this much uncompacted, so `top` reads it alone
     margin_snaps = 2_000  # ... or this many snapshots, whichever comes first (wall-clock steps)
     vacuum_reserve_pages = 2_048  # free pages kept for the head's churn instead of being vacuumed
+    page_size = 4096  # of new databases; see docs/reliability.md (disk writes) for the measurements
+    wal_checkpoint_bytes = 2 << 20  # autocheckpoint once the WAL holds this much
+    wal_limit_bytes = 4 << 20  # journal_size_limit: the WAL file is cut back to this after a checkpoint
 
     def __init__(self, db: aiosqlite.Connection, cfg: StorageConfig, path: str) -> None:
         self._db = db
         self.cfg = cfg
         self.path = path
         self._lock = asyncio.Lock()
-        self._state: dict[tuple[int, int], _Live] = {}
-        self._next_snap = 1
-        self._next_proc = 1
+        self._cur = _Cursor(state={})
         self._compacted = 0
         self._keyframes: list[tuple[int, int]] = []  # (snap id, ts_ms) of keyframes not yet compacted
-        self._force_kf = True
-        self._period: int | None = None
-        self._last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
-        self._last_mono: float | None = None
         self._compact_failing = False
+        self._cutoffs_written: dict[int, int] = {}
+        period = _env_seconds("MEMWATCHD_TEST_PERIOD_S")  # benchmark hook: keyframe/compaction period
+        if period:
+            self.period_ms = round(period * 1000)
+            self.margin_ms = self.period_ms // 2
         self._closed = False
 
     # ---- open / close ---------------------------------------------------------------------------------
     @classmethod
     async def open(cls, path: str, cfg: StorageConfig) -> StoreWriter:
         """Open (creating if needed) the database at ``path``: WAL, busy timeout, migrations."""
+        refuse_symlinks(path)
         old_umask = os.umask(0o027)
         try:
             _prepare_file(path)
             db = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(
-                f"cannot open database {path}: {getattr(e, 'strerror', None) or describe(e)}"
-            ) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"{path} is a symbolic link; refusing to follow it") from None
+            raise classify(e, f"cannot open database {path}: ") from None
+        except sqlite3.Error as e:
+            raise classify(e, f"cannot open database {path}: ") from None
         finally:
             os.umask(old_umask)
         self = cls(db, cfg, path)
         try:
             await self._setup()
-        except (sqlite3.Error, ValueError) as e:
+        except ValueError as e:
             await db.close()
-            raise StoreError(f"cannot open database {path}: {describe(e)}") from None
+            raise StoreError(f"cannot open database {path}: {e}") from None
+        except sqlite3.Error as e:
+            await db.close()
+            if is_corrupt(e):
+                raise StoreError(corrupt_message(path, e)) from None
+            raise classify(e, f"cannot open database {path}: ") from None
         return self
 
     async def _setup(self) -> None:
@@ -183,17 +207,20 @@ class StoreWriter:
         if version > SCHEMA_VERSION:
             raise ValueError(f"schema version {version} is newer than this memwatchd ({SCHEMA_VERSION})")
         if version == 0 and not await self._scalar("SELECT count(*) FROM sqlite_master"):
-            await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only possible before the first table
+            # only possible before the first table (existing databases keep their page size)
+            await db.execute(f"PRAGMA page_size = {self.page_size}")
+            await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         old_umask = os.umask(0o027)
         try:
             await db.execute("PRAGMA journal_mode = WAL")
         finally:
             os.umask(old_umask)
         await db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against process kills, fast commits
-        await db.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back after a long reader
-        await db.execute(
-            "PRAGMA wal_autocheckpoint = 4000"
-        )  # fewer, larger checkpoints (pages rewritten often)
+        # the WAL is checkpointed once it holds wal_checkpoint_bytes and cut back to journal_size_limit
+        # after a long reader held it open: it stays within a few MB even on a small file system
+        page = int(await self._scalar("PRAGMA page_size") or 4096)
+        await db.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
+        await db.execute(f"PRAGMA wal_autocheckpoint = {max(16, self.wal_checkpoint_bytes // page)}")
         for target, script in pending_migrations(version):
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -220,13 +247,13 @@ class StoreWriter:
         self._compacted = int(
             await self._scalar("SELECT value FROM meta WHERE key = 'compacted_through'") or 0
         )
-        self._next_snap = 1 + max(
+        self._cur.next_snap = 1 + max(
             int(await self._scalar("SELECT max(id) FROM snapshots") or 0),
             int(await self._scalar("SELECT max(snap) FROM raw_head") or 0),
             self._compacted,
             int(await self._scalar("SELECT value FROM meta WHERE key = 'last_snap'") or 0),
         )
-        self._next_proc = 1 + int(await self._scalar("SELECT max(id) FROM processes") or 0)
+        self._cur.next_proc = 1 + int(await self._scalar("SELECT max(id) FROM processes") or 0)
         async with db.execute(
             "SELECT id, ts_ms FROM snapshots WHERE kf = 1 AND id > ? ORDER BY id", (self._compacted,)
         ) as cur:
@@ -265,30 +292,92 @@ class StoreWriter:
                 await self._rollback()
                 raise
         except sqlite3.Error as e:
-            raise StoreError(describe(e)) from None
+            raise classify(e) from None
         return result
 
     # ---- snapshots ------------------------------------------------------------------------------------
     async def write(self, snap: Snapshot) -> None:
         """Store one snapshot in one transaction; StoreError leaves the database and this writer unchanged."""
-        async with self._lock:
-            plan = self._plan(snap)
-            await self._tx(self._apply, snap, plan)
-            self._commit(snap, plan)
-        await self._maybe_compact(plan.ts_ms, plan.sid)
+        await self.write_batch([snap])
 
-    def _plan(self, snap: Snapshot) -> _Plan:
+    async def write_batch(
+        self,
+        snaps: Sequence[Snapshot],
+        status: Mapping[str, str | int | float | None] | None = None,
+        clear_status: Sequence[str] = (),
+    ) -> None:
+        """Store snapshots (in order) and status key/values in ONE transaction: one commit, one WAL sync.
+
+        StoreError (with its kind, see files.StoreError) leaves the database and this writer unchanged.
+        ``clear_status`` keys are removed from the status table.
+        """
+        if not snaps:
+            return
+        async with self._lock:
+            plans: list[_Plan] = []
+
+            async def run() -> _Cursor:
+                cur = self._cur
+                for snap in snaps:
+                    plan = self._plan(snap, cur)
+                    await self._apply(snap, plan, cur)
+                    plans.append(plan)
+                    cur = _advance(cur, snap, plan)
+                if status:
+                    await self._status_rows(status)
+                if clear_status:
+                    await self._db.executemany(
+                        "DELETE FROM status WHERE key = ?", [(k,) for k in clear_status]
+                    )
+                return cur
+
+            self._cur = await self._tx(run)
+            self._keyframes += [(p.sid, p.ts_ms) for p in plans if p.kf]
+        await self._maybe_compact(plans[-1].ts_ms, plans[-1].sid)
+
+    def is_idle(self, snap: Snapshot) -> bool:
+        """True when storing ``snap`` would add nothing but its snapshot row (every process as last stored).
+
+        Such snapshots can wait and be committed together (the daemon batches them); host meminfo and the
+        timestamp still go into their rows then.
+        """
+        cur = self._cur
+        if cur.force_kf or snap.ooms or snap.exits:
+            return False
+        if round(snap.ts * 1000) // self.period_ms != cur.period:
+            return False
+        state = cur.state
+        if len(snap.processes) != len(state):
+            return False
+        for p in snap.processes:
+            old = state.get((p.pid, p.start_ticks))
+            if (
+                old is None
+                or p.exited
+                or _values(p) != old.vals
+                or p.comm != old.comm
+                or p.unit != old.unit
+                or p.cgroup != old.cgroup
+            ):
+                return False
+        return True
+
+    def skip_snapshot_id(self) -> None:
+        """A snapshot was given up (poisoned): its id is not reused (a conflicting row may hold it)."""
+        self._cur.next_snap += 1
+
+    def _plan(self, snap: Snapshot, cur: _Cursor) -> _Plan:
         ts_ms = round(snap.ts * 1000)
         period = ts_ms // self.period_ms
-        kf = self._force_kf or period != self._period
-        plan = _Plan(sid=self._next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=self._next_proc)
+        kf = cur.force_kf or period != cur.period
+        plan = _Plan(sid=cur.next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=cur.next_proc)
         state = plan.state
         for p in snap.processes:
             key = (p.pid, p.start_ticks)
             if key in state:  # a duplicate identity in one snapshot: keep the first
                 continue
             vals = _values(p)
-            old = self._state.get(key)
+            old = cur.state.get(key)
             if old is None:
                 plan.new.append(p)
                 state[key] = _Live(0, vals, p.comm, p.unit, p.cgroup)
@@ -306,17 +395,17 @@ class StoreWriter:
                 state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup)
             if p.exited:
                 plan.exited.append(key)
-        plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
+        plan.vanished = [(k, v.proc) for k, v in cur.state.items() if k not in state]
         return plan
 
-    async def _apply(self, snap: Snapshot, plan: _Plan) -> None:
+    async def _apply(self, snap: Snapshot, plan: _Plan, cur: _Cursor) -> None:
         db = self._db
         if plan.new:
             await self._resolve_new(plan)
         mi = snap.meminfo
         dt_ms = None
-        if self._last_mono is not None and snap.mono >= self._last_mono:
-            dt_ms = round((snap.mono - self._last_mono) * 1000)
+        if cur.last_mono is not None and snap.mono >= cur.last_mono:
+            dt_ms = round((snap.mono - cur.last_mono) * 1000)
         await db.execute(
             "INSERT INTO snapshots (id, ts_ms, dt_ms, kf, nproc, mem_total_kb, mem_available_kb,"
             " swap_total_kb,"
@@ -361,8 +450,8 @@ class StoreWriter:
                 "UPDATE processes SET comm = ?, unit = ?, cgroup = ? WHERE id = ?", plan.meta
             )
         ended: list[tuple[int, int, int]] = []
-        if plan.vanished and self._last is not None:
-            ended += [(self._last[0], self._last[1], proc) for _, proc in plan.vanished]
+        if plan.vanished and cur.last is not None:
+            ended += [(cur.last[0], cur.last[1], proc) for _, proc in plan.vanished]
         ended += [(plan.sid, plan.ts_ms, plan.state[k].proc) for k in plan.exited]
         if ended:
             await db.executemany("UPDATE processes SET last_snap = ?, last_seen_ms = ? WHERE id = ?", ended)
@@ -448,19 +537,6 @@ class StoreWriter:
                 " WHERE id = ?",
                 reopen,
             )
-
-    def _commit(self, snap: Snapshot, plan: _Plan) -> None:
-        for key in plan.exited:
-            plan.state.pop(key, None)
-        self._state = plan.state
-        self._next_proc = plan.next_proc
-        self._next_snap = plan.sid + 1
-        if plan.kf:
-            self._keyframes.append((plan.sid, plan.ts_ms))
-        self._force_kf = False
-        self._period = plan.period
-        self._last = (plan.sid, plan.ts_ms)
-        self._last_mono = snap.mono
 
     # ---- compaction -----------------------------------------------------------------------------------
     async def _maybe_compact(self, now_ms: int, sid: int) -> None:
@@ -633,16 +709,43 @@ class StoreWriter:
         return [AlertRecord(**dict(zip(ALERT_COLS, r, strict=True))) for r in rows]
 
     async def set_status(self, **fields: str | int | float | None) -> None:
-        """Record daemon status key/values (shown by ``memwatchctl status``)."""
+        """Record daemon status key/values (shown by ``memwatchctl status``) in a transaction of their own.
+
+        The daemon folds its per-cycle status into the snapshot's transaction (write_batch); this is for
+        the rare updates between snapshots (a write error, a dropped snapshot).
+        """
         if not fields:
             return
-        params = list(fields.items())
-
-        async def run() -> None:
-            await self._db.executemany("INSERT OR REPLACE INTO status (key, value) VALUES (?, ?)", params)
-
         async with self._lock:
-            await self._tx(run)
+            await self._tx(self._status_rows, fields)
+
+    async def _status_rows(self, fields: Mapping[str, str | int | float | None]) -> None:
+        await self._db.executemany(
+            "INSERT OR REPLACE INTO status (key, value) VALUES (?, ?)", list(fields.items())
+        )
+
+
+def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan) -> _Cursor:
+    """The cursor after ``plan`` is stored."""
+    for key in plan.exited:
+        plan.state.pop(key, None)
+    return _Cursor(
+        state=plan.state,
+        next_snap=plan.sid + 1,
+        next_proc=plan.next_proc,
+        force_kf=False,
+        period=plan.period,
+        last=(plan.sid, plan.ts_ms),
+        last_mono=snap.mono,
+    )
+
+
+def _env_seconds(name: str) -> float | None:
+    try:
+        v = float(os.environ.get(name, ""))
+    except ValueError:
+        return None
+    return v if v > 0 else None
 
 
 def _statements(script: str) -> list[str]:
