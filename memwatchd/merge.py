@@ -7,7 +7,6 @@ deltas are computed only against the previous snapshot of the same identity, nev
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 
 from memwatchd.models import (
@@ -16,7 +15,6 @@ from memwatchd.models import (
     BpfStats,
     ProcessExit,
     ProcessSnapshot,
-    ProcKey,
     ProcSample,
     ProcScan,
     Snapshot,
@@ -108,6 +106,195 @@ def _from_bpf(
     )
 
 
+class _Src:
+    """The sources one ProcessSnapshot was built from (compared by identity) and the record itself."""
+
+    __slots__ = ("sample", "stats", "snap", "quiet", "idx")
+
+    def __init__(
+        self, sample: ProcSample | None, stats: BpfStats | None, snap: ProcessSnapshot, quiet: bool, idx: int
+    ) -> None:
+        self.sample = sample
+        self.stats = stats
+        self.snap = snap
+        self.quiet = quiet  # deltas all 0 (or None): the record can stand for an unchanged next interval
+        self.idx = idx  # position in the snapshot being built
+
+
+_UNSEEN = ProcSample(0, -1, "", 0, "", 0, 0, None, 0, None, None, None)  # matches no real sample
+
+
+def _is_quiet(p: ProcessSnapshot) -> bool:
+    """Its deltas are what a next interval with the same values would give (0 where a value exists)."""
+
+    def zero(d: int | None, v: int | None) -> bool:
+        return d == 0 if v is not None else d is None
+
+    return (
+        p.dt_s is not None
+        and not p.exited
+        and zero(p.d_rss_kb, p.rss_kb)
+        and zero(p.d_mmap_count, p.mmap_count)
+        and zero(p.d_mmap_bytes, p.mmap_bytes)
+        and zero(p.d_munmap_bytes, p.munmap_bytes)
+        and zero(p.d_brk_bytes, p.brk_bytes)
+    )
+
+
+class Merger:
+    """merge() with a memory: work in proportion to change.
+
+    The /proc collector hands back the very ProcSample object of a process whose statm did not change, and the
+    BPF collector the very BpfStats object of an entry whose counters did not move; for such a process the
+    previous ProcessSnapshot (once its deltas are 0) is reused as is: no allocation, no field copies. Every
+    Snapshot it returns carries `fresh` (records built this time) and `gone` (identities that left) relative
+    to the previous one, so the rules and the store writer can skip the rest. Pure: no I/O, no clock reads.
+    """
+
+    __slots__ = ("_src", "_extra", "prev", "_seq")
+
+    def __init__(self) -> None:
+        self._src: dict[int, _Src] = {}  # pid -> the latest record of that pid and its sources
+        self._extra: list[tuple[int, int]] = []  # keys of last snapshot's records not held in _src
+        self.prev: Snapshot | None = None
+        self._seq = 0
+
+    @classmethod
+    def after(cls, prev: Snapshot | None) -> Merger:
+        """A merger continuing from `prev` without knowing its sources (nothing is reused the first time)."""
+        m = cls()
+        if prev is None:
+            return m
+        m.prev = prev
+        m._seq = prev.seq
+        for p in prev.processes:
+            have = m._src.get(p.pid)
+            if have is None or (have.snap.exited and not p.exited):
+                if have is not None:
+                    m._extra.append((have.snap.pid, have.snap.start_ticks))
+                m._src[p.pid] = _Src(_UNSEEN, None, p, False, 0)
+            else:
+                m._extra.append((p.pid, p.start_ticks))
+        return m
+
+    def merge(
+        self, scan: ProcScan, bpf: BpfPoll | None, ts: float, mono: float, bpf_health: BpfHealth | None = None
+    ) -> Snapshot:
+        """Combine both sources per process identity (see merge())."""
+        prev = self.prev
+        prev_mono = prev.mono if prev else None
+        stats = bpf.stats if bpf else {}
+        exits: tuple[ProcessExit, ...] = bpf.exits if bpf else ()
+        old = self._src
+        new: dict[int, _Src] = {}
+        out: list[ProcessSnapshot] = []
+        fresh: list[ProcessSnapshot] = []
+        gone: list[tuple[int, int]] = []
+        # exits are rare: what the previous snapshot held for their pids, looked up before `old` is consumed
+        exit_prev = {e.pid: old[e.pid].snap for e in exits if e.pid in old}
+        boot, tck = scan.boot_time, scan.clk_tck
+        for s in scan.samples:
+            pid = s.pid
+            st = stats.get(pid)
+            src = old.pop(pid, None)
+            prev_p = None
+            if src is not None:
+                if src.sample is s and src.stats is st and src.quiet:
+                    src.idx = len(out)
+                    new[pid] = src
+                    out.append(src.snap)
+                    continue
+                prev_p = src.snap
+                if prev_p.start_ticks != s.start_ticks:
+                    gone.append((prev_p.pid, prev_p.start_ticks))  # PID reuse: the old identity left
+                    prev_p = None
+            p = _with_deltas(_from_proc(s, st, boot + s.start_ticks / tck, prev_p), prev_p, mono, prev_mono)
+            new[pid] = _Src(s, st, p, _is_quiet(p), len(out))
+            out.append(p)
+            fresh.append(p)
+        for tgid, st in stats.items():
+            if tgid in new:
+                continue
+            src = old.pop(tgid, None)
+            if src is not None and src.sample is None and src.stats is st and src.quiet:
+                src.idx = len(out)
+                new[tgid] = src
+                out.append(src.snap)
+                continue
+            prev_p = src.snap if src is not None and not src.snap.exited else None
+            if src is not None and prev_p is None:
+                gone.append((src.snap.pid, src.snap.start_ticks))
+            p = _with_deltas(_from_bpf(st, prev_p), prev_p, mono, prev_mono)
+            if prev_p is not None and prev_p.start_ticks != p.start_ticks:
+                gone.append((prev_p.pid, prev_p.start_ticks))
+            new[tgid] = _Src(None, st, p, _is_quiet(p), len(out))
+            out.append(p)
+            fresh.append(p)
+        extra: list[tuple[int, int]] = []
+        replaced: set[int] = set()  # ids of records an exit row took the place of
+        for e in exits:
+            if e.final is None:
+                continue
+            was = exit_prev.get(e.pid)
+            prev_p = was if was is not None and not was.exited else None
+            live = new.get(e.pid)
+            if live is not None and (prev_p is None or prev_p.start_ticks == live.snap.start_ticks):
+                # /proc still showed it this interval; it exited after the scan: one row, final counters
+                cur = out[live.idx]
+                base = was if was is not None and was.start_ticks == cur.start_ticks else None
+                merged = _with_deltas(
+                    replace(cur, **_bpf_fields(e.final), exited=True), base, mono, prev_mono
+                )
+                replaced.add(id(cur))
+                out[live.idx] = merged
+                live.snap, live.quiet, live.sample, live.stats = merged, False, _UNSEEN, None
+                fresh.append(merged)
+                continue
+            p = _with_deltas(_from_bpf(e.final, prev_p, comm=e.comm, exited=True), prev_p, mono, prev_mono)
+            key = (p.pid, p.start_ticks)
+            if live is not None and live.snap.start_ticks == p.start_ticks or key in extra:
+                continue
+            o = old.get(p.pid)
+            if o is not None and o.snap.start_ticks == p.start_ticks:
+                del old[p.pid]  # the identity is still here, as its exit row
+            if live is None:
+                new[p.pid] = _Src(_UNSEEN, None, p, False, len(out))
+            else:
+                extra.append(key)
+            out.append(p)
+            fresh.append(p)
+        if replaced:
+            fresh = [f for f in fresh if id(f) not in replaced]
+        # what the previous snapshot had and this one has not
+        gone.extend((src.snap.pid, src.snap.start_ticks) for src in old.values())
+        if extra:
+            gone = [k for k in gone if k not in extra]  # the old identity of a reused PID, as its exit row
+        if self._extra:
+            here = {(p.pid, p.start_ticks) for p in out}
+            gone.extend(k for k in self._extra if k not in here)
+        self._src = new
+        self._extra = extra
+
+        health = bpf_health or (bpf.health if bpf else BpfHealth(state="disabled"))
+        self._seq += 1
+        snap = Snapshot(
+            ts=ts,
+            mono=mono,
+            processes=tuple(out),
+            meminfo=scan.meminfo,
+            bpf=health,
+            ooms=bpf.ooms if bpf else (),
+            exits=exits,
+            scan_errors=scan.errors,
+            seq=self._seq,
+            base_seq=prev.seq if prev is not None else None,
+            fresh=tuple(fresh),
+            gone=tuple(dict.fromkeys(gone)),
+        )
+        self.prev = snap
+        return snap
+
+
 def merge(
     scan: ProcScan,
     bpf: BpfPoll | None,
@@ -122,51 +309,7 @@ def merge(
     - a live BPF entry with no /proc sample appears with /proc fields None;
     - a process that exited during the interval appears once more with its final BPF counters (exited=True);
     - deltas (d_*) and dt_s are against the previous snapshot of the same identity.
+
+    The daemon keeps one Merger instead, which also reuses the records of unchanged processes.
     """
-    prev_by_key: Mapping[ProcKey, ProcessSnapshot] = {p.key: p for p in prev.processes} if prev else {}
-    prev_by_pid: Mapping[int, ProcessSnapshot] = (
-        {p.pid: p for p in prev.processes if not p.exited} if prev else {}
-    )
-    prev_mono = prev.mono if prev else None
-    stats = bpf.stats if bpf else {}
-    exits: tuple[ProcessExit, ...] = bpf.exits if bpf else ()
-
-    out: dict[ProcKey, ProcessSnapshot] = {}
-    by_pid: dict[int, ProcKey] = {}
-    for s in scan.samples:
-        key = ProcKey(s.pid, s.start_ticks)
-        prev_p = prev_by_key.get(key)
-        start_time = scan.boot_time + s.start_ticks / scan.clk_tck
-        out[key] = _with_deltas(_from_proc(s, stats.get(s.pid), start_time, prev_p), prev_p, mono, prev_mono)
-        by_pid[s.pid] = key
-    for tgid, st in stats.items():
-        if tgid in by_pid:
-            continue
-        prev_p = prev_by_pid.get(tgid)
-        p = _with_deltas(_from_bpf(st, prev_p), prev_p, mono, prev_mono)
-        out[p.key] = p
-        by_pid[tgid] = p.key
-    for e in exits:
-        if e.final is None:
-            continue
-        prev_p = prev_by_pid.get(e.pid)
-        live_key = by_pid.get(e.pid)
-        if live_key is not None and (prev_p is None or prev_p.key == live_key):
-            # /proc still showed this process this interval; it exited after the scan: one row, final counters
-            merged = replace(out[live_key], **_bpf_fields(e.final), exited=True)
-            out[live_key] = _with_deltas(merged, prev_by_key.get(live_key), mono, prev_mono)
-            continue
-        p = _with_deltas(_from_bpf(e.final, prev_p, comm=e.comm, exited=True), prev_p, mono, prev_mono)
-        out.setdefault(p.key, p)
-
-    health = bpf_health or (bpf.health if bpf else BpfHealth(state="disabled"))
-    return Snapshot(
-        ts=ts,
-        mono=mono,
-        processes=tuple(out.values()),
-        meminfo=scan.meminfo,
-        bpf=health,
-        ooms=bpf.ooms if bpf else (),
-        exits=exits,
-        scan_errors=scan.errors,
-    )
+    return Merger.after(prev).merge(scan, bpf, ts, mono, bpf_health)

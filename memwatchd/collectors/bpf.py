@@ -267,6 +267,9 @@ class BpfCollector:
         self._ring = bpfsys.RingBuffer(events_fd, events.max_entries)
         self._exits: list[ProcessExit] = []
         self._ooms: list[OomKill] = []
+        self._last: dict[
+            int, BpfStats
+        ] = {}  # the previous poll's records, reused while an entry is unchanged
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -311,7 +314,17 @@ class BpfCollector:
     def poll(self) -> BpfPoll:
         """Current map contents plus the exit/OOM events received since the previous poll."""
         self._consume()
-        stats = self._reader.read(_to_stats)
+        last = self._last
+
+        def convert(tgid: int, v: Any) -> BpfStats:
+            # an entry whose last update did not move has the same counters: hand back the same object, so
+            # merge sees the process unchanged without comparing fields (and nothing is allocated)
+            old = last.get(tgid)
+            if old is not None and old.last_update_ns == v.last_update_ns:
+                return old
+            return _to_stats(tgid, v)
+
+        stats = self._last = self._reader.read(convert)
         exits, self._exits = tuple(self._exits), []
         ooms, self._ooms = tuple(self._ooms), []
         map_full, lost = self._counter_sums()

@@ -102,8 +102,10 @@ class _Plan:
     meta: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)
     vanished: list[tuple[tuple[int, int], int]] = field(default_factory=list)
     exited: list[tuple[int, int]] = field(default_factory=list)
-    state: dict[tuple[int, int], _Live] = field(default_factory=dict)
+    state: dict[tuple[int, int], _Live] = field(default_factory=dict)  # all live (full) or what changed
     next_proc: int = 0
+    full: bool = True  # state holds every live identity; else only those of snap.fresh (the rest unchanged)
+    nproc: int = 0
 
 
 def _prepare_file(path: str) -> None:
@@ -151,6 +153,7 @@ class StoreWriter:
         self._period: int | None = None
         self._last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
         self._last_mono: float | None = None
+        self._last_seq: int | None = None  # Snapshot.seq of the last snapshot written
         self._compact_failing = False
         self._closed = False
 
@@ -282,8 +285,12 @@ class StoreWriter:
         period = ts_ms // self.period_ms
         kf = self._force_kf or period != self._period
         plan = _Plan(sid=self._next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=self._next_proc)
+        # Work in proportion to change: when this snapshot follows the last one written, only its fresh
+        # records can differ from what is stored (a keyframe writes every process, so it looks at all).
+        incremental = not kf and snap.fresh is not None and snap.base_seq == self._last_seq is not None
+        plan.full = not incremental
         state = plan.state
-        for p in snap.processes:
+        for p in snap.fresh if incremental else snap.processes:  # type: ignore[union-attr]
             key = (p.pid, p.start_ticks)
             if key in state:  # a duplicate identity in one snapshot: keep the first
                 continue
@@ -306,7 +313,13 @@ class StoreWriter:
                 state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup)
             if p.exited:
                 plan.exited.append(key)
-        plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
+        if incremental:
+            live = self._state
+            plan.vanished = [(k, live[k].proc) for k in snap.gone if k in live and k not in state]
+            plan.nproc = len(live) - len(plan.vanished) + sum(1 for k in state if k not in live)
+        else:
+            plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
+            plan.nproc = len(state)
         return plan
 
     async def _apply(self, snap: Snapshot, plan: _Plan) -> None:
@@ -326,7 +339,7 @@ class StoreWriter:
                 plan.ts_ms,
                 dt_ms,
                 int(plan.kf),
-                len(plan.state),
+                plan.nproc,
                 mi.mem_total_kb if mi else None,
                 mi.mem_available_kb if mi else None,
                 mi.swap_total_kb if mi else None,
@@ -367,12 +380,21 @@ class StoreWriter:
         if ended:
             await db.executemany("UPDATE processes SET last_snap = ?, last_seen_ms = ? WHERE id = ?", ended)
             await db.executemany("DELETE FROM current WHERE proc = ?", [(e[2],) for e in ended])
+        by_pid: dict[int, int] | None = None
+        if snap.exits:  # one index for all exits of this snapshot (there can be hundreds under churn)
+            by_pid = {k[0]: v.proc for k, v in plan.state.items()}
+            if not plan.full:
+                gone = {k for k, _ in plan.vanished}
+                for k, v in self._state.items():
+                    if k not in gone:
+                        by_pid.setdefault(k[0], v.proc)
         for e in snap.exits:
             exit_ms = plan.ts_ms
             age = snap.mono - e.mono_ns / 1e9
             if 0 <= age < 3600:
                 exit_ms = round((snap.ts - age) * 1000)
-            proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+            assert by_pid is not None
+            proc = by_pid.get(e.pid)
             if proc is None:
                 proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
             if proc is not None:
@@ -452,7 +474,16 @@ class StoreWriter:
     def _commit(self, snap: Snapshot, plan: _Plan) -> None:
         for key in plan.exited:
             plan.state.pop(key, None)
-        self._state = plan.state
+        if plan.full:
+            self._state = plan.state
+        else:
+            live = self._state
+            for k, _ in plan.vanished:
+                del live[k]
+            for key in plan.exited:
+                live.pop(key, None)
+            live.update(plan.state)
+        self._last_seq = snap.seq
         self._next_proc = plan.next_proc
         self._next_snap = plan.sid + 1
         if plan.kf:
