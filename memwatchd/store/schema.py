@@ -14,14 +14,20 @@ Layout (all timestamps are integer unix milliseconds, sizes integer KiB, eBPF by
 - ``current``: the latest stored values of every live process with the merge's deltas (for ``top``).
 - ``status``, ``meta``: daemon status key/values (shown by ``memwatchctl status``), writer bookkeeping.
 - ``alerts``, ``ooms``: alert episodes (rule engine) and OOM kills.
+
+Version 2 added the eBPF fields ``mremap_count``, ``mremap_grow_bytes``, ``mremap_shrink_bytes`` and
+``mapped_bytes`` at the end of RAW_FIELDS (chunks written before decode them as None: a chunk stores only
+the fields it knew), and ``exit_signal``/``oom_killed`` to ``processes`` (``exit_code`` is the exit status,
+or -N for signal N). An exited process's last raw row holds its VmHWM at the exit in ``hwm_kb``.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Column order of a raw sample; most frequently changing first so the change mask stays one byte.
-RAW_FIELDS = (
+# Column order of a raw sample; most frequently changing first so the change mask stays one byte. New
+# fields go at the end, so chunks written by an older version still decode (their masks never set them).
+_RAW_FIELDS_V1 = (
     "rss_kb",
     "anon_kb",
     "vm_kb",
@@ -36,12 +42,14 @@ RAW_FIELDS = (
     "pss_kb",
     "uss_kb",
 )
+_RAW_FIELDS_V2 = ("mapped_bytes", "mremap_count", "mremap_grow_bytes", "mremap_shrink_bytes")
+RAW_FIELDS = _RAW_FIELDS_V1 + _RAW_FIELDS_V2
 
 TIER_RAW, TIER_MINUTE, TIER_HOUR = 0, 1, 2
 TIER_NAMES = {TIER_RAW: "raw", TIER_MINUTE: "minute", TIER_HOUR: "hour"}
 BUCKET_MS = {TIER_MINUTE: 60_000, TIER_HOUR: 3_600_000}
 
-_RAW_COLS = ", ".join(f"{f} INTEGER" for f in RAW_FIELDS)
+_RAW_COLS = ", ".join(f"{f} INTEGER" for f in _RAW_FIELDS_V1)
 
 _V1 = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -139,8 +147,13 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_state ON alerts (state);
 """
 
+_V2 = "\n".join(
+    [f"ALTER TABLE {t} ADD COLUMN {f} INTEGER;" for t in ("raw_head", "current") for f in _RAW_FIELDS_V2]
+    + [f"ALTER TABLE processes ADD COLUMN {c} INTEGER;" for c in ("exit_signal", "oom_killed")]
+)
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
