@@ -10,6 +10,7 @@ import csv
 import functools
 import importlib
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -21,11 +22,15 @@ from typing import Any, TypeVar
 import click
 
 from memwatchd.cli import render as R
+from memwatchd.cli.outcome import OneLineGroup
 from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from memwatchd.safefile import not_regular
 from memwatchd.units import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 NOW_ENV = "MEMWATCHCTL_NOW"  # fixes "now" (unix seconds) for reproducible output
+PID_MAX = 4194304  # Linux's PID_MAX_LIMIT: no pid is larger
+LAST_TS = 253402300799.0  # 9999-12-31 23:59:59 UTC, the last time datetime can show
 
 
 def now() -> float:
@@ -33,9 +38,12 @@ def now() -> float:
     fixed = os.environ.get(NOW_ENV)
     if fixed:
         try:
-            return float(fixed)
+            t = float(fixed)
         except ValueError:
-            raise click.UsageError(f"{NOW_ENV} must be unix seconds, got {fixed!r}") from None
+            t = math.nan
+        if not 0 <= t <= LAST_TS:  # also refuses nan
+            raise click.UsageError(f"{NOW_ENV} must be unix seconds, got {fixed!r}")
+        return t
     return time.time()
 
 
@@ -48,6 +56,15 @@ class TimeSpec(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
+        try:
+            ts = self._convert(value, param, ctx)
+        except (ValueError, OverflowError, OSError):  # datetime's range ends at year 1 and 9999
+            ts = math.nan
+        if not 0 <= ts <= LAST_TS:  # also refuses nan
+            self.fail(f"{str(value)[:64]!r} is not a time between 1970 and 9999", param, ctx)
+        return ts
+
+    def _convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         text = str(value).strip()
         if "\x00" in text or len(text) > 64:
             self.fail("expected a duration like '2h' or an ISO time like '2024-05-01T13:00'", param, ctx)
@@ -95,6 +112,9 @@ class Obj:
                     path = load_config(self.config).storage.path
                 except ConfigError as e:
                     raise click.ClickException(f"{e} (or name the database with --db FILE)") from None
+            problem = not_regular(path)  # a FIFO would block SQLite's open forever: refuse before it
+            if problem is not None:
+                raise click.ClickException(f"database {path}: {problem}")
             self._reader = StoreReader(path)
         return self._reader
 
@@ -115,9 +135,6 @@ def errors(fn: F) -> F:
             raise click.ClickException(str(e)) from None
         except sqlite3.Error as e:
             raise click.ClickException(f"database error: {e}") from None
-        except BrokenPipeError:
-            sys.stderr.close()
-            sys.exit(0)
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}") from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
@@ -163,7 +180,9 @@ def select_options(fn: F) -> F:
     )(fn)
     fn = click.option("--comm", help="Only processes with exactly this name (as in /proc/PID/comm).")(fn)
     fn = click.option(
-        "--pid", type=int, help="Only this process ID (every process that had it in the range)."
+        "--pid",
+        type=click.IntRange(0, PID_MAX),
+        help="Only this process ID (every process that had it in the range).",
     )(fn)
     return fn
 
@@ -177,7 +196,7 @@ def _check_range(since: float, until: float) -> None:
         raise click.UsageError("--since is after --until")
 
 
-class LazyGroup(click.Group):
+class LazyGroup(OneLineGroup):
     """A group whose heavier subcommands are imported only when used (notify-test loads Apprise)."""
 
     lazy = {
