@@ -38,6 +38,7 @@ from memwatchd.store.schema import (
     TIER_RAW,
     pending_migrations,
 )
+from memwatchd.store.series import SeriesPlan, SeriesWriter
 
 log = logging.getLogger("memwatchd.store")
 
@@ -62,6 +63,7 @@ ALERT_COLS = (
     "summary",
 )
 _MAX_PARAMS = 900
+_EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
 
 
 class StoreError(Exception):
@@ -102,10 +104,9 @@ class _Plan:
     meta: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)
     vanished: list[tuple[tuple[int, int], int]] = field(default_factory=list)
     exited: list[tuple[int, int]] = field(default_factory=list)
-    state: dict[tuple[int, int], _Live] = field(default_factory=dict)  # all live (full) or what changed
+    state: dict[tuple[int, int], _Live] = field(default_factory=dict)
     next_proc: int = 0
-    full: bool = True  # state holds every live identity; else only those of snap.fresh (the rest unchanged)
-    nproc: int = 0
+    series: SeriesPlan | None = None  # the group and host series (store/series.py)
 
 
 def _prepare_file(path: str) -> None:
@@ -153,9 +154,9 @@ class StoreWriter:
         self._period: int | None = None
         self._last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
         self._last_mono: float | None = None
-        self._last_seq: int | None = None  # Snapshot.seq of the last snapshot written
         self._compact_failing = False
         self._closed = False
+        self._series = SeriesWriter()
 
     # ---- open / close ---------------------------------------------------------------------------------
     @classmethod
@@ -234,6 +235,7 @@ class StoreWriter:
             "SELECT id, ts_ms FROM snapshots WHERE kf = 1 AND id > ? ORDER BY id", (self._compacted,)
         ) as cur:
             self._keyframes = [(r[0], r[1]) async for r in cur]
+        await self._series.setup(db)
 
     async def close(self) -> None:
         """Close the connection (the last snapshot is already committed)."""
@@ -276,6 +278,7 @@ class StoreWriter:
         """Store one snapshot in one transaction; StoreError leaves the database and this writer unchanged."""
         async with self._lock:
             plan = self._plan(snap)
+            plan.series = self._series.plan(snap, plan.kf)
             await self._tx(self._apply, snap, plan)
             self._commit(snap, plan)
         await self._maybe_compact(plan.ts_ms, plan.sid)
@@ -285,12 +288,8 @@ class StoreWriter:
         period = ts_ms // self.period_ms
         kf = self._force_kf or period != self._period
         plan = _Plan(sid=self._next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=self._next_proc)
-        # Work in proportion to change: when this snapshot follows the last one written, only its fresh
-        # records can differ from what is stored (a keyframe writes every process, so it looks at all).
-        incremental = not kf and snap.fresh is not None and snap.base_seq == self._last_seq is not None
-        plan.full = not incremental
         state = plan.state
-        for p in snap.fresh if incremental else snap.processes:  # type: ignore[union-attr]
+        for p in snap.processes:
             key = (p.pid, p.start_ticks)
             if key in state:  # a duplicate identity in one snapshot: keep the first
                 continue
@@ -313,13 +312,7 @@ class StoreWriter:
                 state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup)
             if p.exited:
                 plan.exited.append(key)
-        if incremental:
-            live = self._state
-            plan.vanished = [(k, live[k].proc) for k in snap.gone if k in live and k not in state]
-            plan.nproc = len(live) - len(plan.vanished) + sum(1 for k in state if k not in live)
-        else:
-            plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
-            plan.nproc = len(state)
+        plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
         return plan
 
     async def _apply(self, snap: Snapshot, plan: _Plan) -> None:
@@ -339,7 +332,7 @@ class StoreWriter:
                 plan.ts_ms,
                 dt_ms,
                 int(plan.kf),
-                plan.nproc,
+                len(plan.state),
                 mi.mem_total_kb if mi else None,
                 mi.mem_available_kb if mi else None,
                 mi.swap_total_kb if mi else None,
@@ -380,33 +373,35 @@ class StoreWriter:
         if ended:
             await db.executemany("UPDATE processes SET last_snap = ?, last_seen_ms = ? WHERE id = ?", ended)
             await db.executemany("DELETE FROM current WHERE proc = ?", [(e[2],) for e in ended])
-        by_pid: dict[int, int] | None = None
-        if snap.exits:  # one index for all exits of this snapshot (there can be hundreds under churn)
-            by_pid = {k[0]: v.proc for k, v in plan.state.items()}
-            if not plan.full:
-                gone = {k for k, _ in plan.vanished}
-                for k, v in self._state.items():
-                    if k not in gone:
-                        by_pid.setdefault(k[0], v.proc)
         for e in snap.exits:
             exit_ms = plan.ts_ms
             age = snap.mono - e.mono_ns / 1e9
             if 0 <= age < 3600:
                 exit_ms = round((snap.ts - age) * 1000)
-            assert by_pid is not None
-            proc = by_pid.get(e.pid)
-            if proc is None:
-                proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
-            if proc is not None:
-                await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = ?",
-                    (exit_ms, e.exit_code, proc),
+            ended_values = (exit_ms, e.exit_code, e.exit_signal, int(e.oom_killed))
+            if e.start_ticks:  # the exact identity (BPF read the start time)
+                key = (e.pid, e.start_ticks)
+                live = plan.state.get(key)
+                proc = (
+                    live.proc if live is not None else next((v for k, v in plan.vanished if k == key), None)
                 )
+                if proc is None:
+                    await db.execute(
+                        f"UPDATE processes SET {_EXIT_SET} WHERE pid = ? AND start_ticks = ?",
+                        (*ended_values, e.pid, e.start_ticks),
+                    )
+                    continue
+            else:
+                proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+                if proc is None:
+                    proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
+            if proc is not None:
+                await db.execute(f"UPDATE processes SET {_EXIT_SET} WHERE id = ?", (*ended_values, proc))
             else:
                 await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = (SELECT id FROM processes"
+                    f"UPDATE processes SET {_EXIT_SET} WHERE id = (SELECT id FROM processes"
                     " WHERE pid = ? AND exit_ms IS NULL ORDER BY first_snap DESC LIMIT 1)",
-                    (exit_ms, e.exit_code, e.pid),
+                    (*ended_values, e.pid),
                 )
         if snap.ooms:
             await db.executemany(
@@ -428,6 +423,8 @@ class StoreWriter:
                     for o in snap.ooms
                 ],
             )
+        if plan.series is not None:
+            await self._series.apply(db, plan.series, plan.sid, plan.ts_ms, self._last)
         await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snap', ?)", (plan.sid,))
 
     async def _resolve_new(self, plan: _Plan) -> None:
@@ -474,17 +471,10 @@ class StoreWriter:
     def _commit(self, snap: Snapshot, plan: _Plan) -> None:
         for key in plan.exited:
             plan.state.pop(key, None)
-        if plan.full:
-            self._state = plan.state
-        else:
-            live = self._state
-            for k, _ in plan.vanished:
-                del live[k]
-            for key in plan.exited:
-                live.pop(key, None)
-            live.update(plan.state)
-        self._last_seq = snap.seq
+        self._state = plan.state
         self._next_proc = plan.next_proc
+        if plan.series is not None:
+            self._series.commit(plan.series)
         self._next_snap = plan.sid + 1
         if plan.kf:
             self._keyframes.append((plan.sid, plan.ts_ms))
@@ -545,6 +535,7 @@ class StoreWriter:
                 "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
             )
         await db.execute("DELETE FROM raw_head WHERE snap <= ?", (through,))
+        await self._series.compact(db, snaps, after, through)
         await db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted_through', ?)", (through,)
         )
@@ -578,6 +569,7 @@ class StoreWriter:
                 cut[TIER_RAW],
             ),
             ("SELECT id FROM ooms WHERE ts_ms < ? LIMIT ?", "DELETE FROM ooms WHERE id IN", oldest),
+            *SeriesWriter.prune_steps(cut, oldest),
             (
                 "SELECT id FROM processes WHERE last_seen_ms < ? AND last_snap IS NOT NULL"
                 " AND NOT EXISTS (SELECT 1 FROM raw_head WHERE raw_head.proc = processes.id) LIMIT ?",
