@@ -50,6 +50,16 @@ class MemInfo:
     mem_available_kb: int
     swap_total_kb: int
     swap_free_kb: int
+    # the parts of the host breakdown (None when the kernel does not report the line)
+    mem_free_kb: int | None = None
+    buffers_kb: int | None = None
+    cached_kb: int | None = None  # page cache, shmem/tmpfs included
+    shmem_kb: int | None = None
+    anon_pages_kb: int | None = None
+    slab_reclaimable_kb: int | None = None
+    slab_unreclaimable_kb: int | None = None
+    kernel_stack_kb: int | None = None
+    page_tables_kb: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +180,94 @@ class ProcessSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupCharge:
+    """What the kernel charges a memory cgroup, read from cgroupfs (bytes).
+
+    limit_bytes is the tightest limit on the cgroup or any ancestor (None: unlimited everywhere);
+    free_bytes the least headroom over the limited levels (an ancestor's limit is shared with its siblings).
+    """
+
+    cgroup: str
+    current_bytes: int | None  # memory.current (v2) / memory.usage_in_bytes (v1); None when unreadable
+    limit_bytes: int | None
+    limit_cgroup: str | None  # the level that sets limit_bytes
+    free_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """One of a group's largest processes, named in alert messages."""
+
+    pid: int
+    start_ticks: int
+    comm: str
+    rss_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSample:
+    """One memory cgroup or systemd unit in one snapshot: the sums over its processes and its charge.
+
+    by: "cgroup" (group = the cgroup path) or "unit" (group = the unit name). unit is the systemd unit the
+    cgroup belongs to (for unit groups: the group itself); cgroup is the path whose charge is reported
+    (for unit groups: the unit's own cgroup, when the process's memory cgroup path names it).
+    """
+
+    by: str
+    group: str
+    unit: str | None
+    cgroup: str | None
+    processes: int
+    rss_kb: int
+    anon_kb: int
+    swap_kb: int
+    memory_current_kb: int | None
+    memory_limit_kb: int | None  # None: unlimited (or unknown)
+    limit_cgroup: str | None = None
+    free_kb: int | None = None  # headroom under the tightest limited level
+    largest: tuple[GroupMember, ...] = ()  # by rss, the largest few (groups.LARGEST_KEPT)
+
+
+@dataclass(frozen=True, slots=True)
+class HostMemory:
+    """The host's memory broken into named parts (KiB); unaccounted_kb is what none of them explains.
+
+    used = total - MemFree; unaccounted = used - (anon + page cache + shmem + slab reclaimable +
+    slab unreclaimable + kernel stacks + page tables), floored at 0, where anon is the processes' anonymous
+    sum capped by the kernel's AnonPages (forked processes share copy-on-write pages that each one's RssAnon
+    counts) and page cache = Cached + Buffers - Shmem. What remains is kernel memory no counter names
+    (vmalloc, driver and network buffers, hugetlb pools, ...).
+    """
+
+    total_kb: int
+    available_kb: int
+    processes_rss_kb: int
+    processes_anon_kb: int
+    page_cache_kb: int
+    shmem_kb: int
+    slab_reclaimable_kb: int
+    slab_unreclaimable_kb: int
+    kernel_stack_kb: int
+    page_tables_kb: int
+    unaccounted_kb: int
+
+
+HOST_FIELDS = (
+    "total_kb",
+    "available_kb",
+    "processes_rss_kb",
+    "processes_anon_kb",
+    "page_cache_kb",
+    "shmem_kb",
+    "slab_reclaimable_kb",
+    "slab_unreclaimable_kb",
+    "kernel_stack_kb",
+    "page_tables_kb",
+    "unaccounted_kb",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One merged snapshot per interval."""
 
@@ -182,6 +280,8 @@ class Snapshot:
     exits: tuple[ProcessExit, ...] = ()
     scan_errors: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    groups: tuple[GroupSample, ...] = ()  # memory cgroups and units holding a monitored process
+    host: HostMemory | None = None  # the host breakdown (None without a full /proc/meminfo)
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,6 +274,7 @@ def test_status_json_and_table(db: Path) -> None:
         "processes_known": 3,
         "snapshots_raw": 10,
         "ooms": 0,
+        "host_memory": None,  # the fixture writes no host breakdown
     }
     lines = run(db, "status").stdout.splitlines()
     assert lines[1:] == [

@@ -25,7 +25,7 @@ import click
 
 from memwatchd.alerts.engine import AlertEngine, Transition
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
-from memwatchd.collectors.cgroupfs import headroom
+from memwatchd.collectors.cgroupfs import ChargeReader, headroom
 from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
@@ -34,8 +34,9 @@ from memwatchd.daemon.logsetup import setup_logging
 from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
+from memwatchd.groups import aggregate_groups, charge_paths, host_memory
 from memwatchd.merge import merge
-from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, ProcScan, Snapshot
+from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
 from memwatchd.store.writer import StoreWriter
@@ -139,6 +140,10 @@ class Daemon:
         self.dispatch: AlertDispatch | None = None
         self.metrics: MetricsServer | None = None
         self.status = DaemonStatus()
+        self.groups_ms = 0.0  # reading cgroup charges, per cycle (written by the scan thread)
+        self.charges: ChargeReader | None = (
+            ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
+        )
         self._bpf_failing = False
 
     # ---- setup -------------------------------------------------------------------------------
@@ -231,11 +236,22 @@ class Daemon:
             log.warning("could not save alert state: %s", e)
 
     # ---- sampling ----------------------------------------------------------------------------
-    def _scan(self, procfs: ProcfsCollector, mono: float) -> ProcScan:
+    def _scan(self, procfs: ProcfsCollector, mono: float) -> tuple[ProcScan, dict[str, GroupCharge]]:
         stall = self.hooks.stall_after
         if stall is not None and self.cycles >= stall:
             threading.Event().wait()  # test hook: a /proc read that never returns
-        return procfs.scan(mono)
+        scan = procfs.scan(mono)
+        charges: dict[str, GroupCharge] = {}
+        if self.charges is not None:
+            t0 = time.perf_counter()
+            try:
+                charges = self.charges.read(
+                    charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0)
+                )
+            except Exception as e:  # an optional source: the cycle goes on without charges
+                log.debug("cgroup charges unreadable: %s", e)
+            self.groups_ms = (time.perf_counter() - t0) * 1000
+        return scan, charges
 
     def _poll_bpf(self) -> BpfPoll | None:
         if self.bpf is None:
@@ -258,12 +274,18 @@ class Daemon:
         mono = self.clock.mono()
         ts = self.clock.wall()
         t0 = time.perf_counter()
-        scan = await _in_daemon_thread(lambda: self._scan(procfs, mono))
+        scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono))
         poll = self._poll_bpf()
         if poll is not None and self.bpf is not None:
             self.bpf.gc(procfs.live_pids)
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = merge(scan, poll, self.prev, ts=ts, mono=mono, bpf_health=health)
+        if self.charges is not None:
+            snap = dataclasses.replace(
+                snap,
+                groups=aggregate_groups(snap.processes, charges),
+                host=host_memory(snap.meminfo, snap.processes),
+            )
         scan_ms = (time.perf_counter() - t0) * 1000
         self.prev = snap
         self.cycles += 1
@@ -288,6 +310,8 @@ class Daemon:
             map_full=snap.bpf.map_full,
             lost_events=snap.bpf.lost_events,
             scan_ms=scan_ms,
+            groups_ms=self.groups_ms,
+            groups=len(snap.groups),
             scan_errors=snap.scan_errors,
             committed_snapshots=pump.committed,
             dropped_snapshots=pump.dropped,
@@ -360,7 +384,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", e)
             self.notifier.ready(self.status_line())
             return
-        for section in ("bpf", "storage", "prometheus"):
+        for section in ("bpf", "storage", "prometheus", "groups"):
             old_v, new_v = getattr(self.cfg, section), getattr(new, section)
             if section == "storage":
                 new_v = dataclasses.replace(new_v, path=old_v.path) if self.db_override else new_v
@@ -369,7 +393,11 @@ class Daemon:
         new_procfs = new.procfs
         # sections that need a restart keep their running values (the storage path may come from --db)
         self.cfg = dataclasses.replace(
-            new, bpf=self.cfg.bpf, storage=self.cfg.storage, prometheus=self.cfg.prometheus
+            new,
+            bpf=self.cfg.bpf,
+            storage=self.cfg.storage,
+            prometheus=self.cfg.prometheus,
+            groups=self.cfg.groups,
         )
         if self.dispatch is not None:
             self.dispatch.urls = urls

@@ -27,6 +27,8 @@ class DaemonStatus:
     map_full: int = 0
     lost_events: int = 0
     scan_ms: float | None = None  # scan + BPF poll + merge of the latest cycle
+    groups_ms: float = 0.0  # reading cgroup charges in the latest cycle
+    groups: int = 0  # cgroup/unit groups in the latest snapshot
     scan_errors: int = 0  # processes that vanished or were unreadable in the latest scan
     committed_snapshots: int = 0
     dropped_snapshots: int = 0
@@ -56,6 +58,8 @@ class DaemonStatus:
             "map_full": self.map_full,
             "lost_events": self.lost_events,
             "scan_ms": None if self.scan_ms is None else round(self.scan_ms, 2),
+            "groups_ms": round(self.groups_ms, 2),
+            "groups": self.groups,
             "scan_errors": self.scan_errors,
             "committed_snapshots": self.committed_snapshots,
             "dropped_snapshots": self.dropped_snapshots,

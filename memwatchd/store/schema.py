@@ -14,11 +14,17 @@ Layout (all timestamps are integer unix milliseconds, sizes integer KiB, eBPF by
 - ``current``: the latest stored values of every live process with the merge's deltas (for ``top``).
 - ``status``, ``meta``: daemon status key/values (shown by ``memwatchctl status``), writer bookkeeping.
 - ``alerts``, ``ooms``: alert episodes (rule engine) and OOM kills.
+- ``series``, ``series_head``, ``series_chunks`` (version 2): the group and host series, stored like the
+  processes' (change-only head rows, a row per live series at each keyframe, compacted into per-series chunks
+  per tier). ``series.kind`` is "cgroup" (name = cgroup path), "unit" (name = systemd unit) or "host" (one
+  series, name "host"). Values sit in generic columns v0..v10 in the order of GROUP_FIELDS or HOST_FIELDS;
+  rollup chunks hold the last values of each minute/hour (the series are sums and kernel counters, whose
+  last value per bucket is what the `groups` view and rules read).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column order of a raw sample; most frequently changing first so the change mask stays one byte.
 RAW_FIELDS = (
@@ -36,6 +42,25 @@ RAW_FIELDS = (
     "pss_kb",
     "uss_kb",
 )
+
+# The series of a group (kind "cgroup" or "unit") and of the host, in column order v0, v1, ...
+GROUP_FIELDS = ("processes", "rss_kb", "anon_kb", "swap_kb", "memory_current_kb", "memory_limit_kb")
+HOST_FIELDS = (
+    "total_kb",
+    "available_kb",
+    "processes_rss_kb",
+    "processes_anon_kb",
+    "page_cache_kb",
+    "shmem_kb",
+    "slab_reclaimable_kb",
+    "slab_unreclaimable_kb",
+    "kernel_stack_kb",
+    "page_tables_kb",
+    "unaccounted_kb",
+)
+SERIES_FIELDS = {"cgroup": GROUP_FIELDS, "unit": GROUP_FIELDS, "host": HOST_FIELDS}
+SERIES_WIDTH = max(len(f) for f in SERIES_FIELDS.values())
+SERIES_COLS = tuple(f"v{i}" for i in range(SERIES_WIDTH))
 
 TIER_RAW, TIER_MINUTE, TIER_HOUR = 0, 1, 2
 TIER_NAMES = {TIER_RAW: "raw", TIER_MINUTE: "minute", TIER_HOUR: "hour"}
@@ -139,8 +164,40 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_state ON alerts (state);
 """
 
+_V2 = f"""
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    unit TEXT,
+    cgroup TEXT,
+    first_snap INTEGER NOT NULL,
+    last_snap INTEGER,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER,
+    UNIQUE (kind, name)
+);
+CREATE INDEX series_last ON series (last_snap);
+CREATE TABLE series_head (
+    series INTEGER NOT NULL,
+    snap INTEGER NOT NULL,
+    {", ".join(f"{c} INTEGER" for c in SERIES_COLS)},
+    PRIMARY KEY (series, snap)
+) WITHOUT ROWID;
+CREATE TABLE series_chunks (
+    id INTEGER PRIMARY KEY,
+    tier INTEGER NOT NULL,
+    series INTEGER NOT NULL,
+    t0_ms INTEGER NOT NULL,
+    t1_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX series_chunks_series ON series_chunks (tier, series, t0_ms);
+CREATE INDEX series_chunks_age ON series_chunks (tier, t1_ms);
+"""
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
