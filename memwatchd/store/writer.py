@@ -50,6 +50,7 @@ from memwatchd.store.schema import (
     TIER_RAW,
     pending_migrations,
 )
+from memwatchd.store.series import SeriesPlan, SeriesWriter
 
 __all__ = ["DatabaseInUse", "StoreError", "StoreWriter", "WriterLock", "acquire_lock", "describe"]
 
@@ -76,6 +77,7 @@ ALERT_COLS = (
     "summary",
 )
 _MAX_PARAMS = 900
+_EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
 
 
 _values: Callable[[ProcessSnapshot], tuple[int | None, ...]] = operator.attrgetter(*RAW_FIELDS)
@@ -118,6 +120,7 @@ class _Plan:
     exited: list[tuple[int, int]] = field(default_factory=list)
     state: dict[tuple[int, int], _Live] = field(default_factory=dict)
     next_proc: int = 0
+    series: SeriesPlan | None = None  # the group and host series (store/series.py)
 
 
 def _prepare_file(path: str) -> None:
@@ -169,6 +172,7 @@ class StoreWriter:
             self.period_ms = round(period * 1000)
             self.margin_ms = self.period_ms // 2
         self._closed = False
+        self._series = SeriesWriter()
 
     # ---- open / close ---------------------------------------------------------------------------------
     @classmethod
@@ -258,6 +262,7 @@ class StoreWriter:
             "SELECT id, ts_ms FROM snapshots WHERE kf = 1 AND id > ? ORDER BY id", (self._compacted,)
         ) as cur:
             self._keyframes = [(r[0], r[1]) async for r in cur]
+        await self._series.setup(db)
 
     async def close(self) -> None:
         """Close the connection (the last snapshot is already committed)."""
@@ -318,8 +323,10 @@ class StoreWriter:
 
             async def run() -> _Cursor:
                 cur = self._cur
+                series: SeriesPlan | None = None
                 for snap in snaps:
                     plan = self._plan(snap, cur)
+                    plan.series = series = self._series.plan(snap, plan.kf, series)
                     await self._apply(snap, plan, cur)
                     plans.append(plan)
                     cur = _advance(cur, snap, plan)
@@ -333,6 +340,9 @@ class StoreWriter:
 
             self._cur = await self._tx(run)
             self._keyframes += [(p.sid, p.ts_ms) for p in plans if p.kf]
+            for p in plans:
+                if p.series is not None:
+                    self._series.commit(p.series)
         await self._maybe_compact(plans[-1].ts_ms, plans[-1].sid)
 
     def is_idle(self, snap: Snapshot) -> bool:
@@ -347,7 +357,7 @@ class StoreWriter:
         if round(snap.ts * 1000) // self.period_ms != cur.period:
             return False
         state = cur.state
-        if len(snap.processes) != len(state):
+        if len(snap.processes) != len(state) or not self._series.is_idle(snap):
             return False
         for p in snap.processes:
             old = state.get((p.pid, p.start_ticks))
@@ -461,19 +471,30 @@ class StoreWriter:
             age = snap.mono - e.mono_ns / 1e9
             if 0 <= age < 3600:
                 exit_ms = round((snap.ts - age) * 1000)
-            proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
-            if proc is None:
-                proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
-            if proc is not None:
-                await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = ?",
-                    (exit_ms, e.exit_code, proc),
+            ended_values = (exit_ms, e.exit_code, e.exit_signal, int(e.oom_killed))
+            if e.start_ticks:  # the exact identity (BPF read the start time)
+                key = (e.pid, e.start_ticks)
+                live = plan.state.get(key)
+                proc = (
+                    live.proc if live is not None else next((v for k, v in plan.vanished if k == key), None)
                 )
+                if proc is None:
+                    await db.execute(
+                        f"UPDATE processes SET {_EXIT_SET} WHERE pid = ? AND start_ticks = ?",
+                        (*ended_values, e.pid, e.start_ticks),
+                    )
+                    continue
+            else:
+                proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+                if proc is None:
+                    proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
+            if proc is not None:
+                await db.execute(f"UPDATE processes SET {_EXIT_SET} WHERE id = ?", (*ended_values, proc))
             else:
                 await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = (SELECT id FROM processes"
+                    f"UPDATE processes SET {_EXIT_SET} WHERE id = (SELECT id FROM processes"
                     " WHERE pid = ? AND exit_ms IS NULL ORDER BY first_snap DESC LIMIT 1)",
-                    (exit_ms, e.exit_code, e.pid),
+                    (*ended_values, e.pid),
                 )
         if snap.ooms:
             await db.executemany(
@@ -495,6 +516,8 @@ class StoreWriter:
                     for o in snap.ooms
                 ],
             )
+        if plan.series is not None:
+            await self._series.apply(db, plan.series, plan.sid, plan.ts_ms, cur.last)
         await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snap', ?)", (plan.sid,))
 
     async def _resolve_new(self, plan: _Plan) -> None:
@@ -590,6 +613,7 @@ class StoreWriter:
                 "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
             )
         await db.execute("DELETE FROM raw_head WHERE snap <= ?", (through,))
+        await self._series.compact(db, snaps, after, through)
         await db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted_through', ?)", (through,)
         )
@@ -623,6 +647,7 @@ class StoreWriter:
                 cut[TIER_RAW],
             ),
             ("SELECT id FROM ooms WHERE ts_ms < ? LIMIT ?", "DELETE FROM ooms WHERE id IN", oldest),
+            *SeriesWriter.prune_steps(cut, oldest),
             (
                 "SELECT id FROM processes WHERE last_seen_ms < ? AND last_snap IS NOT NULL"
                 " AND NOT EXISTS (SELECT 1 FROM raw_head WHERE raw_head.proc = processes.id) LIMIT ?",
