@@ -40,6 +40,7 @@ from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
+from memwatchd.store.files import DatabaseInUse, StoreError, WriterLock, acquire_lock
 from memwatchd.store.writer import StoreWriter
 
 if TYPE_CHECKING:
@@ -117,12 +118,26 @@ def _raise_nofile_limit() -> None:
             log.warning("cannot raise the open-file limit (%s); the /proc reader will fall back to paths", e)
 
 
+# The watchdog is no longer fed once the database has been unusable this long (other than a full disk:
+# a restart cannot free space and would lose the in-memory backlog), so systemd restarts the daemon.
+DB_UNUSABLE_LIMIT_S = 600.0
+IDLE_WINDOW_INTERVALS = 10  # idle snapshots are committed together at least every 10 intervals ...
+IDLE_WINDOW_MAX_S = 30.0  # ... and at least every 30 s (a kill -9 loses at most this of idle samples)
+
+
+def idle_window_s(interval_s: float) -> float:
+    """How long idle snapshots may wait in memory before they are committed."""
+    return min(IDLE_WINDOW_INTERVALS * interval_s, IDLE_WINDOW_MAX_S)
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonHooks:
     """Test hooks: ways for tests to drive the real daemon that production never uses."""
 
     stall_after: int | None = None  # after this many cycles the /proc scan never returns
     prune_every_s: float = PRUNE_EVERY_S
+    db_unusable_s: float = DB_UNUSABLE_LIMIT_S
+    store_period_s: float | None = None  # keyframe/compaction period instead of an hour (benchmarks)
 
 
 class Daemon:
@@ -161,18 +176,37 @@ class Daemon:
             ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
         )
         self._bpf_failing = False
+        self.lock: WriterLock | None = None
+        self.started_at = clock.wall()
+        self._watchdog_withheld = False
 
     # ---- setup -------------------------------------------------------------------------------
     async def open(self) -> None:
         _raise_nofile_limit()
-        self.store = store = await StoreWriter.open(self.cfg.storage.path, self.cfg.storage)
+        path = self.cfg.storage.path
+        self.lock = acquire_lock(path)  # DatabaseInUse: another daemon writes this database
+        if self.lock is None:
+            log.warning("disk full: cannot create %s.lock; running without the one-writer lock", path)
+        store: StoreWriter | None = None
+        failure: StoreError | None = None
+        try:
+            store = await self._open_store()
+        except StoreError as e:
+            if not e.transient:  # corrupt, a symlink, permission denied: the operator must act
+                raise
+            failure = e  # a full disk: sample and alert now, write when space returns
+        self.store = store
         self.pump = WritePump(
             store,
             retry_s=lambda: self.cfg.daemon.interval_s,
-            on_commit=self._write_status,
+            status=self._status_fields,
+            opener=self._open_store_late,
+            idle_window_s=lambda: idle_window_s(self.cfg.daemon.interval_s),
             clock=self.clock,
             prune_every_s=self.hooks.prune_every_s,
         )
+        if failure is not None:
+            self.pump.unavailable(failure)
         self.procfs = ProcfsCollector(
             root=self.cfg.procfs.root,
             smaps=self.cfg.procfs.smaps,
@@ -181,19 +215,37 @@ class Daemon:
         self._load_bpf()
         await self._open_alerting(store)
         self._open_metrics()
-        self.status = DaemonStatus(bpf_state=self.bpf_state)
-        # this run's counters start at zero: status must not mix the previous run's counts with this pid
-        await store.set_status(
+        self.status = DaemonStatus(bpf_state=self.bpf_state, write_failing=self.pump.write_failing)
+        if store is not None:
+            # this run's counters start at zero: status must not mix the previous run's counts with this pid
+            await store.set_status(**self._status_fields(0))
+
+    async def _open_store(self) -> StoreWriter:
+        return await StoreWriter.open(
+            self.cfg.storage.path, self.cfg.storage, period_s=self.hooks.store_period_s
+        )
+
+    async def _open_store_late(self) -> StoreWriter:
+        """The pump's retry after the database could not be opened at start."""
+        store = await self._open_store()
+        self.store = store
+        return store
+
+    def _status_fields(self, committed: int) -> dict[str, str | int | float | None]:
+        """The status table's key/values, written in the snapshots' transaction (one commit per write)."""
+        fields = self.status.store_fields()
+        pump = self.pump
+        fields.update(
             pid=os.getpid(),
-            started_at=self.clock.wall(),
-            bpf_state=self.bpf_state,
+            started_at=self.started_at,
             host=self.host,
             interval_s=self.cfg.daemon.interval_s,
-            committed_snapshots=0,
-            dropped_snapshots=0,
-            notify_failures=0,
-            notify_delivered=0,
+            idle_window_s=idle_window_s(self.cfg.daemon.interval_s),
+            committed_snapshots=committed,
+            dropped_snapshots=pump.dropped if pump is not None else 0,
+            poisoned_snapshots=pump.poisoned if pump is not None else 0,
         )
+        return fields
 
     def _load_bpf(self) -> None:
         if not self.cfg.bpf.enabled:
@@ -210,8 +262,9 @@ class Daemon:
         self.bpf_state = "active"
         log.info("BPF probes attached")
 
-    async def _open_alerting(self, store: StoreWriter) -> None:
-        open_alerts = await store.load_open_alerts()
+    async def _open_alerting(self, store: StoreWriter | None) -> None:
+        # without a database at start (full disk) alerting starts afresh; see docs/reliability.md
+        open_alerts = await store.load_open_alerts() if store is not None else []
         self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
         self.deliverer = deliverer = Deliverer(
             self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered
@@ -373,26 +426,37 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=next_at - now)
 
-    async def _write_status(self, snap: Snapshot) -> None:
-        """After each commit: this cycle's DaemonStatus into the status table (the commit count is live)."""
-        assert self.store is not None and self.pump is not None
-        fields = self.status.store_fields()
-        fields["committed_snapshots"] = self.pump.committed
-        try:
-            await self.store.set_status(**fields)
-        except Exception as e:
-            log.debug("status update failed: %s", e)
-
     async def watchdog(self) -> None:
         period = self.notifier.watchdog_interval_s
         if not period:
             return
         while not self.stop_event.is_set():
-            if self.cycles != self._pinged_cycles:  # only while sampling makes progress
+            # only while sampling makes progress and the database has not been unusable for too long
+            if self.cycles != self._pinged_cycles and not self._db_unusable_too_long():
                 self._pinged_cycles = self.cycles
                 self.notifier.watchdog()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=period)
+
+    def _db_unusable_too_long(self) -> bool:
+        pump = self.pump
+        since = pump.failing_since if pump is not None else None
+        if pump is None or since is None or pump.disk_full:
+            if self._watchdog_withheld:
+                log.info("database usable again: feeding the watchdog")
+            self._watchdog_withheld = False
+            return False
+        if self.clock.mono() - since < self.hooks.db_unusable_s:
+            return False
+        if not self._watchdog_withheld:
+            self._watchdog_withheld = True
+            log.error(
+                "database unusable for more than %gs (%s): no longer feeding the watchdog, so systemd"
+                " restarts memwatchd",
+                self.hooks.db_unusable_s,
+                pump.write_failing,
+            )
+        return True
 
     # ---- reload / stop -----------------------------------------------------------------------
     def reload(self, path: str) -> None:
@@ -448,6 +512,9 @@ class Daemon:
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 async def run(
@@ -465,7 +532,7 @@ async def run(
         log.error("%s", msg)
         d.notifier.status(msg)
         await d.close()
-        return 1
+        return 2 if isinstance(e, DatabaseInUse) else 1
     loop.add_signal_handler(signal.SIGTERM, d.stop_event.set)
     loop.add_signal_handler(signal.SIGINT, d.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, d.reload, config_path)
@@ -497,8 +564,8 @@ async def run(
         await asyncio.wait_for(writer, timeout=10.0)  # finishes the write in progress and the backlog
     except (TimeoutError, Exception):
         writer.cancel()
-        if pump.queue:
-            log.warning("%d snapshots could not be written before exit", len(pump.queue))
+    if pump.queue:
+        log.warning("%d snapshots could not be written before exit", len(pump.queue))
     wd.cancel()
     await d.close()  # delivers what is queued (bounded), then detaches probes and closes the database
     deliverer.cancel()

@@ -64,8 +64,22 @@ def describe(e: BaseException) -> str:
     return msg.splitlines()[0] if msg else type(e).__name__
 
 
-def classify(e: BaseException, prefix: str = "") -> StoreError:
-    """A StoreError for an sqlite3 or OS error, with its transient/disk-full kind."""
+def _no_space(path: str | None) -> bool:
+    if path is None:
+        return False
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
+
+
+def classify(e: BaseException, prefix: str = "", path: str | None = None) -> StoreError:
+    """A StoreError for an sqlite3 or OS error, with its transient/disk-full kind.
+
+    SQLite reports a full file system as "disk I/O error" when it cannot grow the -shm file: an I/O error
+    while the database's file system has no free block counts as a full disk.
+    """
     text = prefix + describe(e)
     code = getattr(e, "sqlite_errorcode", None)
     if isinstance(e, OSError):
@@ -73,6 +87,9 @@ def classify(e: BaseException, prefix: str = "") -> StoreError:
         return StoreError(text, transient=e.errno in _TRANSIENT_ERRNO, disk_full=full)
     primary = (code & 0xFF) if isinstance(code, int) else None
     full = primary == sqlite3.SQLITE_FULL or "database or disk is full" in str(e)
+    if not full and primary == sqlite3.SQLITE_IOERR and _no_space(path):
+        full = True
+        text = prefix + "disk full: " + describe(e)
     return StoreError(text, transient=primary in _TRANSIENT, disk_full=full)
 
 

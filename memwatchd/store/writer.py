@@ -167,16 +167,12 @@ class StoreWriter:
         self._keyframes: list[tuple[int, int]] = []  # (snap id, ts_ms) of keyframes not yet compacted
         self._compact_failing = False
         self._cutoffs_written: dict[int, int] = {}
-        period = _env_seconds("MEMWATCHD_TEST_PERIOD_S")  # benchmark hook: keyframe/compaction period
-        if period:
-            self.period_ms = round(period * 1000)
-            self.margin_ms = self.period_ms // 2
         self._closed = False
         self._series = SeriesWriter()
 
     # ---- open / close ---------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, path: str, cfg: StorageConfig) -> StoreWriter:
+    async def open(cls, path: str, cfg: StorageConfig, *, period_s: float | None = None) -> StoreWriter:
         """Open (creating if needed) the database at ``path``: WAL, busy timeout, migrations."""
         refuse_symlinks(path)
         old_umask = os.umask(0o027)
@@ -186,12 +182,15 @@ class StoreWriter:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise StoreError(f"{path} is a symbolic link; refusing to follow it") from None
-            raise classify(e, f"cannot open database {path}: ") from None
+            raise classify(e, f"cannot open database {path}: ", path) from None
         except sqlite3.Error as e:
-            raise classify(e, f"cannot open database {path}: ") from None
+            raise classify(e, f"cannot open database {path}: ", path) from None
         finally:
             os.umask(old_umask)
         self = cls(db, cfg, path)
+        if period_s:  # benchmarks: a keyframe/compaction period shorter than an hour
+            self.period_ms = round(period_s * 1000)
+            self.margin_ms = self.period_ms // 2
         try:
             await self._setup()
         except ValueError as e:
@@ -201,7 +200,7 @@ class StoreWriter:
             await db.close()
             if is_corrupt(e):
                 raise StoreError(corrupt_message(path, e)) from None
-            raise classify(e, f"cannot open database {path}: ") from None
+            raise classify(e, f"cannot open database {path}: ", path) from None
         return self
 
     async def _setup(self) -> None:
@@ -297,7 +296,7 @@ class StoreWriter:
                 await self._rollback()
                 raise
         except sqlite3.Error as e:
-            raise classify(e) from None
+            raise classify(e, path=self.path) from None
         return result
 
     # ---- snapshots ------------------------------------------------------------------------------------
@@ -763,14 +762,6 @@ def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan) -> _Cursor:
         last=(plan.sid, plan.ts_ms),
         last_mono=snap.mono,
     )
-
-
-def _env_seconds(name: str) -> float | None:
-    try:
-        v = float(os.environ.get(name, ""))
-    except ValueError:
-        return None
-    return v if v > 0 else None
 
 
 def _statements(script: str) -> list[str]:
