@@ -8,8 +8,8 @@ processes are not part of the measurement. Two phases per host:
 
 - steady: write_bytes and wchar of the daemon and its children (/proc/PID/io) over the run, between the
   hourly keyframes (atop -w FILE 3 runs beside it; its file growth is scaled to a day the same way);
-- periodic: the hourly keyframe + compaction, measured with MEMWATCHD_TEST_PERIOD_S=60 (one period a
-  minute) over two periods; its extra bytes per period count 24 times a day.
+- periodic: the hourly keyframe + compaction, measured with a 40 s period (tests/hooked_daemon.py
+  --store-period-s 40) over two periods; its extra bytes per period count 24 times a day.
 
 per day = steady rate x 86,400 s + 24 x (bytes of one period's keyframe and compaction).
 
@@ -171,7 +171,7 @@ def _steady(tmp: Path, src: str | None, seconds: float) -> dict[str, float]:
 
 
 def _periodic(tmp: Path, src: str | None, steady_wb_s: float, steady_wc_s: float) -> dict[str, float] | None:
-    period = 60
+    period = 40
     p, db = _start(tmp, src, period)
     try:
         # two compactions apart = exactly two periods of keyframes and compactions

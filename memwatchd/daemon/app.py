@@ -121,13 +121,13 @@ def _raise_nofile_limit() -> None:
 # The watchdog is no longer fed once the database has been unusable this long (other than a full disk:
 # a restart cannot free space and would lose the in-memory backlog), so systemd restarts the daemon.
 DB_UNUSABLE_LIMIT_S = 600.0
-IDLE_WINDOW_INTERVALS = 10  # idle snapshots are committed together at least every 10 intervals ...
-IDLE_WINDOW_MAX_S = 30.0  # ... and at least every 30 s (a kill -9 loses at most this of idle samples)
+COMMIT_WINDOW_INTERVALS = 10  # snapshots are committed together at least every 10 intervals ...
+COMMIT_WINDOW_MAX_S = 30.0  # ... and at least every 30 s (a kill -9 loses at most this of samples)
 
 
-def idle_window_s(interval_s: float) -> float:
-    """How long idle snapshots may wait in memory before they are committed."""
-    return min(IDLE_WINDOW_INTERVALS * interval_s, IDLE_WINDOW_MAX_S)
+def commit_window_s(interval_s: float) -> float:
+    """How long snapshots may wait in memory before they are committed (together)."""
+    return min(COMMIT_WINDOW_INTERVALS * interval_s, COMMIT_WINDOW_MAX_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +201,7 @@ class Daemon:
             retry_s=lambda: self.cfg.daemon.interval_s,
             status=self._status_fields,
             opener=self._open_store_late,
-            idle_window_s=lambda: idle_window_s(self.cfg.daemon.interval_s),
+            commit_window_s=lambda: commit_window_s(self.cfg.daemon.interval_s),
             clock=self.clock,
             prune_every_s=self.hooks.prune_every_s,
         )
@@ -240,7 +240,7 @@ class Daemon:
             started_at=self.started_at,
             host=self.host,
             interval_s=self.cfg.daemon.interval_s,
-            idle_window_s=idle_window_s(self.cfg.daemon.interval_s),
+            commit_window_s=commit_window_s(self.cfg.daemon.interval_s),
             committed_snapshots=committed,
             dropped_snapshots=pump.dropped if pump is not None else 0,
             poisoned_snapshots=pump.poisoned if pump is not None else 0,

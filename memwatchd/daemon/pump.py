@@ -3,10 +3,12 @@
 Sampling never waits for the database. Snapshots queue in memory and are committed together, one
 transaction holding the snapshots and the daemon's status:
 
-- a snapshot in which something changed is committed at once (with any idle ones queued before it);
-- idle snapshots (every process as last stored: store.is_idle) wait up to `idle_window_s()` and are then
-  committed together, so an idle host costs one commit per window instead of one per interval. A kill -9
-  loses at most that window of idle samples (docs/reliability.md states it).
+- snapshots wait up to `commit_window_s()` and are then committed together: a host where little changes
+  costs one commit (a few pages) per window instead of one per interval, and what changes more often
+  than that is written once per window. A kill -9 loses at most that window of samples
+  (docs/reliability.md states it);
+- the first snapshot of a run and snapshots with OOM kills (store.is_urgent) are committed at once, with
+  whatever waits before them.
 
 While the database cannot be written the pump keeps up to `backlog` snapshots, drops the oldest beyond that,
 says so once (and once when it clears), and retries every `retry_s()` seconds. An error that is not about
@@ -33,7 +35,7 @@ from memwatchd.models import Snapshot
 log = logging.getLogger("memwatchd")
 
 WRITE_BACKLOG = 200  # snapshots kept in memory while the database cannot be written (disk full)
-PRUNE_EVERY_S = 60.0
+PRUNE_EVERY_S = 600.0  # retention applies within 10 minutes; each prune is a few commits
 POISON_ATTEMPTS = 2  # a snapshot that fails this often with a non-transient error is dropped
 MAX_BATCH = 100  # snapshots per transaction at most (a long backlog drains in a few commits)
 
@@ -48,7 +50,7 @@ class SnapshotStore(Protocol):
         self, snaps: Sequence[Snapshot], status: StatusFields | None = None, clear_status: Sequence[str] = ()
     ) -> None: ...
 
-    def is_idle(self, snap: Snapshot) -> bool: ...
+    def is_urgent(self, snap: Snapshot) -> bool: ...
 
     def skip_snapshot_id(self) -> None: ...
 
@@ -93,7 +95,7 @@ class WritePump:
         on_commit: Callable[[Snapshot], Awaitable[None]] | None = None,
         status: Callable[[int], StatusFields] | None = None,
         opener: Callable[[], Awaitable[SnapshotStore]] | None = None,
-        idle_window_s: Callable[[], float] = lambda: 0.0,
+        commit_window_s: Callable[[], float] = lambda: 0.0,
         clock: Clock = SYSTEM_CLOCK,
         backlog: int = WRITE_BACKLOG,
         prune_every_s: float = PRUNE_EVERY_S,
@@ -103,13 +105,13 @@ class WritePump:
         self.on_commit = on_commit
         self.status = status
         self.opener = opener
-        self.idle_window_s = idle_window_s
+        self.commit_window_s = commit_window_s
         self.clock = clock
         self.retention = RetentionClock(clock)
         self.prune_every_s = prune_every_s
         self.queue: deque[Snapshot] = deque(maxlen=backlog)
         self._more = asyncio.Event()
-        self._dirty = False  # a queued snapshot carries changes: commit now
+        self._dirty = False  # an urgent snapshot is queued: commit now
         self._single = False  # after a non-transient error: one snapshot per transaction
         self._attempts = 0  # failed attempts of the snapshot at the head of the queue
         self._head: Snapshot | None = None
@@ -129,7 +131,7 @@ class WritePump:
         if len(self.queue) == self.queue.maxlen:
             self.dropped += 1  # the disk stayed unwritable for `backlog` intervals: the oldest goes
         self.queue.append(snap)
-        if self.store is None or not self.store.is_idle(snap):
+        if self.store is not None and self.store.is_urgent(snap):
             self._dirty = True
         self._more.set()
 
@@ -149,7 +151,7 @@ class WritePump:
                 await self._wait(stop, None)
                 continue
             if not stop.is_set() and not self._due():
-                await self._wait(stop, self.queue[0].mono + self.idle_window_s() - self.clock.mono())
+                await self._wait(stop, self.queue[0].mono + self.commit_window_s() - self.clock.mono())
                 continue
             if not await self._write_some():
                 if stop.is_set():
@@ -161,7 +163,7 @@ class WritePump:
                 await self.prune()
 
     def _due(self) -> bool:
-        window = self.idle_window_s()
+        window = self.commit_window_s()
         if window <= 0 or self._dirty or self.write_failing is not None or len(self.queue) >= MAX_BATCH:
             return True
         return self.clock.mono() - self.queue[0].mono >= window

@@ -137,17 +137,6 @@ class SeriesWriter:
         plan.vanished = [v.id for k, v in base.items() if k not in plan.state]
         return plan
 
-    def is_idle(self, snap: Snapshot) -> bool:
-        """No group series changed since the stored state (the host series changes every cycle and is
-        written with the snapshot whenever it is committed, like the snapshot's meminfo)."""
-        n = 0
-        for g in snap.groups:
-            n += 1
-            old = self._state.get((g.by, g.group))
-            if old is None or group_values(g) != old.vals or (g.unit, g.cgroup) != (old.unit, old.cgroup):
-                return False
-        return n == sum(1 for k in self._state if k[0] != "host")
-
     async def apply(
         self,
         db: aiosqlite.Connection,

@@ -153,7 +153,10 @@ class StoreWriter:
     margin_ms = 900_000  # the head keeps at least this much uncompacted, so `top` reads it alone
     margin_snaps = 2_000  # ... or this many snapshots, whichever comes first (wall-clock steps)
     vacuum_reserve_pages = 2_048  # free pages kept for the head's churn instead of being vacuumed
-    page_size = 4096  # of new databases; see docs/reliability.md (disk writes) for the measurements
+    # of new databases: most commits change a few small rows scattered over the tables (a changed process's
+    # raw_head and current rows, the status, the newest snapshot rows); every touched page is written whole
+    # to the WAL and again at the checkpoint, so small pages write less (docs/reliability.md, disk writes)
+    page_size = 1024
     wal_checkpoint_bytes = 2 << 20  # autocheckpoint once the WAL holds this much
     wal_limit_bytes = 4 << 20  # journal_size_limit: the WAL file is cut back to this after a checkpoint
 
@@ -344,32 +347,11 @@ class StoreWriter:
                     self._series.commit(p.series)
         await self._maybe_compact(plans[-1].ts_ms, plans[-1].sid)
 
-    def is_idle(self, snap: Snapshot) -> bool:
-        """True when storing ``snap`` would add nothing but its snapshot row (every process as last stored).
-
-        Such snapshots can wait and be committed together (the daemon batches them); host meminfo and the
-        timestamp still go into their rows then.
-        """
-        cur = self._cur
-        if cur.force_kf or snap.ooms or snap.exits:
-            return False
-        if round(snap.ts * 1000) // self.period_ms != cur.period:
-            return False
-        state = cur.state
-        if len(snap.processes) != len(state) or not self._series.is_idle(snap):
-            return False
-        for p in snap.processes:
-            old = state.get((p.pid, p.start_ticks))
-            if (
-                old is None
-                or p.exited
-                or _values(p) != old.vals
-                or p.comm != old.comm
-                or p.unit != old.unit
-                or p.cgroup != old.cgroup
-            ):
-                return False
-        return True
+    def is_urgent(self, snap: Snapshot) -> bool:
+        """True when ``snap`` should be committed at once rather than batched with the next ones: the
+        first snapshot of this writer (``memwatchctl status`` has data as soon as the daemon runs) and a
+        snapshot carrying OOM kills (the victim's last values matter most)."""
+        return self._cur.force_kf or bool(snap.ooms)
 
     def skip_snapshot_id(self) -> None:
         """A snapshot was given up (poisoned): its id is not reused (a conflicting row may hold it)."""
@@ -517,7 +499,6 @@ class StoreWriter:
             )
         if plan.series is not None:
             await self._series.apply(db, plan.series, plan.sid, plan.ts_ms, cur.last)
-        await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snap', ?)", (plan.sid,))
 
     async def _resolve_new(self, plan: _Plan) -> None:
         """Give processes first seen by this writer an id: the existing row of that identity, or a new one."""
@@ -654,7 +635,11 @@ class StoreWriter:
                 oldest,
             ),
         ]
-        total = 0
+        # first: the cut-offs (readers learn what may be gone) and the last snapshot id (ids are never reused
+        # even when retention deletes every snapshot row); kept out of the snapshots' own transactions so an
+        # idle commit touches as few pages as possible
+        async with self._lock:
+            total = int(await self._tx(self._prune_small, cut, oldest / 1000))
         for select, delete, cutoff in steps:
             while True:
                 async with self._lock:
@@ -663,8 +648,6 @@ class StoreWriter:
                 if n < batch:
                     break
                 await asyncio.sleep(0)  # let a snapshot write in between batches
-        async with self._lock:
-            total += await self._tx(self._prune_small, cut, oldest / 1000)
         await self._vacuum()
         return total
 
@@ -680,7 +663,7 @@ class StoreWriter:
         )
         await self._db.executemany(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            [(f"cutoff_{t}_ms", c) for t, c in cut.items()],
+            [*((f"cutoff_{t}_ms", c) for t, c in cut.items()), ("last_snap", self._cur.next_snap - 1)],
         )
         return max(cur.rowcount, 0)
 
