@@ -215,6 +215,18 @@ def run(quick: bool, src: str | None = None, steady_only: bool = False) -> list[
         return list(json.loads(Path(out.name).read_text()))
 
 
+def _reap() -> None:
+    """This process is the namespace's init: orphaned host processes become its zombies until reaped."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
+
+
 def _run_inside(quick: bool, src: str | None = None, steady_only: bool = False) -> list[dict]:
     seconds = 90.0 if quick else 600.0
     hosts = [(1000, 0), (10000, 0), (1000, 100)]
@@ -234,6 +246,7 @@ def _run_inside(quick: bool, src: str | None = None, steady_only: bool = False) 
             finally:
                 os.killpg(host.pid, signal.SIGKILL)
                 host.wait()
+                _reap()
             what = f"{n:,} processes, " + (f"{changing * 100 // n} % changing" if changing else "idle")
             total = s["write_bytes_day"] + (24 * per["write_bytes_period"] if per else 0)
             wchar = s["wchar_day"] + (24 * per["wchar_period"] if per else 0)

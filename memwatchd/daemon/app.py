@@ -562,6 +562,8 @@ async def run(
         sampler.cancel()
     try:
         await asyncio.wait_for(writer, timeout=10.0)  # finishes the write in progress and the backlog
+        if pump.queue:  # the sampler's last snapshot came after the pump had emptied its queue
+            await asyncio.wait_for(pump.run(d.stop_event), timeout=10.0)
     except (TimeoutError, Exception):
         writer.cancel()
     if pump.queue:

@@ -141,6 +141,13 @@ class WritePump:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop` is set and the backlog is empty (or, while writes fail, until `stop`)."""
+        try:
+            await self._run(stop)
+        except Exception:  # a bug here must not silently end all writing
+            log.exception("the write pump failed")
+            raise
+
+    async def _run(self, stop: asyncio.Event) -> None:
         # the first prune follows the first write: after a long downtime retention applies at once
         last_prune = self.clock.mono() - self.prune_every_s
         while True:
@@ -244,6 +251,8 @@ class WritePump:
                 self.queue.maxlen,
             )
             self.failing_since = self.clock.mono()
+        elif self.write_failing != str(e):
+            log.warning("database error changed: %s", e)  # once per new cause, not per attempt
         self.write_failing = str(e)
         self.disk_full = bool(getattr(e, "disk_full", False))
 
