@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memwatchd.alerts.kinds import KIND_NAMES, kind_of
 from memwatchd.units import parse_duration, parse_rate, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/memwatchd/memwatchd.toml"
@@ -87,7 +88,7 @@ class Match:
         return self.unit is None or fnmatch.fnmatchcase(unit or "", self.unit)
 
 
-RULE_KINDS = ("growth", "leak", "threshold", "oom")
+RULE_KINDS = KIND_NAMES  # one class per kind in memwatchd/alerts/kinds/
 RULE_METRICS = ("rss", "anon", "swap", "mapped")
 
 
@@ -256,7 +257,7 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     kind = sec.get("kind", None, _choice(*RULE_KINDS))
     if kind is None:
         raise sec.err("kind", f"required (one of {', '.join(RULE_KINDS)})")
-    metric = sec.get("metric", "mapped" if kind == "leak" else "rss", _choice(*RULE_METRICS))
+    metric = sec.get("metric", kind_of(kind).default_metric, _choice(*RULE_METRICS))
     min_rate = sec.get("min_rate", 0.0, _rate)
     window = sec.get("window", 600.0, _duration(1.0))
     for_s = sec.get("for", 0.0, _duration())
@@ -264,16 +265,12 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     notify = sec.get("notify", None, _urls)
     match_tbl = sec.get("match", None, lambda v: v)
     sec.finish()
-    if kind == "growth" and min_rate <= 0:
-        raise sec.err("min_rate", "required for kind 'growth' (e.g. \"10MB/h\")")
-    if kind == "threshold" and threshold <= 0:
-        raise sec.err("threshold", "required for kind 'threshold' (e.g. \"2GB\")")
     match = Match()
     if match_tbl is not None:
         ms = _Section(file, f"rules[{index}].match", match_tbl)
         match = Match(comm=ms.get("comm", None, _str), unit=ms.get("unit", None, _str))
         ms.finish()
-    return RuleConfig(
+    rule = RuleConfig(
         name=name,
         kind=kind,
         metric=metric,
@@ -284,6 +281,10 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
         match=match,
         notify=notify,
     )
+    problem = kind_of(kind).validate(rule)
+    if problem is not None:
+        raise sec.err(*problem)
+    return rule
 
 
 def parse_config(data: dict[str, Any], file: str) -> Config:

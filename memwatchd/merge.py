@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TypedDict
 
 from memwatchd.models import (
     BpfHealth,
@@ -53,23 +54,48 @@ def _with_deltas(
     )
 
 
-_BPF_FIELDS = (
-    "mmap_count",
-    "mmap_bytes",
-    "munmap_count",
-    "munmap_bytes",
-    "brk_count",
-    "brk_bytes",
-    "mremap_count",
-    "mremap_grow_bytes",
-    "mremap_shrink_bytes",
-    "mapped_bytes",
-)
+class _BpfCounters(TypedDict):
+    """The eBPF counter fields of a ProcessSnapshot, as keyword arguments."""
+
+    mmap_count: int | None
+    mmap_bytes: int | None
+    munmap_count: int | None
+    munmap_bytes: int | None
+    brk_count: int | None
+    brk_bytes: int | None
+    mremap_count: int | None
+    mremap_grow_bytes: int | None
+    mremap_shrink_bytes: int | None
+    mapped_bytes: int | None
 
 
-def _bpf_fields(stats: BpfStats | None) -> dict[str, int | None]:
+def _bpf_fields(stats: BpfStats | ProcessSnapshot | None) -> _BpfCounters:
     """The eBPF counters of a ProcessSnapshot (all None when BPF did not track the process)."""
-    return {f: getattr(stats, f) if stats is not None else None for f in _BPF_FIELDS}
+    if stats is None:
+        return _BpfCounters(
+            mmap_count=None,
+            mmap_bytes=None,
+            munmap_count=None,
+            munmap_bytes=None,
+            brk_count=None,
+            brk_bytes=None,
+            mremap_count=None,
+            mremap_grow_bytes=None,
+            mremap_shrink_bytes=None,
+            mapped_bytes=None,
+        )
+    return _BpfCounters(
+        mmap_count=stats.mmap_count,
+        mmap_bytes=stats.mmap_bytes,
+        munmap_count=stats.munmap_count,
+        munmap_bytes=stats.munmap_bytes,
+        brk_count=stats.brk_count,
+        brk_bytes=stats.brk_bytes,
+        mremap_count=stats.mremap_count,
+        mremap_grow_bytes=stats.mremap_grow_bytes,
+        mremap_shrink_bytes=stats.mremap_shrink_bytes,
+        mapped_bytes=stats.mapped_bytes,
+    )
 
 
 def _from_proc(
@@ -118,10 +144,6 @@ def _from_bpf(
         **_bpf_fields(stats),
         exited=exited,
     )
-
-
-def _bpf_fields_of(p: ProcessSnapshot) -> dict[str, int | None]:
-    return {f: getattr(p, f) for f in _BPF_FIELDS}
 
 
 def _prev_of(
@@ -187,12 +209,13 @@ def merge(
             same = live_key == ProcKey(e.pid, e.start_ticks)
         else:
             same = live_key is not None and (prev_p is None or prev_p.key == live_key)
-        hwm = {} if e.hwm_kb is None else {"hwm_kb": e.hwm_kb}
         if same and live_key is not None:
             # /proc still showed this process this interval; it exited after the scan: one row, final counters
-            merged = replace(out[live_key], **_bpf_fields(e.final), **hwm, exited=True)
+            live = out[live_key]
+            hwm_kb = live.hwm_kb if e.hwm_kb is None else e.hwm_kb
+            merged = replace(live, **_bpf_fields(e.final), hwm_kb=hwm_kb, exited=True)
             if e.final is None:  # keep what the live row had
-                merged = replace(merged, **_bpf_fields_of(out[live_key]))
+                merged = replace(merged, **_bpf_fields(live))
             out[live_key] = _with_deltas(merged, prev_by_key.get(live_key), mono, prev_mono)
             continue
         if e.final is None:
@@ -200,7 +223,9 @@ def merge(
         p = _from_bpf(e.final, prev_p, comm=e.comm, exited=True)
         if e.start_ticks:
             p = replace(p, start_ticks=e.start_ticks)
-        p = _with_deltas(replace(p, **hwm), prev_p, mono, prev_mono)
+        if e.hwm_kb is not None:
+            p = replace(p, hwm_kb=e.hwm_kb)
+        p = _with_deltas(p, prev_p, mono, prev_mono)
         out.setdefault(p.key, p)
 
     health = bpf_health or (bpf.health if bpf else BpfHealth(state="disabled"))

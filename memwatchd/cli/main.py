@@ -47,7 +47,7 @@ def now() -> float:
     return time.time()
 
 
-class TimeSpec(click.ParamType):
+class TimeSpec(click.ParamType[float, object]):
     """A point in time: a duration ago ("2h", "1d12h"), "now", an ISO time (local unless it has a zone),
     or "@UNIXSECONDS"."""
 
