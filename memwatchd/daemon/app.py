@@ -90,6 +90,22 @@ def with_limit_forecast(t: Any, snap: Snapshot, cgroup_root: str = "/sys/fs/cgro
     )
 
 
+def with_oom_scope(t: Any, snaps: tuple[Snapshot | None, ...], cgroup_root: str = "/sys/fs/cgroup") -> Any:
+    """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
+    if t.record.kind != "oom":
+        return t
+    from memwatchd.collectors.cgroupfs import oom_scope
+
+    cgroup = None
+    for snap in snaps:  # the victim is gone: its cgroup comes from the last snapshots that saw it
+        if snap is None:
+            continue
+        cgroup = next((p.cgroup for p in snap.processes if p.pid == t.record.pid and p.cgroup), None)
+        if cgroup:
+            break
+    return dataclasses.replace(t, oom_scope=oom_scope(cgroup, cgroup_root).describe())
+
+
 def _raise_nofile_limit() -> None:
     """The /proc reader keeps one statm fd per process (a pread is ~5x cheaper than open+read+close)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -111,6 +127,7 @@ class Daemon:
         self.cycles = 0
         self._pinged_cycles = -1
         self.prev: Snapshot | None = None
+        self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.bpf: Any = None
         self.bpf_state = "disabled"
         self.store: Any = None
@@ -122,6 +139,7 @@ class Daemon:
         self.last_write_ts: float | None = None
         self.committed = 0
         self.alerts: Any = None
+        self.scopes: Any = None  # cgroup- and host-scope rules (alerts/scopes.py)
         self.deliverer: Any = None
         self.metrics: Any = None
         self.scan_ms = 0.0
@@ -188,10 +206,19 @@ class Daemon:
 
     async def _open_alerting(self) -> None:
         from memwatchd.alerts.engine import AlertEngine
+        from memwatchd.alerts.scopes import ScopeEngine, is_scoped
         from memwatchd.notify.deliverer import Deliverer
 
         open_alerts = await self.store.load_open_alerts()
-        self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
+        scoped = {r.name for r in self.cfg.rules if is_scoped(r)}
+        self.alerts = AlertEngine(
+            [r for r in self.cfg.rules if not is_scoped(r)],
+            [a for a in open_alerts if a.rule not in scoped],
+            self.cfg.notify.repeat_interval_s,
+        )
+        self.scopes = ScopeEngine(
+            self.cfg.rules, [a for a in open_alerts if a.rule in scoped], self.cfg.notify.repeat_interval_s
+        )
         self.deliverer = Deliverer(self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered)
         self.default_urls = notify_urls(self.cfg)
 
@@ -214,7 +241,11 @@ class Daemon:
 
     async def _delivered(self, msg: Any) -> None:
         now = time.time()
-        updated = [self.alerts.mark_notified(r, r.state, now) for r in msg.records]
+        names = self.scopes.rule_names
+        updated = [
+            (self.scopes if r.rule in names else self.alerts).mark_notified(r, r.state, now)
+            for r in msg.records
+        ]
         await self._save_alerts(updated)
 
     async def _save_alerts(self, records: list[Any]) -> None:
@@ -274,6 +305,7 @@ class Daemon:
                 host=host_memory(snap.meminfo, snap.processes),
             )
         self.scan_ms = (time.perf_counter() - t0) * 1000
+        self._older = self.prev
         self.prev = snap
         self.cycles += 1
         if len(self.queue) == self.queue.maxlen:
@@ -296,7 +328,18 @@ class Daemon:
             return
         if changed:
             asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
-        self._held.extend(with_limit_forecast(t, snap) for t in due)
+        root = self.cfg.groups.cgroup_root
+        self._held.extend(
+            with_oom_scope(with_limit_forecast(t, snap), (snap, self._older), root) for t in due
+        )
+        try:
+            s_changed, s_due = self.scopes.observe(snap)
+        except Exception:
+            log.exception("group and host rule evaluation failed")
+        else:
+            if s_changed:
+                asyncio.get_running_loop().create_task(self._save_alerts(list(s_changed)))
+            self._held.extend(s_due)
         # [notify] group_wait: after a message goes out, what comes due within group_wait is held and sent
         # as one message per rule; a lone alert after a quiet spell goes out at once
         if self._held and snap.mono - self._last_sent >= self.cfg.notify.group_wait_s:
@@ -304,10 +347,15 @@ class Daemon:
             self._send_held()
 
     def _send_held(self) -> None:
+        from memwatchd.alerts.scopes import ScopeTransition
         from memwatchd.notify.render import render
+        from memwatchd.notify.render_scopes import render_scoped
 
         due, self._held = self._held, []
-        for msg in render(due, self.host, self.default_urls):
+        scoped = [t for t in due if isinstance(t, ScopeTransition)]
+        msgs = render([t for t in due if not isinstance(t, ScopeTransition)], self.host, self.default_urls)
+        msgs += render_scoped(scoped, self.host, self.default_urls)
+        for msg in msgs:
             if msg.urls:
                 self.deliverer.submit(msg)
             else:
@@ -456,7 +504,10 @@ class Daemon:
         )
         self.default_urls = urls
         self.procfs.smaps = new_procfs.smaps
-        self.alerts.update_rules(new.rules)
+        from memwatchd.alerts.scopes import is_scoped
+
+        self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
+        self.scopes.update_rules(new.rules)
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s (%d rules)", path, len(new.rules))
         self.notifier.ready(self.status_line())
