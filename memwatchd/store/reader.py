@@ -55,6 +55,11 @@ HISTORY_FIELDS = (
     "brk_count",
     "brk_bytes",
     *(f"{m}_{s}_kb" for m in _METRICS for s in ("min", "max", "avg")),
+    # added in schema 3, last so CSV columns keep their positions
+    "mapped_bytes",
+    "mremap_count",
+    "mremap_grow_bytes",
+    "mremap_shrink_bytes",
 )
 AUTO_RAW_MAX_S = 6 * 3600.0
 AUTO_MINUTE_MAX_S = 3 * 86400.0
@@ -81,6 +86,8 @@ class Proc:
     last_seen_ms: int | None
     exit_ms: int | None
     exit_code: int | None
+    exit_signal: int | None
+    oom_killed: int | None
 
 
 _PROC_COLS = ", ".join(Proc.__slots__)  # type: ignore[attr-defined]
@@ -221,6 +228,8 @@ class StoreReader:
                         "last_seen": _s(last_ms),
                         "exit_time": _s(p.exit_ms),
                         "exit_code": p.exit_code,
+                        "exit_signal": p.exit_signal,
+                        "oom_killed": None if p.oom_killed is None else bool(p.oom_killed),
                         "live": live,
                     }
                 )

@@ -20,14 +20,20 @@ Layout (all timestamps are integer unix milliseconds, sizes integer KiB, eBPF by
   series, name "host"). Values sit in generic columns v0..v10 in the order of GROUP_FIELDS or HOST_FIELDS;
   rollup chunks hold the last values of each minute/hour (the series are sums and kernel counters, whose
   last value per bucket is what the `groups` view and rules read).
+
+Version 3 added the eBPF fields ``mremap_count``, ``mremap_grow_bytes``, ``mremap_shrink_bytes`` and
+``mapped_bytes`` at the end of RAW_FIELDS (chunks written before decode them as None: a chunk stores only
+the fields it knew), and ``exit_signal``/``oom_killed`` to ``processes`` (``exit_code`` is the exit status,
+or -N for signal N). An exited process's last raw row holds its VmHWM at the exit in ``hwm_kb``.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Column order of a raw sample; most frequently changing first so the change mask stays one byte.
-RAW_FIELDS = (
+# Column order of a raw sample; most frequently changing first so the change mask stays one byte. New
+# fields go at the end, so chunks written by an older version still decode (their masks never set them).
+_RAW_FIELDS_V1 = (
     "rss_kb",
     "anon_kb",
     "vm_kb",
@@ -42,6 +48,8 @@ RAW_FIELDS = (
     "pss_kb",
     "uss_kb",
 )
+_RAW_FIELDS_V3 = ("mapped_bytes", "mremap_count", "mremap_grow_bytes", "mremap_shrink_bytes")
+RAW_FIELDS = _RAW_FIELDS_V1 + _RAW_FIELDS_V3
 
 # The series of a group (kind "cgroup" or "unit") and of the host, in column order v0, v1, ...
 GROUP_FIELDS = ("processes", "rss_kb", "anon_kb", "swap_kb", "memory_current_kb", "memory_limit_kb")
@@ -66,7 +74,7 @@ TIER_RAW, TIER_MINUTE, TIER_HOUR = 0, 1, 2
 TIER_NAMES = {TIER_RAW: "raw", TIER_MINUTE: "minute", TIER_HOUR: "hour"}
 BUCKET_MS = {TIER_MINUTE: 60_000, TIER_HOUR: 3_600_000}
 
-_RAW_COLS = ", ".join(f"{f} INTEGER" for f in RAW_FIELDS)
+_RAW_COLS = ", ".join(f"{f} INTEGER" for f in _RAW_FIELDS_V1)
 
 _V1 = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -196,8 +204,13 @@ CREATE INDEX series_chunks_series ON series_chunks (tier, series, t0_ms);
 CREATE INDEX series_chunks_age ON series_chunks (tier, t1_ms);
 """
 
+_V3 = "\n".join(
+    [f"ALTER TABLE {t} ADD COLUMN {f} INTEGER;" for t in ("raw_head", "current") for f in _RAW_FIELDS_V3]
+    + [f"ALTER TABLE processes ADD COLUMN {c} INTEGER;" for c in ("exit_signal", "oom_killed")]
+)
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -63,6 +63,7 @@ ALERT_COLS = (
     "summary",
 )
 _MAX_PARAMS = 900
+_EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
 
 
 class StoreError(Exception):
@@ -377,19 +378,30 @@ class StoreWriter:
             age = snap.mono - e.mono_ns / 1e9
             if 0 <= age < 3600:
                 exit_ms = round((snap.ts - age) * 1000)
-            proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
-            if proc is None:
-                proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
-            if proc is not None:
-                await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = ?",
-                    (exit_ms, e.exit_code, proc),
+            ended_values = (exit_ms, e.exit_code, e.exit_signal, int(e.oom_killed))
+            if e.start_ticks:  # the exact identity (BPF read the start time)
+                key = (e.pid, e.start_ticks)
+                live = plan.state.get(key)
+                proc = (
+                    live.proc if live is not None else next((v for k, v in plan.vanished if k == key), None)
                 )
+                if proc is None:
+                    await db.execute(
+                        f"UPDATE processes SET {_EXIT_SET} WHERE pid = ? AND start_ticks = ?",
+                        (*ended_values, e.pid, e.start_ticks),
+                    )
+                    continue
+            else:
+                proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+                if proc is None:
+                    proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
+            if proc is not None:
+                await db.execute(f"UPDATE processes SET {_EXIT_SET} WHERE id = ?", (*ended_values, proc))
             else:
                 await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = (SELECT id FROM processes"
+                    f"UPDATE processes SET {_EXIT_SET} WHERE id = (SELECT id FROM processes"
                     " WHERE pid = ? AND exit_ms IS NULL ORDER BY first_snap DESC LIMIT 1)",
-                    (exit_ms, e.exit_code, e.pid),
+                    (*ended_values, e.pid),
                 )
         if snap.ooms:
             await db.executemany(
