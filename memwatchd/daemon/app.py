@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import resource
@@ -24,8 +25,10 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from memwatchd.alerts.engine import AlertEngine, Transition
+from memwatchd.alerts.kinds.oom import OomKind
+from memwatchd.alerts.scopes import ScopeEngine, is_scoped
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
-from memwatchd.collectors.cgroupfs import ChargeReader, headroom
+from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
 from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
@@ -35,7 +38,7 @@ from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
 from memwatchd.groups import aggregate_groups, charge_paths, host_memory
-from memwatchd.merge import merge
+from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
@@ -46,6 +49,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("memwatchd")
 T = TypeVar("T")
+
+BPF_GC_EVERY_S = 10.0  # the map sweep for entries that outlived their process (exits remove them)
+# Cyclic GC: young collections after this many new container objects instead of 700. The steady cycle
+# allocates little (unchanged processes reuse their records) and what is alive after the first cycle is
+# frozen out of the collector's sight, so a collection no longer walks every live record.
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def _freeze_heap() -> None:
+    """Move what is alive now out of the cyclic collector's generations (it is never scanned again)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -92,6 +108,22 @@ def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/
     )
 
 
+def with_oom_scope(
+    t: Transition, snaps: tuple[Snapshot | None, ...], cgroup_root: str = "/sys/fs/cgroup"
+) -> Transition:
+    """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
+    if t.record.kind != OomKind.name:
+        return t
+    cgroup = None
+    for snap in snaps:  # the victim is gone: its cgroup comes from the last snapshots that saw it
+        if snap is None:
+            continue
+        cgroup = next((p.cgroup for p in snap.processes if p.pid == t.record.pid and p.cgroup), None)
+        if cgroup:
+            break
+    return dataclasses.replace(t, oom_scope=oom_scope(cgroup, cgroup_root).describe())
+
+
 def _raise_nofile_limit() -> None:
     """The /proc reader keeps one statm fd per process (a pread is ~5x cheaper than open+read+close)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -130,12 +162,16 @@ class Daemon:
         self.cycles = 0
         self._pinged_cycles = -1
         self.prev: Snapshot | None = None
+        self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
+        self.merger = Merger()
+        self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
         self.procfs: ProcfsCollector | None = None
         self.store: StoreWriter | None = None
         self.pump: WritePump | None = None
         self.alerts: AlertEngine | None = None
+        self.scopes: ScopeEngine | None = None  # rules of scope cgroup and host (alerts/scopes.py)
         self.deliverer: Deliverer | None = None
         self.dispatch: AlertDispatch | None = None
         self.metrics: MetricsServer | None = None
@@ -196,7 +232,15 @@ class Daemon:
 
     async def _open_alerting(self, store: StoreWriter) -> None:
         open_alerts = await store.load_open_alerts()
-        self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
+        scoped = {r.name for r in self.cfg.rules if is_scoped(r)}
+        self.alerts = AlertEngine(
+            [r for r in self.cfg.rules if not is_scoped(r)],
+            [a for a in open_alerts if a.rule not in scoped],
+            self.cfg.notify.repeat_interval_s,
+        )
+        self.scopes = ScopeEngine(
+            self.cfg.rules, [a for a in open_alerts if a.rule in scoped], self.cfg.notify.repeat_interval_s
+        )
         self.deliverer = deliverer = Deliverer(
             self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered
         )
@@ -222,9 +266,13 @@ class Daemon:
         log.info("prometheus metrics on http://%s/metrics", self.cfg.prometheus.listen)
 
     async def _delivered(self, msg: Message) -> None:
-        assert self.alerts is not None
+        assert self.alerts is not None and self.scopes is not None
         now = self.clock.wall()
-        updated = [self.alerts.mark_notified(r, r.state, now) for r in msg.records]
+        names = self.scopes.rule_names
+        updated = [
+            (self.scopes.mark_notified if r.rule in names else self.alerts.mark_notified)(r, r.state, now)
+            for r in msg.records
+        ]
         await self._save_alerts(updated)
 
     async def _save_alerts(self, records: list[AlertRecord]) -> None:
@@ -276,18 +324,20 @@ class Daemon:
         t0 = time.perf_counter()
         scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono))
         poll = self._poll_bpf()
-        if poll is not None and self.bpf is not None:
+        if poll is not None and self.bpf is not None and mono - self._bpf_gc_at >= BPF_GC_EVERY_S:
+            self._bpf_gc_at = mono
             self.bpf.gc(procfs.live_pids)
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
-        snap = merge(scan, poll, self.prev, ts=ts, mono=mono, bpf_health=health)
+        snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
             snap = dataclasses.replace(
                 snap,
                 groups=aggregate_groups(snap.processes, charges),
                 host=host_memory(snap.meminfo, snap.processes),
             )
+            self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
-        self.prev = snap
+        self._older, self.prev = self.prev, snap
         self.cycles += 1
         pump.put(snap)
         self._judge(snap)
@@ -324,15 +374,24 @@ class Daemon:
         )
 
     def _judge(self, snap: Snapshot) -> None:
-        assert self.alerts is not None and self.dispatch is not None
+        assert self.alerts is not None and self.scopes is not None and self.dispatch is not None
+        root = self.cfg.groups.cgroup_root
         try:
             changed, due = self.alerts.observe(snap)
         except Exception:
             log.exception("rule evaluation failed")
-            return
-        if changed:
-            asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
-        self.dispatch.offer([with_limit_forecast(t, snap) for t in due], snap.mono)
+            changed, due = [], []
+        try:
+            s_changed, s_due = self.scopes.observe(snap)
+        except Exception:
+            log.exception("group and host rule evaluation failed")
+            s_changed, s_due = [], []
+        if changed or s_changed:
+            asyncio.get_running_loop().create_task(self._save_alerts([*changed, *s_changed]))
+        self.dispatch.offer(
+            [*(with_oom_scope(with_limit_forecast(t, snap), (snap, self._older), root) for t in due), *s_due],
+            snap.mono,
+        )
 
     def status_line(self) -> str:
         return self.status.line()
@@ -345,6 +404,8 @@ class Daemon:
                 await self.sample_once()
             except Exception:
                 log.exception("sampling cycle failed")
+            if self.cycles == 1:
+                _freeze_heap()  # the first snapshot's records, windows and caches are long-lived
             interval = self.cfg.daemon.interval_s
             next_at += interval
             now = self.clock.mono()
@@ -405,7 +466,9 @@ class Daemon:
         if self.procfs is not None:
             self.procfs.smaps = new_procfs.smaps
         if self.alerts is not None:
-            self.alerts.update_rules(new.rules)
+            self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
+        if self.scopes is not None:
+            self.scopes.update_rules(new.rules)
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s (%d rules)", path, len(new.rules))
         self.notifier.ready(self.status_line())

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 class GrowthKind(RuleKind):
     name: ClassVar[str] = "growth"
+    scopes: ClassVar[frozenset[str]] = frozenset({"process", "cgroup", "host"})
 
     def validate(self, rule: RuleConfig) -> tuple[str, str] | None:
         if rule.min_rate <= 0:

@@ -19,6 +19,7 @@ class LeakKind(GrowthKind):
     name: ClassVar[str] = "leak"
     default_metric: ClassVar[str] = "mapped"
     counts_allocations: ClassVar[bool] = True
+    scopes: ClassVar[frozenset[str]] = frozenset({"process"})  # eBPF counters are per process
 
     def validate(self, rule: RuleConfig) -> tuple[str, str] | None:
         return None  # min_rate is optional: 1MB/min by default

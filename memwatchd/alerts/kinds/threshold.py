@@ -18,6 +18,7 @@ TRACK_SHARE = 0.5  # a window is kept only for processes above half the threshol
 
 class ThresholdKind(RuleKind):
     name: ClassVar[str] = "threshold"
+    scopes: ClassVar[frozenset[str]] = frozenset({"process", "cgroup", "host"})
     shows_fit: ClassVar[bool] = False
 
     def validate(self, rule: RuleConfig) -> tuple[str, str] | None:
