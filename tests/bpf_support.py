@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +52,24 @@ def proc_start_ticks(pid: int) -> int:
     """Field 22 of /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         return int(f.read().rsplit(b")", 1)[1].split()[19])
+
+
+@contextlib.contextmanager
+def memcg(name: str, limit_bytes: int) -> Iterator[Path]:
+    """A cgroup v1 memory cgroup with a limit; its processes are killed and it is removed at the end."""
+    root = Path("/sys/fs/cgroup/memory")
+    if not (root / "cgroup.procs").exists():
+        pytest.skip("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+    cg = root / f"memwatchd-test-{name}-{os.getpid()}"
+    cg.mkdir()
+    try:
+        (cg / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        yield cg
+    finally:
+        for pid in (cg / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while (cg / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cg.rmdir()
