@@ -249,7 +249,8 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 }
 
 /* exec replaces the address space: the next brk must set a new baseline instead of counting the jump, and
- * mapped_bytes starts again from zero (what the old image had mapped is gone). */
+ * mapped_bytes starts again from zero (what the old image had mapped is gone). The timestamp moves too: the
+ * collector reuses an entry's previous record while its call counters and timestamp stand still. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -258,6 +259,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		s->last_brk = 0;
 		s->mapped_net = 0;
 		s->mapped_low = 0;
+		s->last_update_ns = bpf_ktime_get_ns();
 	}
 	return 0;
 }
