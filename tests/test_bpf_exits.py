@@ -97,14 +97,16 @@ def test_reused_pids_stay_apart(collector: Any, workloads: dict[str, Path]) -> N
     if pid_max > 100_000:
         pytest.skip(f"pid_max {pid_max}: too many processes to force PID reuse quickly")
     n = pid_max + 2000
-    collector.poll()
+    start = collector.poll()
     exits: list[ProcessExit] = []
     child = subprocess.Popen([str(workloads["alloc"]), "churn", str(n)])
     while child.poll() is None:
         time.sleep(0.5)
         exits += collector.poll().exits
-    exits += collector.poll().exits
+    end = collector.poll()
+    exits += end.exits
     assert child.returncode == 0
+    assert end.health.lost_events == start.health.lost_events
     kids = [e for e in exits if e.final is not None and e.final.mmap_count == 1 and e.comm == "alloc"]
     assert len(kids) == n
     assert len({e.pid for e in kids}) < n  # PIDs were reused ...
