@@ -556,3 +556,50 @@ def test_prometheus_cgroup_gauges_are_bounded_and_host_parts_exported() -> None:
         "slab_reclaimable", "slab_unreclaimable", "kernel_stack", "page_tables", "unaccounted",
     }  # fmt: skip
     assert mi is not None and parts["shmem"] == mi.shmem_kb * 1024.0  # type: ignore[operator]
+
+
+# ---- the live view's group screen ----------------------------------------------------------------------
+
+
+def test_live_top_c_switches_to_the_group_view_and_back(tmp_path: Path) -> None:
+    from memwatchd.cli.tui import GroupScreen, ProcessScreen, TopApp
+    from tests.test_tui import SIZE
+
+    db = str(tmp_path / "t.db")
+    t0 = 1_700_000_000.0
+
+    async def write() -> None:
+        w = await StoreWriter.open(db, StorageConfig())
+        for i in range(5):
+            procs = [
+                _proc(7, "/system.slice/api.service", "api.service", 1000 + i, 500),
+                _proc(8, "/batch", None, 9000, 100),
+            ]
+            await w.write(_snap(i, t0, procs, 10_000))
+        await w.close()
+
+    asyncio.run(write())
+
+    async def go() -> None:
+        with StoreReader(db) as reader:
+            app = TopApp(reader)
+            async with app.run_test(size=SIZE) as pilot:
+                await pilot.pause()
+                await pilot.press("c")
+                await pilot.pause()
+                screen = app.screen
+                assert isinstance(screen, GroupScreen)
+                table = screen.query_one("#groups")
+                rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+                # _snap charges only /svc: both groups here fall back to their RSS sum for the order
+                assert [r[0] for r in rows] == ["/batch", "/system.slice/api.service"]
+                assert rows[1][1] == "api.service" and rows[1][2] == "1"
+                await pilot.press("b")
+                await pilot.pause()
+                table = screen.query_one("#groups")
+                assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["api.service"]
+                await pilot.press("escape")
+                await pilot.pause()
+                assert isinstance(app.screen, ProcessScreen)
+
+    asyncio.run(go())
