@@ -79,6 +79,7 @@ class Transition:
     limit_forecast_s: float | None = None  # seconds until the process's memory cgroup limit is reached
     limit_cgroup: str | None = None  # the cgroup level whose limit is tightest
     limit_bytes: float | None = None
+    oom_scope: str | None = None  # OOM kills: "cgroup-local: cgroup /x reached its limit (32M)" or host-wide
 
 
 def _recency(sn: _Seen) -> float:

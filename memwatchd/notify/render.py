@@ -157,6 +157,8 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
             f"Killed:   {_local(r.since)}",
             f"Memory:   {r.summary}",
         ]
+        if t.oom_scope:
+            lines.append(f"Scope:    {t.oom_scope}")
         if len(t.series) >= 2:
             lines.append(f"History:  {_window_line(t)}")
             lines += _history_table(t.series)
