@@ -85,6 +85,7 @@ class PrometheusConfig:
     listen: str = ""  # "127.0.0.1:9464" turns the endpoint on
     top_k: int = 20
     max_series: int = 2000
+    top_cgroups: int = 50  # memory cgroups exported by name (largest charge); the rest as cgroup="other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +426,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         listen=pr.get("listen", "", _listen),
         top_k=pr.get("top_k", 20, _int(0, 1000)),
         max_series=pr.get("max_series", 2000, _int(10, 1000000)),
+        top_cgroups=pr.get("top_cgroups", 50, _int(0, 10000)),
     )
     pr.finish()
 
