@@ -8,6 +8,7 @@ the two in step.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import re
 import tomllib
@@ -16,9 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from memwatchd.alerts.kinds import KIND_NAMES, kind_of
+from memwatchd.safefile import MAX_CONFIG_BYTES, UnsafeFile, read_small
 from memwatchd.units import parse_duration, parse_rate, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/memwatchd/memwatchd.toml"
+MAX_RULES = 100  # every rule is matched against every process every interval
+MAX_NESTING = 32  # tables and arrays inside each other; memwatchd's own keys need 4
+# 32 or more dotted key parts in a row (a.b.c...): tomllib takes quadratic time on such keys, so they are
+# refused before parsing. Possessive quantifiers keep this search linear.
+_DOTTED_CHAIN = re.compile(
+    r"(?<![\w\"'-])(?:[\w-]++|\"[^\"\n]*+\"|'[^'\n]*+')"
+    rf"(?:[ \t]*+\.[ \t]*+(?:[\w-]++|\"[^\"\n]*+\"|'[^'\n]*+')){{{MAX_NESTING}}}"
+)
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 class ConfigError(Exception):
@@ -247,13 +258,41 @@ def _urls(v: Any) -> tuple[str, ...]:
 
 
 def _listen(v: Any) -> str:
+    """'HOST:PORT': HOST an IPv4 address, a bracketed IPv6 address or a host name; PORT 1-65535."""
     s = _str(v).strip()
     if not s:
         return ""
+    bad = ValueError(f"expected HOST:PORT like '127.0.0.1:9464' or '[::1]:9464', got {_cut(v)}")
     host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT like '127.0.0.1:9464', got {v!r}")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise bad from None
+        return s
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+        raise ValueError(f"an IPv6 address needs brackets ('[::1]:9464'), got {_cut(v)}")
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise bad from None
+        return s
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise bad
     return s
+
+
+def _cut(v: Any) -> str:
+    """repr of a value for an error message, cut so that a huge value cannot make a huge message."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def mask_url(url: str) -> str:
@@ -403,6 +442,8 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
     raw_rules = top.get("rules", [], lambda v: v)
     if not isinstance(raw_rules, list):
         raise top.err("rules", "expected [[rules]] tables")
+    if len(raw_rules) > MAX_RULES:
+        raise top.err("rules", f"at most {MAX_RULES} rules, got {len(raw_rules)}")
     rules = tuple(_rule(file, i, r) for i, r in enumerate(raw_rules))
     names = [r.name for r in rules]
     for i, nm in enumerate(names):
@@ -423,22 +464,56 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file; ConfigError on any problem (including unreadable file)."""
+    """Read and validate a config file; ConfigError on any problem (including unreadable file).
+
+    Time and memory are bounded whatever the path names: a FIFO, a device or a directory is refused
+    without reading, at most 1 MB is read, and nesting deeper than MAX_NESTING is refused.
+    """
     file = str(path)
+    return parse_config(_read_toml(file), file)
+
+
+def _read_toml(file: str) -> dict[str, Any]:
     try:
-        with open(file, "rb") as f:
-            data = tomllib.load(f)
+        raw = read_small(file, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{file}: cannot read: no such file") from None
     except PermissionError:
         raise ConfigError(f"{file}: cannot read: permission denied") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{file}: cannot read: is a directory") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{file}: invalid TOML: {e}") from None
+    except UnsafeFile as e:
+        raise ConfigError(f"{file}: cannot read: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: invalid TOML: not UTF-8") from None
-    return parse_config(data, file)
+    too_deep = ConfigError(f"{file}: invalid TOML: nested deeper than {MAX_NESTING} levels")
+    if _DOTTED_CHAIN.search(text):
+        raise too_deep
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: invalid TOML: {e}") from None
+    except RecursionError:  # arrays or inline tables nested ~1000 deep
+        raise too_deep from None
+    if _depth(data) > MAX_NESTING:
+        raise too_deep
+    return data
+
+
+def _depth(doc: Any) -> int:
+    """How deeply tables and arrays nest in a parsed document (iterative: no recursion limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            stack.extend((c, d + 1) for c in v.values() if isinstance(c, dict | list))
+        elif isinstance(v, list):
+            stack.extend((c, d + 1) for c in v if isinstance(c, dict | list))
+    return deepest
 
 
 def notify_urls(cfg: Config) -> tuple[str, ...]:
@@ -447,10 +522,12 @@ def notify_urls(cfg: Config) -> tuple[str, ...]:
     # the systemd unit passes a credential (LoadCredential=apprise-urls) through MEMWATCHD_URLS_FILE
     urls_file = cfg.notify.urls_file or os.environ.get("MEMWATCHD_URLS_FILE", "")
     if urls_file:
+        key = "notify.urls_file" if cfg.notify.urls_file else "MEMWATCHD_URLS_FILE"
         try:
-            text = Path(urls_file).read_text()
+            text = read_small(urls_file).decode("utf-8", "replace")
+        except UnsafeFile as e:
+            raise ConfigError(f"{cfg.source}: {key}: cannot read {urls_file}: {e}") from None
         except OSError as e:
-            key = "notify.urls_file" if cfg.notify.urls_file else "MEMWATCHD_URLS_FILE"
             raise ConfigError(f"{cfg.source}: {key}: cannot read {urls_file}: {e.strerror}") from None
         for ln in text.splitlines():
             u = ln.strip()
