@@ -286,9 +286,9 @@ class AlertEngine:
             assert present is not None
             done = {k for k, _ in items} if len(items) < len(present) else present.keys()
             for key in [k for k in active if k not in done]:
-                p = present.get(key)
-                if p is not None:
-                    self._observe_one(cyc, rule, tracks, active, key, p)
+                cur = present.get(key)
+                if cur is not None:
+                    self._observe_one(cyc, rule, tracks, active, key, cur)
                 else:  # an episode restored from the store whose process is not here
                     gone.append(key)
         for key in dict.fromkeys(gone):

@@ -81,7 +81,7 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     def target() -> None:
         try:
             r = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+        except BaseException as err:  # handed to the awaiting task
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
                 loop.call_soon_threadsafe(fail, err)
             return
@@ -491,7 +491,7 @@ class Daemon:
             self.dispatch.urls = urls
             self.dispatch.group_wait_s = new.notify.group_wait_s
         if self.procfs is not None:
-            self.procfs.smaps = new_procfs.smaps
+            self.procfs.set_smaps(new_procfs.smaps)
         if self.alerts is not None:
             self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
         if self.scopes is not None:
