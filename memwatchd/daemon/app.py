@@ -36,7 +36,7 @@ from memwatchd.daemon.logsetup import setup_logging
 from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
-from memwatchd.groups import aggregate_groups, charge_paths, host_memory
+from memwatchd.groups import charge_paths, summarize
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
@@ -292,9 +292,7 @@ class Daemon:
         if self.charges is not None:
             t0 = time.perf_counter()
             try:
-                charges = self.charges.read(
-                    charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0)
-                )
+                charges = self.charges.read(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
             except Exception as e:  # an optional source: the cycle goes on without charges
                 log.debug("cgroup charges unreadable: %s", e)
             self.groups_ms = (time.perf_counter() - t0) * 1000
@@ -329,11 +327,8 @@ class Daemon:
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
-            snap = dataclasses.replace(
-                snap,
-                groups=aggregate_groups(snap.processes, charges),
-                host=host_memory(snap.meminfo, snap.processes),
-            )
+            groups, host = summarize(snap.processes, charges, snap.meminfo)
+            snap = dataclasses.replace(snap, groups=groups, host=host)
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
         self._older, self.prev = self.prev, snap
