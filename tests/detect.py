@@ -1,4 +1,4 @@
-"""Run real memory patterns against the real daemon and say which rules fired, when, and whether they resolved.
+"""Run real memory patterns against the real daemon: which rules fired, when, and whether they resolved.
 
 Used by scripts/bench_detect (the whole corpus) and by the rule tests (one or two patterns, short windows).
 Every pattern is a real program (tests/workloads/: C compiled here, python, node, redis-server), started
@@ -9,6 +9,7 @@ the alert episodes are read back with `memwatchctl alerts --json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import BIN, ctl, start_daemon, stop_daemon, wait_for, write_config
+from tests.helpers import ctl, start_daemon, stop_daemon, wait_for, write_config
 from tests.receivers import WebhookReceiver
 
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
@@ -239,10 +240,8 @@ def run_corpus(
             rows = json.loads(ctl(tmp / "db" / "memwatchd.db", "alerts", "--json").stdout or "[]")
         finally:
             for r in running:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(r.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 r.proc.wait()
             stop_daemon(daemon, timeout=30)
         return [_judge(r, rows, received) for r in running] + [
@@ -253,7 +252,9 @@ def run_corpus(
         ]
 
 
-def _judge(r: _Running, rows: list[dict[str, Any]], received: list[tuple[float, dict[str, Any]]]) -> PatternResult:
+def _judge(
+    r: _Running, rows: list[dict[str, Any]], received: list[tuple[float, dict[str, Any]]]
+) -> PatternResult:
     pat = r.pattern
     grow = r.grow_at
     mine = [a for a in rows if a["comm"] == pat.name]
@@ -339,7 +340,9 @@ def _redis_fill(ctx: Ctx, proc: subprocess.Popen[str], mark: Callable[[str], Non
     while time.monotonic() < start + REDIS_FILL_S and proc.poll() is None:
         cmds = []
         for _ in range(per_tick):
-            cmds.append(f"*3\r\n$3\r\nSET\r\n${len(str(key)) + 4}\r\nkey:{key}\r\n${len(value)}\r\n{value}\r\n")
+            cmds.append(
+                f"*3\r\n$3\r\nSET\r\n${len(str(key)) + 4}\r\nkey:{key}\r\n${len(value)}\r\n{value}\r\n"
+            )
             key += 1
         s.sendall("".join(cmds).encode())
         got = b""
@@ -355,7 +358,7 @@ def _redis_fill(ctx: Ctx, proc: subprocess.Popen[str], mark: Callable[[str], Non
 
 
 def corpus(p: Params) -> list[Pattern]:
-    """The benchmark's patterns; rates are set against the rule's min_rate (p.min_rate, 1MB/min by default)."""
+    """The benchmark's patterns; rates are set against the rules' min_rate (p.min_rate, 1MB/min)."""
     mr = p.min_rate
     return [
         Pattern(
@@ -385,8 +388,12 @@ def corpus(p: Params) -> list[Pattern]:
             lambda c: _c(c, "steady", "dt-slow", c.grow_s, 16, 600),
         ),
         Pattern(
-            "dt-gc-node", "quiet", "node (V8), 40 MB of objects built over 15 s then dropped, repeated",
-            lambda c: ["node", str(WORKLOADS / "gc_sawtooth.js"), "dt-gc-node", f"{c.run_s:g}", "15", "40"],
+            "dt-gc-node", "quiet",
+            "node (V8, --max-old-space-size=160), 40 MB of objects built over 15 s then dropped, repeated",
+            lambda c: [
+                "node", "--max-old-space-size=160", str(WORKLOADS / "gc_sawtooth.js"), "dt-gc-node",
+                f"{c.run_s:g}", "15", "40",
+            ],
             needs="node",
         ),
         Pattern(

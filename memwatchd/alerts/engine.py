@@ -20,15 +20,17 @@ from memwatchd.alerts.fit import (
     THRESHOLD_CLEAR_SHARE,
     Fit,
     Window,
-    alloc_count,
-    allocations_continue,
     could_grow,
     fit,
     forecast_s,
     growth_cleared,
+    growth_holds,
+    growth_stopped_recently,
     growth_verdict,
     leak_rate,
     metric_value,
+    resident_corroborates,
+    resident_value,
     threshold_cleared,
     threshold_fired,
     window_ready,
@@ -91,6 +93,7 @@ class _Track:
     record: AlertRecord | None = None  # the open (firing) episode
     pending_since: float | None = None  # mono: the fire condition has held since
     pending_wall: float = 0.0  # wall time the evidence starts (becomes record.since)
+    confirmed: bool = False  # strong evidence was seen while pending (growth and leak rules)
     clear_since: float | None = None  # mono: the clear condition has held since
     last_emit: float = 0.0  # mono of the last notification made due
     fit: Fit | None = None
@@ -230,7 +233,7 @@ class AlertEngine:
             tr.comm, tr.unit = p.comm, p.unit
             if value is None:
                 continue  # a source missing for a moment does not end an episode
-            appended = tr.window.add(now, value, alloc_count(p) if rule.kind == "leak" else None)
+            appended = tr.window.add(now, value, resident_value(p) if rule.kind == "leak" else None)
             self._step(cyc, rule, tr, key, appended)
         for key in [k for k in tracks if k not in seen]:
             tr = tracks.pop(key)
@@ -257,26 +260,29 @@ class AlertEngine:
                 tr.fit = None
                 return
             f = tr.fit = fit(w.t, w.v) if ready else None
-            fire = (
-                f is not None
-                and growth_verdict(f, min_rate)
-                and (rule.kind == "growth" or allocations_continue(w))
-            )
-            clear = None if f is None else growth_cleared(f, min_rate)
+            # weak evidence (two regular steps) starts and keeps the `for` clock; firing also needs strong
+            # evidence (growth_verdict) seen at least once while it ran (see alerts/fit.py)
+            confirm = f is not None and growth_verdict(f, min_rate)
+            fire = f is not None and (confirm or growth_holds(f, min_rate))
+            if fire and rule.kind == "leak" and not resident_corroborates(w, min_rate):
+                fire = confirm = False
+            clear = None if f is None else growth_cleared(f, min_rate) or growth_stopped_recently(w, min_rate)
             clear_hold = max(rule.for_s, rule.window_s / 2)
             since_wall = cyc.snap.ts - (now - w.t[0])
         else:  # threshold
-            fire = threshold_fired(value, rule.threshold)
+            fire = confirm = threshold_fired(value, rule.threshold)
             clear = threshold_cleared(value, rule.threshold)
             clear_hold = rule.for_s
             since_wall = cyc.snap.ts
         if tr.record is None:
             if not fire:
                 tr.pending_since = None
+                tr.confirmed = False
                 return
             if tr.pending_since is None:
                 tr.pending_since, tr.pending_wall = now, since_wall
-            if now - tr.pending_since >= rule.for_s:
+            tr.confirmed = tr.confirmed or confirm
+            if tr.confirmed and now - tr.pending_since >= rule.for_s:
                 self._fire(cyc, rule, tr, key)
             return
         if clear is True:
@@ -312,7 +318,7 @@ class AlertEngine:
                 f" ({tr.fit.describe()})"
             )
             if rule.kind == "leak":
-                summary += "; allocations continue"
+                summary += "; resident memory grows with it"
         rec = AlertRecord(
             rule=rule.name,
             kind=rule.kind,

@@ -95,8 +95,8 @@ def _rule_text(rule: RuleConfig | None) -> str:
     if rule.kind == "leak":
         rate = format_rate(rule.min_rate) if rule.min_rate > 0 else "1.0M/min"
         return (
-            f"leak: mapped memory grows ≥ {rate} over {format_duration(rule.window_s)}"
-            f" while the process keeps allocating{held}"
+            f"leak: outstanding mapped memory (eBPF) grows ≥ {rate} over {format_duration(rule.window_s)}"
+            f" and resident memory with it{held}"
         )
     if rule.kind == "threshold":
         return f"{rule.metric} ≥ {format_size(rule.threshold)}{held}"
