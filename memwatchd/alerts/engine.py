@@ -77,6 +77,7 @@ class Transition:
     limit_forecast_s: float | None = None  # seconds until the process's memory cgroup limit is reached
     limit_cgroup: str | None = None  # the cgroup level whose limit is tightest
     limit_bytes: float | None = None
+    cgroup: str | None = None  # OOM: the victim's memory cgroup as last seen by /proc
 
 
 def _window(rule: RuleConfig) -> Window:
@@ -106,6 +107,7 @@ class _Seen:
     window: Window
     comm: str
     unit: str | None
+    cgroup: str | None = None
     gone_at: float | None = None
 
 
@@ -427,7 +429,7 @@ class AlertEngine:
                 sn = self._seen[key] = _Seen(
                     Window(OOM_HISTORY_S, compact=True, max_points=OOM_HISTORY_POINTS), p.comm, p.unit
                 )
-            sn.comm, sn.unit, sn.gone_at = p.comm, p.unit, None
+            sn.comm, sn.unit, sn.cgroup, sn.gone_at = p.comm, p.unit, p.cgroup, None
             sn.window.add(now, p.rss_kb * 1024.0)
         gone = 0
         for key in self._seen.keys() - present.keys():
@@ -488,4 +490,7 @@ class AlertEngine:
         )
         cyc.changed.append(rec)
         avail = s.meminfo.mem_available_kb * 1024.0 if s.meminfo is not None else None
-        cyc.due.append(Transition(rec, "firing", series, at=s.ts, rule=rule, mem_available=avail))
+        cgroup = found[1].cgroup if found else None
+        cyc.due.append(
+            Transition(rec, "firing", series, at=s.ts, rule=rule, mem_available=avail, cgroup=cgroup)
+        )

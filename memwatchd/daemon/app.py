@@ -72,8 +72,8 @@ def _env_seconds(name: str, default: float) -> float:
 def with_limit_forecast(t: Any, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup") -> Any:
     """Add "its memory cgroup reaches the limit in ~N" to a growing alert (reads the cgroup files once)."""
     rate = t.record.rate
-    if t.reason == "resolved" or rate is None or rate <= 0:
-        return t
+    if t.reason == "resolved" or t.record.kind == "oom" or rate is None or rate <= 0:
+        return t  # no forecast for the dead
     key = (t.record.pid, t.record.start_ticks)
     proc = next((p for p in snap.processes if (p.pid, p.start_ticks) == key), None)
     if proc is None or not proc.cgroup:
@@ -86,6 +86,34 @@ def with_limit_forecast(t: Any, snap: Snapshot, cgroup_root: str = "/sys/fs/cgro
     return dataclasses.replace(
         t, limit_forecast_s=h.free_bytes / rate, limit_cgroup=h.cgroup, limit_bytes=float(h.limit_bytes)
     )
+
+
+def with_oom_cgroup(
+    t: Any, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup", proc_root: str = "/proc"
+) -> Any:
+    """Name the victim's memory cgroup and its limit on an OOM message when the OOM was cgroup-local.
+
+    The cgroup is the one the victim was last seen in (else /proc/PID/cgroup, while it still exists); the
+    OOM counts as local to it when the tightest limit on that path is below the host's memory.
+    """
+    if t.record.kind != "oom":
+        return t
+    cgroup = t.cgroup
+    if cgroup is None:
+        from memwatchd.collectors.procfs import unit_from_cgroup
+
+        try:
+            with open(f"{proc_root}/{t.record.pid}/cgroup") as f:
+                cgroup = unit_from_cgroup(f.read())[1]
+        except OSError:
+            return t
+    from memwatchd.collectors.cgroupfs import headroom
+
+    h = headroom(cgroup, cgroup_root)
+    host = snap.meminfo.mem_total_kb * 1024 if snap.meminfo is not None else None
+    if h is None or (host is not None and h.limit_bytes >= host):
+        return dataclasses.replace(t, cgroup=cgroup)
+    return dataclasses.replace(t, cgroup=cgroup, limit_cgroup=h.cgroup, limit_bytes=float(h.limit_bytes))
 
 
 def _raise_nofile_limit() -> None:
@@ -273,17 +301,20 @@ class Daemon:
             return
         if changed:
             asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
-        self._held.extend(with_limit_forecast(t, snap) for t in due)
+        ooms = [with_oom_cgroup(t, snap) for t in due if t.record.kind == "oom"]
+        if ooms:
+            self._send(ooms)  # an OOM kill is told at once, never held by group_wait
+        self._held.extend(with_limit_forecast(t, snap) for t in due if t.record.kind != "oom")
         # [notify] group_wait: after a message goes out, what comes due within group_wait is held and sent
         # as one message per rule; a lone alert after a quiet spell goes out at once
         if self._held and snap.mono - self._last_sent >= self.cfg.notify.group_wait_s:
             self._last_sent = snap.mono
-            self._send_held()
+            due, self._held = self._held, []
+            self._send(due)
 
-    def _send_held(self) -> None:
+    def _send(self, due: list[Any]) -> None:
         from memwatchd.notify.render import render
 
-        due, self._held = self._held, []
         for msg in render(due, self.host, self.default_urls):
             if msg.urls:
                 self.deliverer.submit(msg)
@@ -443,7 +474,8 @@ class Daemon:
             self.bpf = None
         if self.deliverer is not None:
             if self._held:
-                self._send_held()  # do not sit on a held group at shutdown
+                due, self._held = self._held, []
+                self._send(due)  # do not sit on a held group at shutdown
             await self.deliverer.close(timeout=2.0)
         if self.metrics is not None:
             self.metrics.stop()

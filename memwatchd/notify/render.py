@@ -162,7 +162,12 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
             lines += _history_table(t.series)
         else:
             lines.append("History:  none (the process was not seen before it was killed)")
-        if t.mem_available is not None:
+        if t.limit_cgroup is not None and t.limit_bytes is not None:
+            lines.append(
+                f"Cgroup:   {t.limit_cgroup}, limit {format_size(t.limit_bytes)}"
+                " (the OOM was local to this memory cgroup; the host had memory left)"
+            )
+        elif t.mem_available is not None:
             lines.append(f"Host:     MemAvailable {format_size(t.mem_available)} now")
     else:
         lines += [f"Process:  {_proc(r)}", f"Rule:     {_rule_text(t.rule)}"]
@@ -222,7 +227,17 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
         r = t.record
         unit = f", {r.unit}" if r.unit else ""
         head = f"  {r.comm} (pid {r.pid}{unit}): "
-        if t.reason == "resolved" and r.kind != "oom":
+        if r.kind == "oom":
+            # each victim keeps its breakdown (anon/file/shmem at the kill) and its memory cgroup
+            where = (
+                f"; cgroup {t.limit_cgroup}, limit {format_size(t.limit_bytes)}"
+                if t.limit_cgroup is not None and t.limit_bytes is not None
+                else ""
+            )
+            lines.append(
+                head + _headline(t) + ", " + r.summary.removeprefix("killed by the OOM killer: ") + where
+            )
+        elif t.reason == "resolved":
             lines.append(head + f"RESOLVED, {r.summary}")
         else:
             spark = sparkline([v for _, v in t.series], 12)
@@ -233,7 +248,7 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     if len(ordered) > MAX_GROUP_LINES:
         lines.append(f"  ... and {len(ordered) - MAX_GROUP_LINES} more")
     fastest = ordered[0]
-    fc = _forecast(fastest)
+    fc = _forecast(fastest) if r0.kind != "oom" else ""  # no forecast for the dead
     if fc:
         lines += ["", f"Forecast: {fastest.record.comm} (pid {fastest.record.pid}): {fc}"]
     lines += [
