@@ -64,6 +64,12 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupsConfig:
+    enabled: bool = True  # per-cgroup / per-unit series and the host breakdown each interval
+    cgroup_root: str = "/sys/fs/cgroup"  # where cgroupfs is mounted (v1: its memory/ controller inside)
+
+
+@dataclass(frozen=True, slots=True)
 class PrometheusConfig:
     listen: str = ""  # "127.0.0.1:9464" turns the endpoint on
     top_k: int = 20
@@ -107,6 +113,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
     rules: tuple[RuleConfig, ...] = ()
 
 
@@ -348,6 +355,13 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
     )
     pr.finish()
 
+    g = _Section(file, "groups", top.get("groups", {}, lambda v: v))
+    groups = GroupsConfig(
+        enabled=g.get("enabled", True, _bool),
+        cgroup_root=g.get("cgroup_root", "/sys/fs/cgroup", path),
+    )
+    g.finish()
+
     raw_rules = top.get("rules", [], lambda v: v)
     if not isinstance(raw_rules, list):
         raise top.err("rules", "expected [[rules]] tables")
@@ -365,6 +379,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         storage=storage,
         notify=notify,
         prometheus=prometheus,
+        groups=groups,
         rules=rules,
     )
 
