@@ -124,6 +124,7 @@ def pool_worker(pid: int, phase: float) -> Scenario:
                 munmap_bytes=tasks * 256 * 1024,
                 brk_count=3,
                 brk_bytes=132 * 1024,
+                mapped_bytes=4 * MiB + kept + 132 * 1024,
             )
         ]
 
@@ -142,28 +143,58 @@ def test_pool_of_rare_allocators_each_leaking_fires_for_every_worker() -> None:
         assert first[0] <= window + for_s + 2 * INTERVAL + 20  # the first task can come up to 20 s late
 
 
-def test_jvm_like_heap_committed_in_place_stays_silent() -> None:
+@pytest.mark.parametrize("raw", [False, True])
+def test_jvm_like_heap_committed_in_place_stays_silent(raw: bool) -> None:
     # HotSpot commits and uncommits its heap in place with mmap(MAP_FIXED): every commit adds to the raw
     # mmap bytes while the address space keeps its size; resident memory is a sawtooth. Before: the leak rule
-    # fired on the raw figure
+    # fired on the raw figure (mmap - munmap + brk). Now mapped_bytes is the outstanding figure (flat here),
+    # and even a mapped figure that climbed like the raw one (raw=True) is not corroborated by resident growth
     def sc(t: float) -> list[ProcessSnapshot]:
         cycle, phase = divmod(t, 10.0)
         committed = 32 * MiB + min(int(phase / 0.6), 16) * 8 * MiB
         commits = int(cycle) * 16 + min(int(phase / 0.6), 16)
+        mmap_bytes = 1024 * MiB + commits * 8 * MiB + int(cycle) * 128 * MiB
         return [
             proc(
                 1,
                 20e6 + committed,
                 mmap_count=10 + commits,
-                mmap_bytes=1024 * MiB + commits * 8 * MiB + int(cycle) * 128 * MiB,
+                mmap_bytes=mmap_bytes,
                 munmap_count=0,
                 munmap_bytes=0,
                 brk_count=2,
                 brk_bytes=0,
+                mapped_bytes=mmap_bytes if raw else 1024 * MiB,
             )
         ]
 
     assert fired(run(rule("leak", 60.0, 10.0), sc, 400)) == []
+
+
+def test_realloc_growth_counts_through_mremap() -> None:
+    # a buffer grown by realloc: glibc moves it with mremap, so mmap/munmap/brk stay put while the outstanding
+    # mapped figure (mremap growth included) and resident memory rise. Before: mremap was not counted
+    def sc(t: float) -> list[ProcessSnapshot]:
+        n = int(t)
+        return [
+            proc(
+                1,
+                20e6 + n * 64 * 1024,
+                mmap_count=1,
+                mmap_bytes=MiB,
+                munmap_count=0,
+                munmap_bytes=0,
+                brk_count=1,
+                brk_bytes=0,
+                mremap_count=n,
+                mremap_grow_bytes=n * 64 * 1024,
+                mremap_shrink_bytes=0,
+                mapped_bytes=MiB + n * 64 * 1024,
+            )
+        ]
+
+    first = fired(run(rule("leak", 60.0, 10.0), sc, 200))
+    assert first and first[0] <= 60 + 10 + 2 * INTERVAL
 
 
 def test_leak_needs_resident_memory_to_grow_with_the_mappings() -> None:
@@ -171,7 +202,14 @@ def test_leak_needs_resident_memory_to_grow_with_the_mappings() -> None:
     # of memory; the same mappings with resident growth are
     def sc(t: float) -> list[ProcessSnapshot]:
         n = int(t)
-        counters = dict(mmap_count=n, mmap_bytes=n * MiB, munmap_count=0, munmap_bytes=0, brk_count=0)
+        counters = dict(
+            mmap_count=n,
+            mmap_bytes=n * MiB,
+            munmap_count=0,
+            munmap_bytes=0,
+            brk_count=0,
+            mapped_bytes=n * MiB,
+        )
         return [proc(1, 50e6, brk_bytes=0, **counters), proc(2, 50e6 + n * MiB, brk_bytes=0, **counters)]
 
     ev = run(rule("leak", 60.0, 0.0), sc, 200)

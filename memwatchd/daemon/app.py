@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import resource
@@ -35,7 +36,7 @@ from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
 from memwatchd.groups import aggregate_groups, charge_paths, host_memory
-from memwatchd.merge import merge
+from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
@@ -46,6 +47,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("memwatchd")
 T = TypeVar("T")
+
+BPF_GC_EVERY_S = 10.0  # the map sweep for entries that outlived their process (exits remove them)
+# Cyclic GC: young collections after this many new container objects instead of 700. The steady cycle
+# allocates little (unchanged processes reuse their records) and what is alive after the first cycle is
+# frozen out of the collector's sight, so a collection no longer walks every live record.
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def _freeze_heap() -> None:
+    """Move what is alive now out of the cyclic collector's generations (it is never scanned again)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -154,6 +168,8 @@ class Daemon:
         self.cycles = 0
         self._pinged_cycles = -1
         self.prev: Snapshot | None = None
+        self.merger = Merger()
+        self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
         self.procfs: ProcfsCollector | None = None
@@ -300,16 +316,18 @@ class Daemon:
         t0 = time.perf_counter()
         scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono))
         poll = self._poll_bpf()
-        if poll is not None and self.bpf is not None:
+        if poll is not None and self.bpf is not None and mono - self._bpf_gc_at >= BPF_GC_EVERY_S:
+            self._bpf_gc_at = mono
             self.bpf.gc(procfs.live_pids)
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
-        snap = merge(scan, poll, self.prev, ts=ts, mono=mono, bpf_health=health)
+        snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
             snap = dataclasses.replace(
                 snap,
                 groups=aggregate_groups(snap.processes, charges),
                 host=host_memory(snap.meminfo, snap.processes),
             )
+            self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
         self.prev = snap
         self.cycles += 1
@@ -369,6 +387,8 @@ class Daemon:
                 await self.sample_once()
             except Exception:
                 log.exception("sampling cycle failed")
+            if self.cycles == 1:
+                _freeze_heap()  # the first snapshot's records, windows and caches are long-lived
             interval = self.cfg.daemon.interval_s
             next_at += interval
             now = self.clock.mono()
