@@ -80,15 +80,35 @@ class PrometheusConfig:
 class Match:
     comm: str | None = None  # glob
     unit: str | None = None  # glob
+    cgroup: str | None = None  # glob on the memory cgroup path (scope "cgroup" only)
 
     def matches(self, comm: str, unit: str | None) -> bool:
         if self.comm is not None and not fnmatch.fnmatchcase(comm, self.comm):
             return False
         return self.unit is None or fnmatch.fnmatchcase(unit or "", self.unit)
 
+    def matches_group(self, cgroup: str | None, unit: str | None) -> bool:
+        """A group (scope "cgroup") matches when every given glob matches its cgroup path and unit."""
+        if self.cgroup is not None and not fnmatch.fnmatchcase(cgroup or "", self.cgroup):
+            return False
+        return self.unit is None or fnmatch.fnmatchcase(unit or "", self.unit)
+
 
 RULE_KINDS = ("growth", "leak", "threshold", "oom")
 RULE_METRICS = ("rss", "anon", "swap", "mapped")
+RULE_SCOPES = ("process", "cgroup", "host")
+# What each scope watches and which kinds apply there ("process" is today's per-process behaviour).
+SCOPE_METRICS = {
+    "process": RULE_METRICS,
+    "cgroup": (
+        "memory",
+        "rss",
+        "anon",
+        "swap",
+    ),  # memory = the cgroup's charge; the rest: its processes' sums
+    "host": ("shmem", "slab_unreclaimable", "page_tables", "unaccounted", "available"),
+}
+SCOPE_KINDS = {"process": RULE_KINDS, "cgroup": ("growth", "threshold"), "host": ("growth", "threshold")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +122,7 @@ class RuleConfig:
     threshold: int = 0  # bytes
     match: Match = field(default_factory=Match)
     notify: tuple[str, ...] | None = None  # None: [notify] urls
+    scope: str = "process"  # "process" | "cgroup" | "host"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +277,13 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     kind = sec.get("kind", None, _choice(*RULE_KINDS))
     if kind is None:
         raise sec.err("kind", f"required (one of {', '.join(RULE_KINDS)})")
-    metric = sec.get("metric", "mapped" if kind == "leak" else "rss", _choice(*RULE_METRICS))
+    scope = sec.get("scope", "process", _choice(*RULE_SCOPES))
+    if kind not in SCOPE_KINDS[scope]:
+        raise sec.err("kind", f"scope {scope!r} takes kind {' or '.join(SCOPE_KINDS[scope])}, got {kind!r}")
+    if scope == "host" and "metric" not in sec.table:
+        raise sec.err("metric", f"required for scope 'host' (one of {', '.join(SCOPE_METRICS['host'])})")
+    default_metric = {"process": "mapped" if kind == "leak" else "rss", "cgroup": "memory", "host": ""}[scope]
+    metric = sec.get("metric", default_metric, _choice(*SCOPE_METRICS[scope]))
     min_rate = sec.get("min_rate", 0.0, _rate)
     window = sec.get("window", 600.0, _duration(1.0))
     for_s = sec.get("for", 0.0, _duration())
@@ -270,8 +297,14 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
         raise sec.err("threshold", "required for kind 'threshold' (e.g. \"2GB\")")
     match = Match()
     if match_tbl is not None:
+        if scope == "host":
+            raise sec.err("match", "scope 'host' watches the whole host: no match")
         ms = _Section(file, f"rules[{index}].match", match_tbl)
-        match = Match(comm=ms.get("comm", None, _str), unit=ms.get("unit", None, _str))
+        match = Match(
+            comm=ms.get("comm", None, _str) if scope == "process" else None,
+            unit=ms.get("unit", None, _str),
+            cgroup=ms.get("cgroup", None, _str) if scope == "cgroup" else None,
+        )
         ms.finish()
     return RuleConfig(
         name=name,
@@ -283,6 +316,7 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
         threshold=threshold,
         match=match,
         notify=notify,
+        scope=scope,
     )
 
 

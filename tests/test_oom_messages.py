@@ -2,7 +2,8 @@
 
 Before: an OOM kill that came due shortly after another message was held by [notify] group_wait (21-23 s
 seen), the message showed host MemAvailable instead of the memory cgroup and its limit, and grouped OOM
-messages lost the victims' anon/file breakdown and carried a limit forecast for the dead.
+messages lost the victims' anon/file breakdown and carried a limit forecast for the dead. (The Scope line
+itself comes from the groups work's oom_scope; these tests hold the whole message to it.)
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def test_oom_in_a_memory_cgroup_is_sent_at_once_and_names_the_cgroup_and_its_lim
                 body = msgs[i]
                 assert f"{name} (pid {v.pid})" in body["title"]
                 text = body["message"]
-                assert f"Cgroup:   /{small_cgroup.name}, limit 32M" in text, text
+                assert (
+                    f"Scope:    cgroup-local: cgroup /{small_cgroup.name} reached its limit (32M)" in text
+                ), text
                 assert "MemAvailable" not in text and "Forecast" not in text, text
                 assert "anon " in text and "file " in text
             time.sleep(1)
@@ -127,7 +130,7 @@ def test_grouped_oom_message_keeps_each_breakdown_names_the_cgroup_and_forecasts
     # "reaches its limit" forecast was added for the dead
     from memwatchd.alerts.engine import AlertEngine
     from memwatchd.config import RuleConfig
-    from memwatchd.daemon.app import with_limit_forecast, with_oom_cgroup
+    from memwatchd.daemon.app import with_limit_forecast, with_oom_scope
     from memwatchd.models import BpfHealth, MemInfo, OomKill, Snapshot
     from memwatchd.notify.render import render
     from tests.factories import process_snapshot
@@ -136,6 +139,8 @@ def test_grouped_oom_message_keeps_each_breakdown_names_the_cgroup_and_forecasts
     cg.mkdir(parents=True)
     (cg / "memory.limit_in_bytes").write_text(str(LIMIT))
     (cg / "memory.usage_in_bytes").write_text(str(LIMIT - 1024 * 1024))
+    (cg / "memory.max_usage_in_bytes").write_text(str(LIMIT))  # the peak charge reached the limit
+    (tmp_path / "memory" / "memory.usage_in_bytes").write_text(str(1 << 30))  # a v1 hierarchy
     mi = MemInfo(mem_total_kb=16 << 20, mem_available_kb=12 << 20, swap_total_kb=0, swap_free_kb=0)
     eng = AlertEngine([RuleConfig(name="oom", kind="oom")], [], 3600)
 
@@ -167,10 +172,14 @@ def test_grouped_oom_message_keeps_each_breakdown_names_the_cgroup_and_forecasts
     )
     due = eng.observe(snap)[1]
     assert len(due) == 2
-    ready = [with_oom_cgroup(with_limit_forecast(t, snap, str(tmp_path)), snap, str(tmp_path)) for t in due]
+    ready = [with_oom_scope(with_limit_forecast(t, snap, str(tmp_path)), (snap,), str(tmp_path)) for t in due]
     (msg,) = render(ready, "host-a", ("json://127.0.0.1:9/",))
     assert "2 processes killed" in msg.title
     assert "Forecast" not in msg.body and "reaches its limit" not in msg.body
     for pid, anon in ((1, "20M"), (2, "8.8M")):
         line = next(x for x in msg.body.splitlines() if f"(pid {pid}" in x)
-        assert f"anon {anon}" in line and "file 512K" in line and "cgroup /batch, limit 32M" in line, line
+        assert (
+            f"anon {anon}" in line
+            and "file 512K" in line
+            and "cgroup-local: cgroup /batch reached its limit (32M)" in line
+        ), line

@@ -82,6 +82,7 @@ class Transition:
     limit_cgroup: str | None = None  # the cgroup level whose limit is tightest
     limit_bytes: float | None = None
     cgroup: str | None = None  # OOM: the victim's memory cgroup as last seen by /proc
+    oom_scope: str | None = None  # OOM kills: "cgroup-local: cgroup /x reached its limit (32M)" or host-wide
 
 
 def _recency(sn: _Seen) -> float:

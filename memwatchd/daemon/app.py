@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from memwatchd.alerts.engine import AlertEngine, Transition
+from memwatchd.alerts.scopes import ScopeEngine, is_scoped
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
-from memwatchd.collectors.cgroupfs import ChargeReader, headroom
-from memwatchd.collectors.procfs import ProcfsCollector, unit_from_cgroup
+from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
+from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
@@ -106,28 +107,22 @@ def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/
     )
 
 
-def with_oom_cgroup(
-    t: Transition, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup", proc_root: str = "/proc"
+def with_oom_scope(
+    t: Transition, snaps: tuple[Snapshot | None, ...], cgroup_root: str = "/sys/fs/cgroup"
 ) -> Transition:
-    """Name the victim's memory cgroup and its limit on an OOM message when the OOM was cgroup-local.
-
-    The cgroup is the one the victim was last seen in (else /proc/PID/cgroup, while it still exists); the
-    OOM counts as local to it when the tightest limit on that path is below the host's memory.
-    """
+    """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
     if t.record.kind != "oom":
         return t
-    cgroup = t.cgroup
-    if cgroup is None:
-        try:
-            with open(f"{proc_root}/{t.record.pid}/cgroup") as f:
-                cgroup = unit_from_cgroup(f.read())[1]
-        except OSError:
-            return t
-    h = headroom(cgroup, cgroup_root)
-    host = snap.meminfo.mem_total_kb * 1024 if snap.meminfo is not None else None
-    if h is None or (host is not None and h.limit_bytes >= host):
-        return dataclasses.replace(t, cgroup=cgroup)
-    return dataclasses.replace(t, cgroup=cgroup, limit_cgroup=h.cgroup, limit_bytes=float(h.limit_bytes))
+    cgroup = t.cgroup  # where the engine last saw the victim (its history outlives the last snapshots)
+    for snap in (
+        snaps if cgroup is None else ()
+    ):  # the victim is gone: its cgroup comes from the last snapshots that saw it
+        if snap is None:
+            continue
+        cgroup = next((p.cgroup for p in snap.processes if p.pid == t.record.pid and p.cgroup), None)
+        if cgroup:
+            break
+    return dataclasses.replace(t, oom_scope=oom_scope(cgroup, cgroup_root).describe())
 
 
 def _raise_nofile_limit() -> None:
@@ -168,6 +163,7 @@ class Daemon:
         self.cycles = 0
         self._pinged_cycles = -1
         self.prev: Snapshot | None = None
+        self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.merger = Merger()
         self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
@@ -176,6 +172,7 @@ class Daemon:
         self.store: StoreWriter | None = None
         self.pump: WritePump | None = None
         self.alerts: AlertEngine | None = None
+        self.scopes: ScopeEngine | None = None  # rules of scope cgroup and host (alerts/scopes.py)
         self.deliverer: Deliverer | None = None
         self.dispatch: AlertDispatch | None = None
         self.metrics: MetricsServer | None = None
@@ -236,7 +233,15 @@ class Daemon:
 
     async def _open_alerting(self, store: StoreWriter) -> None:
         open_alerts = await store.load_open_alerts()
-        self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
+        scoped = {r.name for r in self.cfg.rules if is_scoped(r)}
+        self.alerts = AlertEngine(
+            [r for r in self.cfg.rules if not is_scoped(r)],
+            [a for a in open_alerts if a.rule not in scoped],
+            self.cfg.notify.repeat_interval_s,
+        )
+        self.scopes = ScopeEngine(
+            self.cfg.rules, [a for a in open_alerts if a.rule in scoped], self.cfg.notify.repeat_interval_s
+        )
         self.deliverer = deliverer = Deliverer(
             self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered
         )
@@ -262,9 +267,13 @@ class Daemon:
         log.info("prometheus metrics on http://%s/metrics", self.cfg.prometheus.listen)
 
     async def _delivered(self, msg: Message) -> None:
-        assert self.alerts is not None
+        assert self.alerts is not None and self.scopes is not None
         now = self.clock.wall()
-        updated = [self.alerts.mark_notified(r, r.state, now) for r in msg.records]
+        names = self.scopes.rule_names
+        updated = [
+            (self.scopes.mark_notified if r.rule in names else self.alerts.mark_notified)(r, r.state, now)
+            for r in msg.records
+        ]
         await self._save_alerts(updated)
 
     async def _save_alerts(self, records: list[AlertRecord]) -> None:
@@ -329,7 +338,7 @@ class Daemon:
             )
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
-        self.prev = snap
+        self._older, self.prev = self.prev, snap
         self.cycles += 1
         pump.put(snap)
         self._judge(snap)
@@ -366,15 +375,24 @@ class Daemon:
         )
 
     def _judge(self, snap: Snapshot) -> None:
-        assert self.alerts is not None and self.dispatch is not None
+        assert self.alerts is not None and self.scopes is not None and self.dispatch is not None
+        root = self.cfg.groups.cgroup_root
         try:
             changed, due = self.alerts.observe(snap)
         except Exception:
             log.exception("rule evaluation failed")
-            return
-        if changed:
-            asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
-        self.dispatch.offer([with_oom_cgroup(with_limit_forecast(t, snap), snap) for t in due], snap.mono)
+            changed, due = [], []
+        try:
+            s_changed, s_due = self.scopes.observe(snap)
+        except Exception:
+            log.exception("group and host rule evaluation failed")
+            s_changed, s_due = [], []
+        if changed or s_changed:
+            asyncio.get_running_loop().create_task(self._save_alerts([*changed, *s_changed]))
+        self.dispatch.offer(
+            [*(with_oom_scope(with_limit_forecast(t, snap), (snap, self._older), root) for t in due), *s_due],
+            snap.mono,
+        )
 
     def status_line(self) -> str:
         return self.status.line()
@@ -449,7 +467,9 @@ class Daemon:
         if self.procfs is not None:
             self.procfs.smaps = new_procfs.smaps
         if self.alerts is not None:
-            self.alerts.update_rules(new.rules)
+            self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
+        if self.scopes is not None:
+            self.scopes.update_rules(new.rules)
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s (%d rules)", path, len(new.rules))
         self.notifier.ready(self.status_line())

@@ -10,7 +10,9 @@ import logging
 from collections.abc import Callable, Iterable
 
 from memwatchd.alerts.engine import Transition
+from memwatchd.alerts.scopes import ScopeTransition
 from memwatchd.notify.render import Message, render
+from memwatchd.notify.render_scopes import render_scoped
 
 log = logging.getLogger("memwatchd")
 
@@ -30,17 +32,17 @@ class AlertDispatch:
         self.host = host
         self.urls = urls
         self.group_wait_s = group_wait_s
-        self.held: list[Transition] = []  # alert transitions waiting for group_wait
+        self.held: list[Transition | ScopeTransition] = []  # alert transitions waiting for group_wait
         self._last_sent = float("-inf")  # mono of the last messages handed to `send`
 
-    def offer(self, due: Iterable[Transition], mono: float) -> None:
+    def offer(self, due: Iterable[Transition | ScopeTransition], mono: float) -> None:
         """Take this cycle's due transitions; send what is held when group_wait has passed since the last.
 
         OOM kills go out at once (those of one cycle grouped), never held by group_wait.
         """
         due = list(due)
-        self._send([t for t in due if t.record.kind == "oom"])
-        self.held.extend(t for t in due if t.record.kind != "oom")
+        self._send([t for t in due if isinstance(t, Transition) and t.record.kind == "oom"])
+        self.held.extend(t for t in due if not (isinstance(t, Transition) and t.record.kind == "oom"))
         if self.held and mono - self._last_sent >= self.group_wait_s:
             self._last_sent = mono
             self.flush()
@@ -50,10 +52,12 @@ class AlertDispatch:
         due, self.held = self.held, []
         self._send(due)
 
-    def _send(self, due: list[Transition]) -> None:
+    def _send(self, due: list[Transition | ScopeTransition]) -> None:
         if not due:
             return
-        for msg in render(due, self.host, self.urls):
+        procs = [t for t in due if isinstance(t, Transition)]
+        scoped = [t for t in due if isinstance(t, ScopeTransition)]
+        for msg in [*render(procs, self.host, self.urls), *render_scoped(scoped, self.host, self.urls)]:
             if msg.urls:
                 self.send(msg)
             else:

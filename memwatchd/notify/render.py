@@ -157,17 +157,14 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
             f"Killed:   {_local(r.since)}",
             f"Memory:   {r.summary}",
         ]
+        if t.oom_scope:
+            lines.append(f"Scope:    {t.oom_scope}")
         if len(t.series) >= 2:
             lines.append(f"History:  {_window_line(t)}")
             lines += _history_table(t.series)
         else:
             lines.append("History:  none (the process was not seen before it was killed)")
-        if t.limit_cgroup is not None and t.limit_bytes is not None:
-            lines.append(
-                f"Cgroup:   {t.limit_cgroup}, limit {format_size(t.limit_bytes)}"
-                " (the OOM was local to this memory cgroup; the host had memory left)"
-            )
-        elif t.mem_available is not None:
+        if t.mem_available is not None and not (t.oom_scope or "").startswith("cgroup-local"):
             lines.append(f"Host:     MemAvailable {format_size(t.mem_available)} now")
     else:
         lines += [f"Process:  {_proc(r)}", f"Rule:     {_rule_text(t.rule)}"]
@@ -229,11 +226,7 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
         head = f"  {r.comm} (pid {r.pid}{unit}): "
         if r.kind == "oom":
             # each victim keeps its breakdown (anon/file/shmem at the kill) and its memory cgroup
-            where = (
-                f"; cgroup {t.limit_cgroup}, limit {format_size(t.limit_bytes)}"
-                if t.limit_cgroup is not None and t.limit_bytes is not None
-                else ""
-            )
+            where = f"; {t.oom_scope}" if t.oom_scope else ""
             lines.append(
                 head + _headline(t) + ", " + r.summary.removeprefix("killed by the OOM killer: ") + where
             )
