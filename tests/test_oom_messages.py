@@ -98,8 +98,13 @@ def test_oom_in_a_memory_cgroup_is_sent_at_once_and_names_the_cgroup_and_its_lim
                 v = _victim(small_cgroup, name)
                 victims.append(v)
                 killed = _kill_by_oom(v)
+
+                def arrived(n: int = i + 1) -> list[Any]:
+                    got = _oom_bodies(hook)
+                    return got if len(got) >= n else []
+
                 msgs = wait_for(
-                    lambda n=i + 1: len(_oom_bodies(hook)) >= n and _oom_bodies(hook),
+                    arrived,
                     2 * INTERVAL + SLACK,
                     what=f"OOM message {i + 1} within {2 * INTERVAL + SLACK:g}s of the kill",
                 )

@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from memwatchd.alerts.engine import AlertEngine, Transition
+from memwatchd.alerts.kinds.oom import OomKind
 from memwatchd.alerts.scopes import ScopeEngine, is_scoped
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
 from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
 from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
+from memwatchd.config_check import check_usable
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
 from memwatchd.daemon.logsetup import setup_logging
@@ -111,7 +113,7 @@ def with_oom_scope(
     t: Transition, snaps: tuple[Snapshot | None, ...], cgroup_root: str = "/sys/fs/cgroup"
 ) -> Transition:
     """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
-    if t.record.kind != "oom":
+    if t.record.kind != OomKind.name:
         return t
     cgroup = t.cgroup  # where the engine last saw the victim (its history outlives the last snapshots)
     for snap in (
@@ -182,6 +184,8 @@ class Daemon:
             ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
         )
         self._bpf_failing = False
+        self._reload_wanted = False
+        self._reload_task: asyncio.Task[None] | None = None
 
     # ---- setup -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -438,14 +442,38 @@ class Daemon:
 
     # ---- reload / stop -----------------------------------------------------------------------
     def reload(self, path: str) -> None:
+        """SIGHUP: RELOADING=1 now, READY=1 once the new configuration is applied or refused.
+
+        The file is read and checked in a thread (checking notification URLs starts an Apprise child), so
+        sampling goes on meanwhile; SIGHUPs during a reload are folded into one more reload after it.
+        """
         self.notifier.reloading()
-        try:
-            new = load_config(path)
-            urls = notify_urls(new)
-        except ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
-            self.notifier.ready(self.status_line())
-            return
+        self._reload_wanted = True
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.get_running_loop().create_task(self._reloads(path))
+
+    @staticmethod
+    def _load_checked(path: str) -> tuple[Config, tuple[str, ...]]:
+        new = load_config(path)
+        check_usable(new)
+        return new, notify_urls(new)
+
+    async def _reloads(self, path: str) -> None:
+        while self._reload_wanted:
+            self._reload_wanted = False
+            try:
+                new, urls = await _in_daemon_thread(lambda: self._load_checked(path))
+            except ConfigError as e:
+                log.error("reload failed, keeping the running configuration: %s", e)
+                self.notifier.ready(self.status_line())
+                continue
+            except Exception:  # a bug in a check must not end the daemon: the old configuration stays
+                log.exception("reload failed, keeping the running configuration")
+                self.notifier.ready(self.status_line())
+                continue
+            self._apply(new, urls, path)
+
+    def _apply(self, new: Config, urls: tuple[str, ...], path: str) -> None:
         for section in ("bpf", "storage", "prometheus", "groups"):
             old_v, new_v = getattr(self.cfg, section), getattr(new, section)
             if section == "storage":
@@ -475,6 +503,8 @@ class Daemon:
         self.notifier.ready(self.status_line())
 
     async def close(self) -> None:
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_task.cancel()  # its thread may still read; the result is no longer wanted
         if self.procfs is not None:
             self.procfs.close()
         if self.bpf is not None:
@@ -574,7 +604,7 @@ def cli(config_path: str, db_path: str | None, check: bool) -> None:
     """
     try:
         cfg = load_config(config_path)
-        notify_urls(cfg)
+        check_usable(cfg)
         if db_path:
             cfg = dataclasses.replace(
                 cfg, storage=dataclasses.replace(cfg.storage, path=os.path.abspath(db_path))

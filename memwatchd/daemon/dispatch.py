@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from memwatchd.alerts.engine import Transition
+from memwatchd.alerts.kinds import kind_of
 from memwatchd.alerts.scopes import ScopeTransition
 from memwatchd.notify.render import Message, render
 from memwatchd.notify.render_scopes import render_scoped
@@ -41,8 +42,11 @@ class AlertDispatch:
         OOM kills go out at once (those of one cycle grouped), never held by group_wait.
         """
         due = list(due)
-        self._send([t for t in due if isinstance(t, Transition) and t.record.kind == "oom"])
-        self.held.extend(t for t in due if not (isinstance(t, Transition) and t.record.kind == "oom"))
+        now: list[Transition | ScopeTransition] = [
+            t for t in due if isinstance(t, Transition) and kind_of(t.record.kind).instant
+        ]
+        self._send(now)
+        self.held.extend(t for t in due if not any(t is n for n in now))
         if self.held and mono - self._last_sent >= self.group_wait_s:
             self._last_sent = mono
             self.flush()
