@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e_workloads import VICTIM
-from tests.helpers import bpf_possible, start_daemon, stop_daemon, wait_for, write_config
+from tests.helpers import bpf_possible, ctl_json, start_daemon, stop_daemon, wait_for, write_config
 from tests.receivers import WebhookReceiver
 
 INTERVAL = 0.5
@@ -66,8 +66,13 @@ def _victim(cg: Path, name: str) -> subprocess.Popen[str]:
     )
 
 
-def _kill_by_oom(v: subprocess.Popen[str]) -> float:
-    time.sleep(2 * INTERVAL + 0.5)  # seen by a scan or two, so its cgroup and history are known
+def _kill_by_oom(v: subprocess.Popen[str], db: Path) -> float:
+    def seen_alive() -> bool:  # a scan has seen it, so its cgroup and history are known (slow on a busy host)
+        rows = ctl_json(db, "processes", "--since", "10m") or []
+        return any(r["pid"] == v.pid and r["live"] for r in rows)
+
+    wait_for(seen_alive, 60, every=0.5, what="the daemon to see the victim")
+    time.sleep(2 * INTERVAL)
     assert v.stdin
     v.stdin.write("go\n")
     v.stdin.flush()
@@ -97,7 +102,7 @@ def test_oom_in_a_memory_cgroup_is_sent_at_once_and_names_the_cgroup_and_its_lim
             for i, name in enumerate(("oomfirst", "oomsecond")):
                 v = _victim(small_cgroup, name)
                 victims.append(v)
-                killed = _kill_by_oom(v)
+                killed = _kill_by_oom(v, tmp_path / "db" / "memwatchd.db")
 
                 def arrived(n: int = i + 1) -> list[Any]:
                     got = _oom_bodies(hook)
