@@ -44,8 +44,8 @@ from memwatchd.units import format_duration, format_rate, format_size
 OOM_HISTORY_S = 300.0  # rss history kept per process for OOM messages
 OOM_HISTORY_POINTS = 30  # at 10 s resolution: enough for the message, small for 10,000 processes
 THRESHOLD_TRACK_SHARE = 0.5  # threshold rules keep a window only for processes above half the threshold
-OOM_GRACE_S = 120.0  # history of a vanished process is kept this long: the OOM event may arrive a cycle later
-MAX_GONE = 4096  # cap on vanished histories kept (process churn)
+OOM_GRACE_S = 30.0  # history of a vanished process is kept this long: the OOM event may arrive a cycle later
+MAX_GONE = 1024  # cap on vanished histories kept (process churn)
 MAX_CLOSING = 10000  # resolved episodes waiting for their notification to be confirmed
 _ORDER = {None: 0, "pending": 0, "firing": 1, "resolved": 2}
 
