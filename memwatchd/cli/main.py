@@ -180,7 +180,10 @@ def _check_range(since: float, until: float) -> None:
 class LazyGroup(click.Group):
     """A group whose heavier subcommands are imported only when used (notify-test loads Apprise)."""
 
-    lazy = {"notify-test": ("memwatchd.cli.notify_test", "notify_test")}
+    lazy = {
+        "notify-test": ("memwatchd.cli.notify_test", "notify_test"),
+        "triage": ("memwatchd.cli.triage", "triage"),
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])

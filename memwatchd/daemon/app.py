@@ -122,6 +122,7 @@ class Daemon:
         self.alerts: Any = None
         self.deliverer: Any = None
         self.metrics: Any = None
+        self.triage: Any = None  # daemon/triage.py TriageService
         self.scan_ms = 0.0
         stall = os.environ.get("MEMWATCHD_TEST_STALL_AFTER")
         self._stall_after = int(stall) if stall and stall.isdigit() else None
@@ -145,6 +146,7 @@ class Daemon:
         )
         self._load_bpf()
         await self._open_alerting()
+        await self._open_triage()
         self._open_metrics()
         # this run's counters start at zero: status must not mix the previous run's counts with this pid
         await self.store.set_status(
@@ -188,6 +190,20 @@ class Daemon:
         self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
         self.deliverer = Deliverer(self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered)
         self.default_urls = notify_urls(self.cfg)
+
+    async def _open_triage(self) -> None:
+        from memwatchd.daemon.triage import TriageService
+
+        self.triage = TriageService(
+            self.cfg.triage,
+            self.store,
+            self.deliverer.submit,
+            self.host,
+            self.default_urls,
+            self.cfg.storage.path,
+            self.cfg.procfs.root,
+        )
+        await self.triage.start()
 
     def _open_metrics(self) -> None:
         if not self.cfg.prometheus.listen:
@@ -273,6 +289,8 @@ class Daemon:
             return
         if changed:
             asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
+        if self.triage is not None:
+            self.triage.on_transitions(due)
         self._held.extend(with_limit_forecast(t, snap) for t in due)
         # [notify] group_wait: after a message goes out, what comes due within group_wait is held and sent
         # as one message per rule; a lone alert after a quiet spell goes out at once
@@ -389,6 +407,7 @@ class Daemon:
                 dropped_snapshots=self.dropped_snapshots,
                 notify_failures=getattr(self.deliverer, "failures", 0),
                 notify_delivered=getattr(self.deliverer, "delivered", 0),
+                **(self.triage.status_fields() if self.triage is not None else {}),
             )
         except Exception as e:
             log.debug("status update failed: %s", e)
@@ -426,6 +445,8 @@ class Daemon:
             new, bpf=self.cfg.bpf, storage=self.cfg.storage, prometheus=self.cfg.prometheus
         )
         self.default_urls = urls
+        if self.triage is not None:
+            self.triage.update(new.triage, urls)
         self.procfs.smaps = new_procfs.smaps
         self.alerts.update_rules(new.rules)
         setup_logging(new.daemon.log_level)
@@ -433,6 +454,9 @@ class Daemon:
         self.notifier.ready(self.status_line())
 
     async def close(self) -> None:
+        if self.triage is not None:
+            await self.triage.close()  # kills running tracer children: their probes go with them
+            self.triage = None
         if getattr(self, "procfs", None) is not None:
             self.procfs.close()
         if self.bpf is not None:

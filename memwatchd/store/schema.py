@@ -14,11 +14,15 @@ Layout (all timestamps are integer unix milliseconds, sizes integer KiB, eBPF by
 - ``current``: the latest stored values of every live process with the merge's deltas (for ``top``).
 - ``status``, ``meta``: daemon status key/values (shown by ``memwatchctl status``), writer bookkeeping.
 - ``alerts``, ``ooms``: alert episodes (rule engine) and OOM kills.
+- ``triage``: leak triage results (allocation stacks of one process over a bounded window); see
+  memwatchd/store/triage.py (added by schema version 2).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+from memwatchd.store.triage import SCHEMA as TRIAGE_SCHEMA
+
+SCHEMA_VERSION = 2
 
 # Column order of a raw sample; most frequently changing first so the change mask stays one byte.
 RAW_FIELDS = (
@@ -140,7 +144,7 @@ CREATE INDEX alerts_state ON alerts (state);
 """
 
 # MIGRATIONS[i] brings a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, TRIAGE_SCHEMA)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

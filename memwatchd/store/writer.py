@@ -38,6 +38,7 @@ from memwatchd.store.schema import (
     TIER_RAW,
     pending_migrations,
 )
+from memwatchd.triage.report import TriageResult
 
 log = logging.getLogger("memwatchd.store")
 
@@ -643,6 +644,19 @@ class StoreWriter:
 
         async with self._lock:
             await self._tx(run)
+
+    async def save_triage(self, result: TriageResult, now: float) -> int:
+        """Store one triage result (and drop those older than [storage] retention); returns its id."""
+        from memwatchd.store import triage
+
+        async def run() -> int:
+            await self._db.execute(triage.PRUNE, (int((now - self.cfg.retention_s) * 1000),))
+            async with self._db.execute(triage.INSERT, triage.insert_params(result)) as cur:
+                return int(cur.lastrowid or 0)
+
+        async with self._lock:
+            row_id: int = await self._tx(run)
+        return row_id
 
 
 def _statements(script: str) -> list[str]:
