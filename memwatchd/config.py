@@ -64,6 +64,12 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupsConfig:
+    enabled: bool = True  # per-cgroup / per-unit series and the host breakdown each interval
+    cgroup_root: str = "/sys/fs/cgroup"  # where cgroupfs is mounted (v1: its memory/ controller inside)
+
+
+@dataclass(frozen=True, slots=True)
 class PrometheusConfig:
     listen: str = ""  # "127.0.0.1:9464" turns the endpoint on
     top_k: int = 20
@@ -119,6 +125,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     triage: TriageConfig = field(default_factory=TriageConfig)
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
     rules: tuple[RuleConfig, ...] = ()
 
 
@@ -380,6 +387,12 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
     )
     pr.finish()
 
+    g = _Section(file, "groups", top.get("groups", {}, lambda v: v))
+    groups = GroupsConfig(
+        enabled=g.get("enabled", True, _bool),
+        cgroup_root=g.get("cgroup_root", "/sys/fs/cgroup", path),
+    )
+    g.finish()
     triage = _triage(_Section(file, "triage", top.get("triage", {}, lambda v: v)))
 
     raw_rules = top.get("rules", [], lambda v: v)
@@ -400,6 +413,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         notify=notify,
         prometheus=prometheus,
         triage=triage,
+        groups=groups,
         rules=rules,
     )
 

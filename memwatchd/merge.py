@@ -53,7 +53,18 @@ def _with_deltas(
     )
 
 
-_BPF_FIELDS = ("mmap_count", "mmap_bytes", "munmap_count", "munmap_bytes", "brk_count", "brk_bytes")
+_BPF_FIELDS = (
+    "mmap_count",
+    "mmap_bytes",
+    "munmap_count",
+    "munmap_bytes",
+    "brk_count",
+    "brk_bytes",
+    "mremap_count",
+    "mremap_grow_bytes",
+    "mremap_shrink_bytes",
+    "mapped_bytes",
+)
 
 
 def _bpf_fields(stats: BpfStats | None) -> dict[str, int | None]:
@@ -88,10 +99,11 @@ def _from_proc(
 def _from_bpf(
     stats: BpfStats, prev: ProcessSnapshot | None, comm: str | None = None, exited: bool = False
 ) -> ProcessSnapshot:
-    """A process only BPF saw this interval: /proc fields empty, identity from its last sighting if any."""
+    """A process only BPF saw this interval: /proc fields empty, identity from BPF's start time (or else
+    from its last sighting, if any)."""
     return ProcessSnapshot(
         pid=stats.tgid,
-        start_ticks=prev.start_ticks if prev else 0,
+        start_ticks=stats.start_ticks or (prev.start_ticks if prev else 0),
         start_time=prev.start_time if prev else None,
         comm=comm or (prev.comm if prev else ""),
         unit=prev.unit if prev else None,
@@ -108,6 +120,22 @@ def _from_bpf(
     )
 
 
+def _bpf_fields_of(p: ProcessSnapshot) -> dict[str, int | None]:
+    return {f: getattr(p, f) for f in _BPF_FIELDS}
+
+
+def _prev_of(
+    pid: int,
+    start_ticks: int,
+    prev_by_key: Mapping[ProcKey, ProcessSnapshot],
+    prev_by_pid: Mapping[int, ProcessSnapshot],
+) -> ProcessSnapshot | None:
+    """The previous snapshot of this identity: by (pid, start) when BPF knew the start, else by pid."""
+    if start_ticks:
+        return prev_by_key.get(ProcKey(pid, start_ticks))
+    return prev_by_pid.get(pid)
+
+
 def merge(
     scan: ProcScan,
     bpf: BpfPoll | None,
@@ -120,7 +148,10 @@ def merge(
 
     - every /proc sample appears, with its BPF counters when BPF tracked its PID;
     - a live BPF entry with no /proc sample appears with /proc fields None;
-    - a process that exited during the interval appears once more with its final BPF counters (exited=True);
+    - a process that exited during the interval appears once more with its final BPF counters and its
+      peak RSS at the exit (exited=True);
+    - BPF records carry the process's start time when the kernel's BTF was readable: then they join only
+      the identity with that start time, never another process that reused the PID;
     - deltas (d_*) and dt_s are against the previous snapshot of the same identity.
     """
     prev_by_key: Mapping[ProcKey, ProcessSnapshot] = {p.key: p for p in prev.processes} if prev else {}
@@ -137,26 +168,39 @@ def merge(
         key = ProcKey(s.pid, s.start_ticks)
         prev_p = prev_by_key.get(key)
         start_time = scan.boot_time + s.start_ticks / scan.clk_tck
-        out[key] = _with_deltas(_from_proc(s, stats.get(s.pid), start_time, prev_p), prev_p, mono, prev_mono)
+        st = stats.get(s.pid)
+        if st is not None and st.start_ticks and st.start_ticks != s.start_ticks:
+            st = None  # another process's entry under a reused PID
+        out[key] = _with_deltas(_from_proc(s, st, start_time, prev_p), prev_p, mono, prev_mono)
         by_pid[s.pid] = key
     for tgid, st in stats.items():
         if tgid in by_pid:
             continue
-        prev_p = prev_by_pid.get(tgid)
+        prev_p = _prev_of(tgid, st.start_ticks, prev_by_key, prev_by_pid)
         p = _with_deltas(_from_bpf(st, prev_p), prev_p, mono, prev_mono)
         out[p.key] = p
         by_pid[tgid] = p.key
     for e in exits:
-        if e.final is None:
-            continue
-        prev_p = prev_by_pid.get(e.pid)
+        prev_p = _prev_of(e.pid, e.start_ticks, prev_by_key, prev_by_pid)
         live_key = by_pid.get(e.pid)
-        if live_key is not None and (prev_p is None or prev_p.key == live_key):
+        if e.start_ticks:
+            same = live_key == ProcKey(e.pid, e.start_ticks)
+        else:
+            same = live_key is not None and (prev_p is None or prev_p.key == live_key)
+        hwm = {} if e.hwm_kb is None else {"hwm_kb": e.hwm_kb}
+        if same and live_key is not None:
             # /proc still showed this process this interval; it exited after the scan: one row, final counters
-            merged = replace(out[live_key], **_bpf_fields(e.final), exited=True)
+            merged = replace(out[live_key], **_bpf_fields(e.final), **hwm, exited=True)
+            if e.final is None:  # keep what the live row had
+                merged = replace(merged, **_bpf_fields_of(out[live_key]))
             out[live_key] = _with_deltas(merged, prev_by_key.get(live_key), mono, prev_mono)
             continue
-        p = _with_deltas(_from_bpf(e.final, prev_p, comm=e.comm, exited=True), prev_p, mono, prev_mono)
+        if e.final is None:
+            continue
+        p = _from_bpf(e.final, prev_p, comm=e.comm, exited=True)
+        if e.start_ticks:
+            p = replace(p, start_ticks=e.start_ticks)
+        p = _with_deltas(replace(p, **hwm), prev_p, mono, prev_mono)
         out.setdefault(p.key, p)
 
     health = bpf_health or (bpf.health if bpf else BpfHealth(state="disabled"))

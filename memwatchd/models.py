@@ -50,6 +50,16 @@ class MemInfo:
     mem_available_kb: int
     swap_total_kb: int
     swap_free_kb: int
+    # the parts of the host breakdown (None when the kernel does not report the line)
+    mem_free_kb: int | None = None
+    buffers_kb: int | None = None
+    cached_kb: int | None = None  # page cache, shmem/tmpfs included
+    shmem_kb: int | None = None
+    anon_pages_kb: int | None = None
+    slab_reclaimable_kb: int | None = None
+    slab_unreclaimable_kb: int | None = None
+    kernel_stack_kb: int | None = None
+    page_tables_kb: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,14 @@ class BpfStats:
     brk_count: int
     brk_bytes: int  # heap growth from brk return values (shrinks subtract, floored at 0 per call pair)
     last_update_ns: int  # CLOCK_MONOTONIC ns of the last update (bpf_ktime_get_ns)
+    mremap_count: int = 0  # successful mremap calls
+    mremap_grow_bytes: int = 0  # sum of new_len - old_len over growing mremaps
+    mremap_shrink_bytes: int = 0  # sum of old_len - new_len over shrinking mremaps
+    # Outstanding bytes mapped since tracking began or the last exec, from the process's own address-space
+    # changes: mmap adds (a MAP_FIXED mmap replaces and adds nothing), munmap subtracts, mremap and brk add
+    # their growth and subtract their shrink; never below zero. See memwatchd/bpf/memwatch.bpf.c.
+    mapped_bytes: int = 0
+    start_ticks: int = 0  # the process's start time as /proc/PID/stat field 22; 0 = unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +112,21 @@ class OomKill:
 
 @dataclass(frozen=True, slots=True)
 class ProcessExit:
-    """A whole process (thread group) ended; carries its final BPF counters once."""
+    """A whole process (thread group) ended; carries its final BPF counters once.
+
+    exit_code: the status passed to exit() (0-255), or -N when signal N ended the process (as Python's
+    subprocess reports it); 0 with exit_signal 0 also when the kernel's layout was unknown (no BTF).
+    """
 
     pid: int
     comm: str
     exit_code: int
-    final: BpfStats | None
+    final: BpfStats | None  # None: the process never mapped memory while tracked
     mono_ns: int
+    start_ticks: int = 0  # /proc/PID/stat field 22 of that process (exact); 0 = unknown
+    exit_signal: int = 0  # the signal that ended it (9 for SIGKILL), 0 for a normal exit
+    oom_killed: bool = False  # chosen by the OOM killer (global or memory cgroup) and killed
+    hwm_kb: int | None = None  # VmHWM at the exit: peak RSS including the last moments; None = unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,17 +182,103 @@ class ProcessSnapshot:
     d_brk_bytes: int | None = None
     dt_s: float | None = None  # monotonic seconds since that previous snapshot
     exited: bool = False  # final counters of a process that ended during this interval
+    # from eBPF, added later (hence after the defaulted fields); see BpfStats
+    mremap_count: int | None = None
+    mremap_grow_bytes: int | None = None
+    mremap_shrink_bytes: int | None = None
+    mapped_bytes: int | None = None  # outstanding mapped bytes (BpfStats.mapped_bytes)
 
     @property
     def key(self) -> ProcKey:
         return ProcKey(self.pid, self.start_ticks)
 
-    @property
-    def mapped_bytes(self) -> int | None:
-        """Outstanding mapped bytes seen by eBPF: mmap - munmap + brk growth."""
-        if self.mmap_bytes is None:
-            return None
-        return self.mmap_bytes - (self.munmap_bytes or 0) + (self.brk_bytes or 0)
+
+@dataclass(frozen=True, slots=True)
+class GroupCharge:
+    """What the kernel charges a memory cgroup, read from cgroupfs (bytes).
+
+    limit_bytes is the tightest limit on the cgroup or any ancestor (None: unlimited everywhere);
+    free_bytes the least headroom over the limited levels (an ancestor's limit is shared with its siblings).
+    """
+
+    cgroup: str
+    current_bytes: int | None  # memory.current (v2) / memory.usage_in_bytes (v1); None when unreadable
+    limit_bytes: int | None
+    limit_cgroup: str | None  # the level that sets limit_bytes
+    free_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """One of a group's largest processes, named in alert messages."""
+
+    pid: int
+    start_ticks: int
+    comm: str
+    rss_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSample:
+    """One memory cgroup or systemd unit in one snapshot: the sums over its processes and its charge.
+
+    by: "cgroup" (group = the cgroup path) or "unit" (group = the unit name). unit is the systemd unit the
+    cgroup belongs to (for unit groups: the group itself); cgroup is the path whose charge is reported
+    (for unit groups: the unit's own cgroup, when the process's memory cgroup path names it).
+    """
+
+    by: str
+    group: str
+    unit: str | None
+    cgroup: str | None
+    processes: int
+    rss_kb: int
+    anon_kb: int
+    swap_kb: int
+    memory_current_kb: int | None
+    memory_limit_kb: int | None  # None: unlimited (or unknown)
+    limit_cgroup: str | None = None
+    free_kb: int | None = None  # headroom under the tightest limited level
+    largest: tuple[GroupMember, ...] = ()  # by rss, the largest few (groups.LARGEST_KEPT)
+
+
+@dataclass(frozen=True, slots=True)
+class HostMemory:
+    """The host's memory broken into named parts (KiB); unaccounted_kb is what none of them explains.
+
+    used = total - MemFree; unaccounted = used - (anon + page cache + shmem + slab reclaimable +
+    slab unreclaimable + kernel stacks + page tables), floored at 0, where anon is the processes' anonymous
+    sum capped by the kernel's AnonPages (forked processes share copy-on-write pages that each one's RssAnon
+    counts) and page cache = Cached + Buffers - Shmem. What remains is kernel memory no counter names
+    (vmalloc, driver and network buffers, hugetlb pools, ...).
+    """
+
+    total_kb: int
+    available_kb: int
+    processes_rss_kb: int
+    processes_anon_kb: int
+    page_cache_kb: int
+    shmem_kb: int
+    slab_reclaimable_kb: int
+    slab_unreclaimable_kb: int
+    kernel_stack_kb: int
+    page_tables_kb: int
+    unaccounted_kb: int
+
+
+HOST_FIELDS = (
+    "total_kb",
+    "available_kb",
+    "processes_rss_kb",
+    "processes_anon_kb",
+    "page_cache_kb",
+    "shmem_kb",
+    "slab_reclaimable_kb",
+    "slab_unreclaimable_kb",
+    "kernel_stack_kb",
+    "page_tables_kb",
+    "unaccounted_kb",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +294,8 @@ class Snapshot:
     exits: tuple[ProcessExit, ...] = ()
     scan_errors: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    groups: tuple[GroupSample, ...] = ()  # memory cgroups and units holding a monitored process
+    host: HostMemory | None = None  # the host breakdown (None without a full /proc/meminfo)
 
 
 @dataclass(frozen=True, slots=True)

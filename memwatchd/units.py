@@ -35,6 +35,7 @@ _SIZE_UNITS = {
     "tb": 1024**4,
     "tib": 1024**4,
 }
+MAX_DURATION_S = 100 * 365.25 * 86400  # 100 years: longer spans are typos, and overflow time arithmetic
 _NUM = r"(\d+(?:\.\d+)?|\.\d+)"
 _DURATION_RE = re.compile(rf"^{_NUM}\s*([a-z]*)$")
 _SIZE_RE = re.compile(rf"^{_NUM}\s*([a-z]*)$")
@@ -43,9 +44,9 @@ _SIZE_RE = re.compile(rf"^{_NUM}\s*([a-z]*)$")
 def parse_duration(text: str | int | float) -> float:
     """Return seconds for "90s", "30m", "2h", "7d", "1w", "1h30m" or a bare number of seconds."""
     if isinstance(text, bool):
-        raise ValueError(f"expected a duration like '30m', got {text!r}")
+        raise ValueError(f"expected a duration like '30m', got {_short(text)}")
     if isinstance(text, int | float):
-        value = float(text)
+        value = _float(text)
     else:
         s = text.strip().lower()
         if not s:
@@ -57,41 +58,58 @@ def parse_duration(text: str | int | float) -> float:
                 break
             unit = m.group(2) or "s"
             if unit not in _DURATION_UNITS:
-                raise ValueError(f"unknown duration unit {unit!r} in {text!r} (use ms, s, m, h, d, w)")
+                raise ValueError(
+                    f"unknown duration unit {_short(unit)} in {_short(text)} (use ms, s, m, h, d, w)"
+                )
             value += float(m.group(1)) * _DURATION_UNITS[unit]
             pos = m.end()
         if pos != len(s) or pos == 0:
-            raise ValueError(f"expected a duration like '30s', '5m', '2h', '7d', got {text!r}")
+            raise ValueError(f"expected a duration like '30s', '5m', '2h', '7d', got {_short(text)}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"duration must be a finite non-negative number, got {text!r}")
+        raise ValueError(f"duration must be a finite non-negative number, got {_short(text)}")
+    if value > MAX_DURATION_S:
+        raise ValueError(f"duration must be at most 100 years, got {_short(text)}")
     return value
+
+
+def _float(v: int | float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float's range
+        return math.inf
+
+
+def _short(v: object) -> str:
+    """repr of a value for an error message, cut so that a huge input cannot make a huge message."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def parse_size(text: str | int | float) -> int:
     """Return bytes for "512MB", "2GB", "4k", or a bare number of bytes."""
     if isinstance(text, bool):
-        raise ValueError(f"expected a size like '512MB', got {text!r}")
+        raise ValueError(f"expected a size like '512MB', got {_short(text)}")
     if isinstance(text, int | float):
-        value = float(text)
+        value = _float(text)
     else:
         m = _SIZE_RE.match(text.strip().lower())
         if not m or m.group(2) not in _SIZE_UNITS:
-            raise ValueError(f"expected a size like '512MB' or '2GB', got {text!r}")
+            raise ValueError(f"expected a size like '512MB' or '2GB', got {_short(text)}")
         value = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"size must be a finite non-negative number, got {text!r}")
+        raise ValueError(f"size must be a finite non-negative number, got {_short(text)}")
     return int(value)
 
 
 def parse_rate(text: str) -> float:
     """Return bytes per second for "10MB/h", "5MB/min", "100KB/s"."""
     if not isinstance(text, str) or "/" not in text:
-        raise ValueError(f"expected a rate like '10MB/h' or '5MB/min', got {text!r}")
+        raise ValueError(f"expected a rate like '10MB/h' or '5MB/min', got {_short(text)}")
     size, _, per = text.partition("/")
     per = per.strip()
     seconds = parse_duration(per if per[:1].isdigit() else "1" + per)
     if seconds <= 0:
-        raise ValueError(f"rate period must be positive in {text!r}")
+        raise ValueError(f"rate period must be positive in {_short(text)}")
     return parse_size(size) / seconds
 
 

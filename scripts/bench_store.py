@@ -7,7 +7,12 @@ so every process changes every 30 s on average: the worst case for per-process c
 design (one row per process per snapshot, indexed by pid and time) is measured on a sample of the same data
 and scaled per row.
 
-Usage: .venv/bin/python scripts/bench_store.py [--quick]
+Each snapshot also carries the group and host series the daemon stores (issue 16): the processes' 20
+cgroups and 20 units (sums of the members plus a charge that follows them) and the host breakdown, whose
+values move every interval. ``--no-groups`` leaves them out (the cost of the processes alone, as before);
+``--storage-only`` runs just the three storage patterns.
+
+Usage: .venv/bin/python scripts/bench_store.py [--quick] [--no-groups] [--storage-only]
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from memwatchd.config import StorageConfig  # noqa: E402 - after the path setup
-from memwatchd.models import BpfHealth, MemInfo, ProcessSnapshot, Snapshot  # noqa: E402
+from memwatchd.groups import aggregate_groups, host_memory  # noqa: E402
+from memwatchd.models import BpfHealth, GroupCharge, MemInfo, ProcessSnapshot, Snapshot  # noqa: E402
 from memwatchd.store.reader import StoreReader  # noqa: E402
 from memwatchd.store.writer import StoreWriter  # noqa: E402
 
@@ -87,6 +93,39 @@ def _change(p: ProcessSnapshot, rng: random.Random) -> ProcessSnapshot:
     return dataclasses.replace(p, **kw)
 
 
+def _with_groups(snap: Snapshot, i: int, rng: random.Random) -> Snapshot:
+    """The group and host series of a snapshot: the charge of each cgroup follows its members' anon sum
+    plus page cache that drifts a little each interval; the host's meminfo parts move every interval."""
+    anon: dict[str, int] = {}
+    for p in snap.processes:
+        if p.cgroup:
+            anon[p.cgroup] = anon.get(p.cgroup, 0) + (p.anon_kb or 0)
+    charges = {
+        cg: GroupCharge(cg, (a + 200_000 + (i // 20) * 4) * 1024, 4 << 30, cg, None) for cg, a in anon.items()
+    }
+    mi = MemInfo(
+        32 << 20,
+        (16 << 20) - rng.randrange(0, 4096),
+        8 << 20,
+        7 << 20,
+        mem_free_kb=(12 << 20) - rng.randrange(0, 4096),
+        buffers_kb=200_000 + rng.randrange(0, 64),
+        cached_kb=(4 << 20) + rng.randrange(0, 4096),
+        shmem_kb=100_000 + rng.randrange(0, 16),
+        anon_pages_kb=(8 << 20) + rng.randrange(0, 4096),
+        slab_reclaimable_kb=300_000 + rng.randrange(0, 256),
+        slab_unreclaimable_kb=100_000 + rng.randrange(0, 64),
+        kernel_stack_kb=16_000 + 16 * rng.randrange(0, 4),
+        page_tables_kb=60_000 + 4 * rng.randrange(0, 16),
+    )
+    return dataclasses.replace(
+        snap,
+        meminfo=mi,
+        groups=aggregate_groups(snap.processes, charges),
+        host=host_memory(mi, snap.processes),
+    )
+
+
 async def simulate(
     path: str,
     hours: float,
@@ -94,6 +133,7 @@ async def simulate(
     interval: float = INTERVAL,
     seed: int = 1,
     sizes: list[int] | None = None,
+    groups: bool = True,
 ) -> int:
     """Write `hours` of snapshots; returns how many. ``sizes`` receives the bytes in use every hour."""
     rng = random.Random(seed)
@@ -113,9 +153,12 @@ async def simulate(
             changed = [j for j in range(N_PROC) if j in busy or rng.random() < p_rest]
         for j in changed:
             procs[j] = _change(procs[j], rng)
-        await w.write(
-            Snapshot(ts=T0 + i * interval, mono=i * interval, processes=tuple(procs), meminfo=mi, bpf=health)
+        snap = Snapshot(
+            ts=T0 + i * interval, mono=i * interval, processes=tuple(procs), meminfo=mi, bpf=health
         )
+        if groups:
+            snap = _with_groups(snap, i, rng)
+        await w.write(snap)
         if sizes is not None and (i + 1) % int(3600 / interval) == 0:
             pages = await (await w._db.execute("PRAGMA page_count")).fetchone()
             free = await (await w._db.execute("PRAGMA freelist_count")).fetchone()
@@ -189,7 +232,7 @@ def _wall_ms(db: str, now: float, *args: str) -> float:
     return statistics.median(times)
 
 
-def run(quick: bool) -> list[dict]:
+def run(quick: bool, groups: bool = True, storage_only: bool = False) -> list[dict]:
     """Benchmark rows for scripts/bench."""
     rows: list[dict] = []
     hours = 3.0 if quick else 24.0
@@ -198,7 +241,7 @@ def run(quick: bool) -> list[dict]:
             path = os.path.join(tmp, f"{pattern}.db")
             t = time.perf_counter()
             sizes: list[int] = []
-            n = asyncio.run(simulate(path, hours, pattern, sizes=sizes))
+            n = asyncio.run(simulate(path, hours, pattern, sizes=sizes, groups=groups))
             write_s = time.perf_counter() - t
             size = os.path.getsize(path)
             if quick:  # the head (~1 h uncompacted) is a fixed cost: extrapolate the hourly growth to a day
@@ -211,7 +254,8 @@ def run(quick: bool) -> list[dict]:
             rows.append(
                 {
                     "benchmark": "storage",
-                    "config": f"memwatchd, {pattern} 10% changing",
+                    "config": f"memwatchd, {pattern} 10% changing"
+                    + ("" if groups else ", no group/host series"),
                     "value": round(value, 3),
                     "unit": "bytes/process-sample",
                     "target": "<= 2",
@@ -228,7 +272,7 @@ def run(quick: bool) -> list[dict]:
                     "note": "writer incl. compaction, 1,000 processes",
                 }
             )
-            if pattern == "active":
+            if pattern == "active" and not storage_only:
                 last = T0 + (n - 1) * INTERVAL
                 with StoreReader(path) as r:
                     top_ms = _median_ms(r.top)
@@ -250,6 +294,8 @@ def run(quick: bool) -> list[dict]:
                         "target": "",
                     }
                 )
+        if storage_only:
+            return rows
         rows.append(
             {
                 "benchmark": "storage",
@@ -312,7 +358,7 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    out = run("--quick" in sys.argv)
+    out = run("--quick" in sys.argv, "--no-groups" not in sys.argv, "--storage-only" in sys.argv)
     w = [
         max(
             len(str(r.get(k, "")))

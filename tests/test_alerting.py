@@ -296,9 +296,18 @@ def test_leak_needs_growing_mappings_and_continuing_allocations() -> None:
                 munmap_bytes=n * 2 * MB,
                 brk_count=0,
                 brk_bytes=0,
+                mapped_bytes=n * 2 * MB,
             ),
             # one big mapping long ago, no further allocations, yet bytes "grow": not enough evidence
-            proc(11, 100, start=7, mmap_count=1, mmap_bytes=int(t * 2 * MB), munmap_bytes=0),
+            proc(
+                11,
+                100,
+                start=7,
+                mmap_count=1,
+                mmap_bytes=int(t * 2 * MB),
+                munmap_bytes=0,
+                mapped_bytes=int(t * 2 * MB),
+            ),
             # no BPF data at all
             proc(12, 100, start=8),
         ]

@@ -42,6 +42,10 @@ def _p(pid: int, comm: str, rss: int, mmaps: int, **kw: Any) -> ProcessSnapshot:
         munmap_bytes=0,
         brk_count=2,
         brk_bytes=8192,
+        mapped_bytes=mmaps * 65536 + 8192,
+        mremap_count=1,
+        mremap_grow_bytes=4096,
+        mremap_shrink_bytes=0,
         d_mmap_count=2,
         d_mmap_bytes=2 * 65536,
         dt_s=3.0,
@@ -161,6 +165,10 @@ def test_top_json_sorted_by_mmap(db: Path) -> None:
             "brk_bytes": 8192,
             "pss_kb": None,
             "uss_kb": None,
+            "mapped_bytes": 28 * 65536 + 8192,
+            "mremap_count": 1,
+            "mremap_grow_bytes": 4096,
+            "mremap_shrink_bytes": 0,
             "growth_kb_per_h": None,
             "mmaps_per_s": 0.67,
             "mmap_bytes_per_s": 43690.7,
@@ -206,6 +214,10 @@ def test_history_json_and_csv(db: Path) -> None:
         "munmap_bytes": 0,
         "brk_count": 2,
         "brk_bytes": 8192,
+        "mapped_bytes": 5 * 65536 + 8192,
+        "mremap_count": 1,
+        "mremap_grow_bytes": 4096,
+        "mremap_shrink_bytes": 0,
         "rss_min_kb": 50000,
         "rss_max_kb": 50000,
         "rss_avg_kb": 50000.0,
@@ -224,11 +236,12 @@ def test_history_json_and_csv(db: Path) -> None:
     assert csv.splitlines() == [
         "ts,pid,start_ticks,start_time,comm,unit,tier,samples,rss_kb,anon_kb,swap_kb,vm_kb,hwm_kb,pss_kb,uss_kb,"  # noqa: E501 - exact output
         "mmap_count,mmap_bytes,munmap_count,munmap_bytes,brk_count,brk_bytes,rss_min_kb,rss_max_kb,rss_avg_kb,"  # noqa: E501 - exact output
-        "anon_min_kb,anon_max_kb,anon_avg_kb,swap_min_kb,swap_max_kb,swap_avg_kb",
+        "anon_min_kb,anon_max_kb,anon_avg_kb,swap_min_kb,swap_max_kb,swap_avg_kb,"
+        "mapped_bytes,mremap_count,mremap_grow_bytes,mremap_shrink_bytes",
         "1700000000.0,12,1200,1699996400.0,db,db.service,raw,1,50000,25000,0,200000,50000,,,5,327680,0,0,2,8192,"  # noqa: E501 - exact output
-        "50000,50000,50000.0,25000,25000,25000.0,0,0,0.0",
+        "50000,50000,50000.0,25000,25000,25000.0,0,0,0.0,335872,1,4096,0",
         "1700000009.0,12,1200,1699996400.0,db,db.service,raw,1,50000,25000,0,200000,50000,,,5,327680,0,0,2,8192,"  # noqa: E501 - exact output
-        "50000,50000,50000.0,25000,25000,25000.0,0,0,0.0",
+        "50000,50000,50000.0,25000,25000,25000.0,0,0,0.0,335872,1,4096,0",
     ]
 
 
@@ -274,6 +287,7 @@ def test_status_json_and_table(db: Path) -> None:
         "processes_known": 3,
         "snapshots_raw": 10,
         "ooms": 0,
+        "host_memory": None,  # the fixture writes no host breakdown
     }
     lines = run(db, "status").stdout.splitlines()
     assert lines[1:] == [

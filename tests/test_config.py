@@ -90,10 +90,10 @@ def test_shipped_config_documents_the_code_defaults() -> None:
     """etc/memwatchd.toml shows every default; this fails when the two drift apart."""
     shipped = load_config(SHIPPED)
     defaults = parse_config({}, str(SHIPPED))
-    for section in ("daemon", "bpf", "procfs", "storage", "notify", "prometheus"):
+    for section in ("daemon", "bpf", "procfs", "storage", "notify", "prometheus", "groups"):
         assert getattr(shipped, section) == getattr(defaults, section), section
     text = SHIPPED.read_text()
-    for section in ("daemon", "bpf", "procfs", "storage", "notify", "prometheus"):
+    for section in ("daemon", "bpf", "procfs", "storage", "notify", "prometheus", "groups"):
         sec = getattr(defaults, section)
         assert f"[{section}]" in text
         for f in dataclasses.fields(sec):

@@ -40,6 +40,7 @@ def stats(tgid: int, n: int = 1, size: int = 4096) -> BpfStats:
         brk_count=1,
         brk_bytes=8192,
         last_update_ns=1,
+        mapped_bytes=n * size + 8192,
     )
 
 

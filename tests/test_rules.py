@@ -238,7 +238,9 @@ def test_threshold_hysteresis() -> None:
 
 
 def test_metric_value_units() -> None:
-    p = proc(rss_kb=10, anon_kb=4, swap_kb=None, mmap_bytes=1000, munmap_bytes=200, brk_bytes=50)
+    p = proc(
+        rss_kb=10, anon_kb=4, swap_kb=None, mmap_bytes=1000, munmap_bytes=200, brk_bytes=50, mapped_bytes=850
+    )
     assert metric_value(p, "rss") == 10240
     assert metric_value(p, "anon") == 4096
     assert metric_value(p, "swap") is None

@@ -58,8 +58,9 @@ def install_config(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("root")
-    run(REPO / "scripts" / "install", "--root", root, "--config", install_config(root.parent))
+    # a root that does not exist yet: install creates it, as DESTDIR and `pip --root` do (issue 14)
+    root = tmp_path_factory.mktemp("root") / "stage" / "image"
+    run(REPO / "scripts" / "install", "--root", root, "--config", install_config(root.parent.parent))
     return root
 
 
@@ -154,6 +155,18 @@ def test_security_checks_that_must_pass() -> None:
 
 
 # --- install / uninstall ---------------------------------------------------------------------------------
+
+
+def test_install_creates_a_missing_root(tmp_path: Path) -> None:
+    """--root DIR that does not exist is created (the staged fixture also installs into a fresh one);
+    a --root that exists and is not a directory is still refused."""
+    root = tmp_path / "a" / "b"
+    r = run(REPO / "scripts" / "install", "--root", root, "--config", tmp_path / "none.toml", check=False)
+    assert root.is_dir() and "is not a directory" not in r.stderr, r.stderr
+    afile = tmp_path / "file"
+    afile.write_text("")
+    r = run(REPO / "scripts" / "install", "--root", afile, "--config", tmp_path / "none.toml", check=False)
+    assert r.returncode == 1 and r.stderr == f"install: error: --root {afile} is not a directory\n"
 
 
 def test_install_tree(staged: Path) -> None:

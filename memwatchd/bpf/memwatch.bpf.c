@@ -1,17 +1,33 @@
-/* memwatchd kernel side: per-process allocation counters aggregated in a hash map, plus rare events
- * (process exit with final counters, OOM kill) through a ring buffer.
+/* memwatchd kernel side: per-process allocation counters aggregated in a hash map, final counters of ended
+ * processes in a second hash map drained at each poll, and rare events (OOM kill) through a ring buffer.
  *
  * Compiled by bcc from collectors/bpf.py with:
- *   -DMAX_PIDS=N          entries in the stats map
+ *   -DMAX_PIDS=N          entries in the stats map and in the exits map
  *   -DRINGBUF_PAGES=N     ring buffer size in pages (power of two)
+ *   -DMW_PAGE_SIZE=N      the page size (mapped_bytes rounds lengths up to pages, as the kernel does)
  *   -DMW_HAVE_GROUP_DEAD  when sched:sched_process_exit has the group_dead field
- *   -DMW_STATS_SIZE / -DMW_EVENT_SIZE  ctypes sizes of the Python mirrors (checked below)
+ *   -DMW_STATS_SIZE / -DMW_EXIT_SIZE / -DMW_EVENT_SIZE  ctypes sizes of the Python mirrors (checked below)
+ *   -DMW_OFF_*            byte offsets of task_struct, signal_struct and mm_struct fields, taken from the
+ *                         running kernel's BTF (collectors/btf.py); without them (no BTF) start times, exit
+ *                         statuses, OOM marks and peak RSS are reported as unknown
  *   -DMW_EMPTY_SYS_EXIT   scripts/bench_probes.py only: the sys_exit probe returns at once (the hook's floor)
  *
  * Hook choice (measured, see PLATFORM.md): one raw tracepoint on sys_exit. Attaching any syscall tracepoint
  * puts every task on the syscall slow path (the ~0.92 floor); a raw tracepoint adds almost nothing on top,
  * while sys_enter_* tracepoints build a record per call (~0.83). sys_exit also gives the return value, so
- * failed calls are not counted and brk's new break is known.
+ * failed calls are not counted and brk's new break and mremap's success are known.
+ *
+ * mapped_bytes (mapped_net - mapped_low) follows the process's own address-space changes since tracking
+ * began or its last exec: mmap adds its page-rounded length, munmap subtracts it, mremap adds its growth or
+ * subtracts its shrink, brk adds or subtracts the move of the break. A MAP_FIXED mmap adds nothing: it is
+ * taken to replace address space the process already had (a JVM or Go heap committing and uncommitting
+ * inside its own PROT_NONE reservation), which is what MAP_FIXED is used for; the reservation itself was
+ * counted when it was made. Limits: a MAP_FIXED mmap into free address space is not counted (an
+ * under-count; MAP_FIXED_NOREPLACE, which only succeeds on free space, is counted); a munmap of a range
+ * that was not mapped subtracts anyway (munmap returns 0 for it); an mremap with MREMAP_FIXED over an
+ * existing mapping does not subtract what it replaced. The running sum never goes below zero: it is kept
+ * as a signed net and its lowest point, and their difference is the floored sum (unmapping ranges mapped
+ * before tracking, or inherited, leaves it at zero instead of negative).
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -23,56 +39,88 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 64
 #endif
+#ifndef MW_PAGE_SIZE
+#define MW_PAGE_SIZE 4096
+#endif
 
 #ifdef MW_STATS_SIZE
 _Static_assert(sizeof(struct mw_stats) == MW_STATS_SIZE, "struct mw_stats differs from its Python mirror");
+#endif
+#ifdef MW_EXIT_SIZE
+_Static_assert(sizeof(struct mw_exit) == MW_EXIT_SIZE, "struct mw_exit differs from its Python mirror");
 #endif
 #ifdef MW_EVENT_SIZE
 _Static_assert(sizeof(struct mw_event) == MW_EVENT_SIZE, "struct mw_event differs from its Python mirror");
 #endif
 
-/* Native syscall numbers and where the number and the first argument live in pt_regs. bpf_probe_read_kernel
- * is the dominant cost of this probe (~60 ns a call here), so on x86_64 one read fetches both: si, di and
- * orig_ax are adjacent in the ptrace ABI layout. 32-bit compat tasks use other numbers and are not counted. */
+#if defined(MW_OFF_TASK_START) && defined(MW_OFF_TASK_LEADER) && defined(MW_OFF_TASK_EXIT_CODE) && \
+	defined(MW_OFF_TASK_MM) && defined(MW_OFF_TASK_SIGNAL) && defined(MW_OFF_SIGNAL_OOM_MM) && \
+	defined(MW_OFF_MM_HIWATER) && defined(MW_OFF_MM_RSS_FILE) && defined(MW_OFF_MM_RSS_ANON) && \
+	defined(MW_OFF_MM_RSS_SHMEM)
+#define MW_HAVE_TASK 1
+#endif
+
+/* Exits of processes without a stats entry (they never mapped while tracked) are reported only when the
+ * process lived this long, or was an OOM victim: long enough for a /proc scan to have seen it, so its exit
+ * status is worth keeping; fork storms of short children cost no records. */
+#define MW_EXIT_MIN_AGE_NS 1000000000ULL
+
+#define MW_MAP_FIXED 0x10
+#define MW_MREMAP_DONTUNMAP 4
+#define MW_PAGE_UP(x) (((x) + MW_PAGE_SIZE - 1) & ~((u64)MW_PAGE_SIZE - 1))
+
+/* Native syscall numbers and where the number and the arguments live in pt_regs. bpf_probe_read_kernel
+ * is the dominant cost of this probe (~60 ns a call here), so on x86_64 one read fetches everything: r10
+ * (arg 3) to orig_ax are adjacent in the ptrace ABI layout. 32-bit compat tasks use other numbers and are
+ * not counted. */
 #if defined(__x86_64__)
 #define MW_NR_MMAP 9
 #define MW_NR_MUNMAP 11
 #define MW_NR_BRK 12
+#define MW_NR_MREMAP 25
 struct mw_regs_window {
-	u64 arg1; /* si: length for mmap and munmap */
+	u64 arg3; /* r10: mmap and mremap flags */
+	u64 r9, r8, ax, cx;
+	u64 arg2; /* dx: mremap new_len */
+	u64 arg1; /* si: length for mmap and munmap, mremap old_len */
 	u64 arg0; /* di */
 	u64 nr;   /* orig_ax */
 };
-_Static_assert(offsetof(struct pt_regs, orig_ax) == offsetof(struct pt_regs, si) + 16, "pt_regs layout");
+_Static_assert(offsetof(struct pt_regs, orig_ax) == offsetof(struct pt_regs, r10) + 64, "pt_regs layout");
 static __always_inline void read_regs(struct pt_regs *regs, struct mw_regs_window *w)
 {
-	bpf_probe_read_kernel(w, sizeof(*w), &regs->si);
+	bpf_probe_read_kernel(w, sizeof(*w), &regs->r10);
 }
 #elif defined(__aarch64__)
 #define MW_NR_MMAP 222
 #define MW_NR_MUNMAP 215
 #define MW_NR_BRK 214
+#define MW_NR_MREMAP 216
 struct mw_regs_window {
 	u64 arg1;
+	u64 arg2;
+	u64 arg3;
 	u64 nr;
 };
 static __always_inline void read_regs(struct pt_regs *regs, struct mw_regs_window *w)
 {
 	bpf_probe_read_kernel(&w->nr, sizeof(w->nr), &regs->syscallno);
-	bpf_probe_read_kernel(&w->arg1, sizeof(w->arg1), &regs->regs[1]);
+	bpf_probe_read_kernel(&w->arg1, 3 * sizeof(u64), &regs->regs[1]);
 }
 #else
 #error "memwatchd: unsupported architecture (x86_64 and arm64 only)"
 #endif
 
-/* last_update_ns is refreshed on creation, on every brk and on every 64th mmap and munmap of a process:
- * bpf_ktime_get_ns costs about as much as the rest of the update on this VM (measured ~4 points of the
- * worst-case loop), and the timestamp only has to tell idle entries from busy ones. */
+/* last_update_ns is refreshed on creation, on every brk and mremap and on every 64th mmap and munmap of a
+ * process: bpf_ktime_get_ns costs about as much as the rest of the update on this VM (measured ~4 points
+ * of the worst-case loop), and the timestamp only has to tell idle entries from busy ones. */
 #define MW_STAMP_EVERY 64
 
 #define MW_EEXIST 17
 
 BPF_HASH(stats, u32, struct mw_stats, MAX_PIDS);
+/* Not preallocated: memory only for exits not yet drained (a burst of 10,000 exits is ~2 MB). */
+BPF_F_TABLE("hash", struct mw_exit_key, struct mw_exit, exits, MAX_PIDS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(counters, u64, MW_CTR_COUNT);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -83,13 +131,34 @@ static __always_inline void count(u32 idx)
 		(*c)++; /* per-CPU slot: no atomic needed */
 }
 
+static __always_inline u64 read_u64(const void *base, u64 off)
+{
+	u64 v = 0;
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
+/* The calling process's start time as /proc computes field 22 of stat (before the division into clock
+ * ticks): its thread-group leader's start_boottime. 0 when unknown. */
+static __always_inline u64 process_start_ns(void)
+{
+#ifdef MW_HAVE_TASK
+	void *task = (void *)bpf_get_current_task();
+	void *leader = (void *)read_u64(task, MW_OFF_TASK_LEADER);
+	return read_u64(leader, MW_OFF_TASK_START);
+#else
+	return 0;
+#endif
+}
+
 /* The tgid's entry, created on first use. NULL when the map is full (counted). */
 static __always_inline struct mw_stats *stats_of(u32 tgid)
 {
 	struct mw_stats *s = stats.lookup(&tgid);
 	if (s)
 		return s;
-	struct mw_stats zero = {.last_update_ns = bpf_ktime_get_ns()};
+	struct mw_stats zero = {.last_update_ns = bpf_ktime_get_ns(), .start_ns = process_start_ns()};
 	int err = stats.insert(&tgid, &zero); /* BPF_NOEXIST */
 	if (err && err != -MW_EEXIST) {   /* EEXIST: another thread of the process won the race */
 		count(MW_CTR_MAP_FULL);
@@ -98,22 +167,33 @@ static __always_inline struct mw_stats *stats_of(u32 tgid)
 	return stats.lookup(&tgid);
 }
 
+/* Add d to the floored running sum of mapped bytes (see the header comment). Threads of one process may
+ * race here: the sum is atomic, the low-water mark a plain store (a race can only leave it slightly high). */
+static __always_inline void mapped_add(struct mw_stats *s, s64 d)
+{
+	s64 now = __sync_fetch_and_add(&s->mapped_net, d) + d;
+	if (now < s->mapped_low)
+		s->mapped_low = now;
+}
+
 RAW_TRACEPOINT_PROBE(sys_exit)
 {
 #ifdef MW_EMPTY_SYS_EXIT
 	return 0;
 #endif
 	long ret = (long)ctx->args[1];
-	/* Before reading registers: a successful mmap returns an address, munmap 0 and brk an address, so
-	 * errors and small positive results (byte counts, fds) cannot be ours. */
+	/* Before reading registers: a successful mmap and mremap return an address, munmap 0 and brk an
+	 * address, so errors and small positive results (byte counts, fds) cannot be ours. */
 	if (ret < 0 || (ret > 0 && ret < 65536))
 		return 0;
 
 	struct mw_regs_window w = {};
 	read_regs((struct pt_regs *)ctx->args[0], &w);
-	if (w.nr != MW_NR_MMAP && w.nr != MW_NR_MUNMAP && w.nr != MW_NR_BRK)
+	if (w.nr != MW_NR_MMAP && w.nr != MW_NR_MUNMAP && w.nr != MW_NR_BRK && w.nr != MW_NR_MREMAP)
 		return 0;
 	if (w.nr == MW_NR_MUNMAP && ret != 0)
+		return 0;
+	if (w.nr == MW_NR_MREMAP && ret == 0)
 		return 0;
 
 	struct mw_stats *s = stats_of(bpf_get_current_pid_tgid() >> 32);
@@ -123,13 +203,28 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	if (w.nr == MW_NR_MMAP) {
 		u64 n = __sync_fetch_and_add(&s->mmap_count, 1);
 		__sync_fetch_and_add(&s->mmap_bytes, w.arg1);
+		if (!(w.arg3 & MW_MAP_FIXED))
+			mapped_add(s, MW_PAGE_UP(w.arg1));
 		if (n % MW_STAMP_EVERY == 0)
 			s->last_update_ns = bpf_ktime_get_ns();
 	} else if (w.nr == MW_NR_MUNMAP) {
 		u64 n = __sync_fetch_and_add(&s->munmap_count, 1);
 		__sync_fetch_and_add(&s->munmap_bytes, w.arg1);
+		mapped_add(s, -(s64)MW_PAGE_UP(w.arg1));
 		if (n % MW_STAMP_EVERY == 0)
 			s->last_update_ns = bpf_ktime_get_ns();
+	} else if (w.nr == MW_NR_MREMAP) {
+		u64 old_len = w.arg1, new_len = w.arg2;
+		__sync_fetch_and_add(&s->mremap_count, 1);
+		if (new_len > old_len)
+			__sync_fetch_and_add(&s->mremap_grow_bytes, new_len - old_len);
+		else
+			__sync_fetch_and_add(&s->mremap_shrink_bytes, old_len - new_len);
+		if (w.arg3 & MW_MREMAP_DONTUNMAP) /* the old range stays mapped: all of the new one is added */
+			mapped_add(s, MW_PAGE_UP(new_len));
+		else
+			mapped_add(s, (s64)MW_PAGE_UP(new_len) - (s64)MW_PAGE_UP(old_len));
+		s->last_update_ns = bpf_ktime_get_ns();
 	} else {
 		/* brk returns the new break (the old one on failure). Growth is the rise over the last break
 		 * seen; the first brk seen (or the first after exec) only sets the baseline. A shrink lowers
@@ -145,25 +240,32 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 			u64 shrink = last - brk;
 			__sync_fetch_and_add(&s->brk_bytes, -(shrink < cur ? shrink : cur));
 		}
+		if (last && brk != last)
+			mapped_add(s, (s64)MW_PAGE_UP(brk) - (s64)MW_PAGE_UP(last));
 		s->last_brk = brk;
 		s->last_update_ns = bpf_ktime_get_ns();
 	}
 	return 0;
 }
 
-/* exec replaces the heap: the next brk must set a new baseline instead of counting the jump. */
+/* exec replaces the address space: the next brk must set a new baseline instead of counting the jump, and
+ * mapped_bytes starts again from zero (what the old image had mapped is gone). */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct mw_stats *s = stats.lookup(&tgid);
-	if (s)
+	if (s) {
 		s->last_brk = 0;
+		s->mapped_net = 0;
+		s->mapped_low = 0;
+	}
 	return 0;
 }
 
-/* A whole process ended: hand its final counters to user space once and free the entry, so the map holds
- * live processes only. Exit code: not available in this tracepoint and reading task_struct would need the
- * running kernel's layout (the headers here are older), so it is reported as 0. */
+/* A whole process ended: store its final counters, start time, exit status, OOM mark and peak RSS in the
+ * exits map for the daemon's next poll, and free its stats entry, so that map holds live processes only.
+ * In this kernel the tracepoint fires after task->exit_code is set and before exit_mm(), so the mm and its
+ * RSS counters are still there. */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -176,21 +278,49 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 #endif
 	struct mw_stats *s = stats.lookup(&tgid);
+	struct mw_exit x = {};
+	struct mw_exit_key key = {.tgid = tgid};
+	x.mono_ns = bpf_ktime_get_ns();
+#ifdef MW_HAVE_TASK
+	void *task = (void *)bpf_get_current_task();
+	void *mm = (void *)read_u64(task, MW_OFF_TASK_MM);
+	if (!mm) { /* a kernel thread */
+		if (s)
+			stats.delete(&tgid);
+		return 0;
+	}
+	key.start_ns = read_u64((void *)read_u64(task, MW_OFF_TASK_LEADER), MW_OFF_TASK_START);
+	void *sig = (void *)read_u64(task, MW_OFF_TASK_SIGNAL);
+	if (read_u64(sig, MW_OFF_SIGNAL_OOM_MM))
+		x.flags |= MW_EXIT_OOM;
+	if (!s && !(x.flags & MW_EXIT_OOM) && bpf_ktime_get_boot_ns() - key.start_ns < MW_EXIT_MIN_AGE_NS)
+		return 0;
+	if (key.start_ns)
+		x.flags |= MW_EXIT_START_KNOWN;
+	bpf_probe_read_kernel(&x.status, sizeof(x.status), (char *)task + MW_OFF_TASK_EXIT_CODE);
+	/* what /proc shows as VmHWM: percpu_counter_read_positive of each RSS counter, and the high-water */
+	s64 file = (s64)read_u64(mm, MW_OFF_MM_RSS_FILE);
+	s64 anon = (s64)read_u64(mm, MW_OFF_MM_RSS_ANON);
+	s64 shmem = (s64)read_u64(mm, MW_OFF_MM_RSS_SHMEM);
+	u64 rss = (file > 0 ? file : 0) + (anon > 0 ? anon : 0) + (shmem > 0 ? shmem : 0);
+	u64 hiwater = read_u64(mm, MW_OFF_MM_HIWATER);
+	x.hwm_pages = hiwater > rss ? hiwater : rss;
+	x.flags |= MW_EXIT_STATUS_KNOWN;
+#else
 	if (!s)
 		return 0;
-	struct mw_event *e = events.ringbuf_reserve(sizeof(struct mw_event));
-	if (e) {
-		__builtin_memset(e, 0, sizeof(*e));
-		e->type = MW_EVENT_EXIT;
-		e->pid = tgid;
-		e->mono_ns = bpf_ktime_get_ns();
-		__builtin_memcpy(&e->stats, s, sizeof(e->stats));
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
-		events.ringbuf_submit(e, 0);
-	} else {
-		count(MW_CTR_LOST_EVENTS);
+#endif
+	if (!key.start_ns)
+		key.start_ns = x.mono_ns; /* only to keep two exits of one pid in one interval apart */
+	if (s) {
+		__builtin_memcpy(&x.stats, s, sizeof(x.stats));
+		x.flags |= MW_EXIT_HAS_STATS;
 	}
-	stats.delete(&tgid);
+	bpf_get_current_comm(x.comm, sizeof(x.comm));
+	if (exits.update(&key, &x))
+		count(MW_CTR_LOST_EVENTS);
+	if (s)
+		stats.delete(&tgid);
 	return 0;
 }
 

@@ -1,8 +1,8 @@
 /* Structs shared by memwatch.bpf.c and memwatchd/collectors/bpf.py.
  *
  * The Python side mirrors these layouts with ctypes (collectors/bpf.py) and passes their sizes back in as
- * -DMW_STATS_SIZE / -DMW_EVENT_SIZE, so a layout drift fails the compile instead of garbling data.
- * Only fixed-width types, largest first, so there is no hidden padding.
+ * -DMW_STATS_SIZE / -DMW_EXIT_SIZE / -DMW_EVENT_SIZE, so a layout drift fails the compile instead of
+ * garbling data. Only fixed-width types, largest first, so there is no hidden padding.
  */
 #ifndef MEMWATCH_H
 #define MEMWATCH_H
@@ -16,37 +16,62 @@ struct mw_stats {
 	__u64 munmap_count;
 	__u64 munmap_bytes;
 	__u64 brk_count;
-	__u64 brk_bytes;      /* net heap growth since the baseline, floored at 0 */
-	__u64 last_brk;       /* last program break seen; 0 = no baseline yet (first brk, or after exec) */
-	__u64 last_update_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u64 brk_bytes;           /* net heap growth since the baseline, floored at 0 */
+	__u64 mremap_count;
+	__u64 mremap_grow_bytes;   /* sum of new_len - old_len over growing mremaps */
+	__u64 mremap_shrink_bytes; /* sum of old_len - new_len over shrinking mremaps */
+	__s64 mapped_net;          /* page-rounded address-space changes since tracking began or the last exec */
+	__s64 mapped_low;          /* lowest mapped_net seen (<= 0); mapped_bytes = mapped_net - mapped_low */
+	__u64 start_ns;            /* the process's start_boottime (CLOCK_BOOTTIME ns); 0 = unknown */
+	__u64 last_brk;            /* last program break seen; 0 = no baseline yet (first brk, or after exec) */
+	__u64 last_update_ns;      /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+};
+
+/* Key and value of the exits map: one record per ended process, drained by the daemon at each poll. */
+struct mw_exit_key {
+	__u64 start_ns; /* start_boottime, or the exit's bpf_ktime_get_ns when the start is unknown */
+	__u32 tgid;
+	__u32 _pad;
+};
+
+enum mw_exit_flags {
+	MW_EXIT_HAS_STATS = 1,    /* stats holds the process's final counters */
+	MW_EXIT_START_KNOWN = 2,  /* key.start_ns is the real start_boottime */
+	MW_EXIT_STATUS_KNOWN = 4, /* status and hwm_pages were read from the task */
+	MW_EXIT_OOM = 8,          /* the OOM killer chose this process (signal->oom_mm set) */
+};
+
+struct mw_exit {
+	struct mw_stats stats; /* final counters when MW_EXIT_HAS_STATS, else zero */
+	__u64 mono_ns;         /* bpf_ktime_get_ns at the exit */
+	__u64 hwm_pages;       /* VmHWM at the exit: max(hiwater_rss, file + anon + shmem pages) */
+	__s32 status;          /* task->exit_code: wait status ((code << 8), or the signal | 0x80 on core) */
+	__u32 flags;           /* enum mw_exit_flags */
+	char comm[MW_COMM_LEN];
 };
 
 enum mw_event_type {
-	MW_EVENT_EXIT = 1,
 	MW_EVENT_OOM = 2,
 };
 
-/* One ring-buffer record. Rare events only (process exit, OOM kill): allocation counts stay in the map. */
+/* One ring-buffer record. Rare events only (OOM kill): counts stay in the maps. */
 struct mw_event {
 	__u64 mono_ns;
-	struct mw_stats stats; /* EXIT: final counters */
-	__u64 total_vm_kb;     /* OOM: from oom:mark_victim */
+	__u64 total_vm_kb; /* from oom:mark_victim */
 	__u64 anon_rss_kb;
 	__u64 file_rss_kb;
 	__u64 shmem_rss_kb;
-	__u32 type;            /* enum mw_event_type */
-	__u32 pid;             /* tgid for EXIT, victim pid for OOM */
-	__s32 exit_code;       /* EXIT: 0, not read (see memwatch.bpf.c) */
-	__u32 uid;             /* OOM */
-	__s32 oom_score_adj;   /* OOM */
-	__u32 _pad;
+	__u32 type;        /* enum mw_event_type */
+	__u32 pid;         /* victim pid */
+	__u32 uid;
+	__s32 oom_score_adj;
 	char comm[MW_COMM_LEN];
 };
 
 /* Slots of the per-CPU counters array. */
 enum mw_counter {
 	MW_CTR_MAP_FULL = 0,    /* a new tgid could not be added: stats map full */
-	MW_CTR_LOST_EVENTS = 1, /* ring-buffer reservation failed: event dropped */
+	MW_CTR_LOST_EVENTS = 1, /* an exit record or ring-buffer event could not be stored: dropped */
 	MW_CTR_COUNT = 2,
 };
 

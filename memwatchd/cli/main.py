@@ -10,6 +10,7 @@ import csv
 import functools
 import importlib
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -21,11 +22,15 @@ from typing import Any, TypeVar
 import click
 
 from memwatchd.cli import render as R
+from memwatchd.cli.outcome import OneLineGroup
 from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from memwatchd.safefile import not_regular
 from memwatchd.units import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 NOW_ENV = "MEMWATCHCTL_NOW"  # fixes "now" (unix seconds) for reproducible output
+PID_MAX = 4194304  # Linux's PID_MAX_LIMIT: no pid is larger
+LAST_TS = 253402300799.0  # 9999-12-31 23:59:59 UTC, the last time datetime can show
 
 
 def now() -> float:
@@ -33,9 +38,12 @@ def now() -> float:
     fixed = os.environ.get(NOW_ENV)
     if fixed:
         try:
-            return float(fixed)
+            t = float(fixed)
         except ValueError:
-            raise click.UsageError(f"{NOW_ENV} must be unix seconds, got {fixed!r}") from None
+            t = math.nan
+        if not 0 <= t <= LAST_TS:  # also refuses nan
+            raise click.UsageError(f"{NOW_ENV} must be unix seconds, got {fixed!r}")
+        return t
     return time.time()
 
 
@@ -48,6 +56,15 @@ class TimeSpec(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
+        try:
+            ts = self._convert(value, param, ctx)
+        except (ValueError, OverflowError, OSError):  # datetime's range ends at year 1 and 9999
+            ts = math.nan
+        if not 0 <= ts <= LAST_TS:  # also refuses nan
+            self.fail(f"{str(value)[:64]!r} is not a time between 1970 and 9999", param, ctx)
+        return ts
+
+    def _convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         text = str(value).strip()
         if "\x00" in text or len(text) > 64:
             self.fail("expected a duration like '2h' or an ISO time like '2024-05-01T13:00'", param, ctx)
@@ -95,6 +112,9 @@ class Obj:
                     path = load_config(self.config).storage.path
                 except ConfigError as e:
                     raise click.ClickException(f"{e} (or name the database with --db FILE)") from None
+            problem = not_regular(path)  # a FIFO would block SQLite's open forever: refuse before it
+            if problem is not None:
+                raise click.ClickException(f"database {path}: {problem}")
             self._reader = StoreReader(path)
         return self._reader
 
@@ -115,9 +135,6 @@ def errors(fn: F) -> F:
             raise click.ClickException(str(e)) from None
         except sqlite3.Error as e:
             raise click.ClickException(f"database error: {e}") from None
-        except BrokenPipeError:
-            sys.stderr.close()
-            sys.exit(0)
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}") from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
@@ -163,7 +180,9 @@ def select_options(fn: F) -> F:
     )(fn)
     fn = click.option("--comm", help="Only processes with exactly this name (as in /proc/PID/comm).")(fn)
     fn = click.option(
-        "--pid", type=int, help="Only this process ID (every process that had it in the range)."
+        "--pid",
+        type=click.IntRange(0, PID_MAX),
+        help="Only this process ID (every process that had it in the range).",
     )(fn)
     return fn
 
@@ -177,12 +196,13 @@ def _check_range(since: float, until: float) -> None:
         raise click.UsageError("--since is after --until")
 
 
-class LazyGroup(click.Group):
+class LazyGroup(OneLineGroup):
     """A group whose heavier subcommands are imported only when used (notify-test loads Apprise)."""
 
     lazy = {
         "notify-test": ("memwatchd.cli.notify_test", "notify_test"),
         "triage": ("memwatchd.cli.triage", "triage"),
+        "groups": ("memwatchd.cli.groups", "groups"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -365,6 +385,20 @@ TIER_HELP = (
 
 @cli.command()
 @select_options
+@click.option(
+    "--cgroup",
+    metavar="PATH",
+    help="The series of this memory cgroup (charge, limit, sums of its processes) instead of processes.",
+)
+@click.option(
+    "--group",
+    "unit_group",
+    is_flag=True,
+    help="With --unit: the unit's group series (charge, limit, sums) instead of its processes' rows.",
+)
+@click.option(
+    "--host", is_flag=True, help="The host breakdown's series (page cache, shmem, slab, unaccounted, ...)."
+)
 @range_options("1h")
 @click.option("--tier", type=TIER_CHOICE, default="auto", show_default=True, help=TIER_HELP)
 @json_option
@@ -377,6 +411,9 @@ def history(
     comm: str | None,
     comm_glob: str | None,
     unit: str | None,
+    cgroup: str | None,
+    unit_group: bool,
+    host: bool,
     since: float,
     until: float,
     tier: str,
@@ -389,17 +426,29 @@ def history(
     the process was present (values are held between changes). Rollup tiers have one row per minute or
     hour with the last values and min/max/avg of rss, anon and swap.
 
+    With --cgroup PATH, --unit NAME --group or --host the rows are a group's or the host's series instead
+    (memory_current_kb, memory_limit_kb, sums of rss/anon/swap; or the host breakdown's parts); rollup
+    tiers hold the last values of each minute or hour.
+
     \b
     Examples:
       memwatchctl history --pid 1234 --since 2h
       memwatchctl history --unit nginx.service --since 1d --tier minute
       memwatchctl history --comm-glob 'php-fpm*' --since 30m --csv > fpm.csv
+      memwatchctl history --cgroup /system.slice/api.service --since 6h --json
+      memwatchctl history --unit api.service --group --since 1d
+      memwatchctl history --host --since 2h
     """
     from memwatchd.store.reader import HISTORY_FIELDS
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
     _check_range(since, until)
+    if cgroup is not None or unit_group or host:
+        _series_history(
+            obj, pid, comm, comm_glob, unit, cgroup, unit_group, host, since, until, tier, as_json, as_csv
+        )
+        return
     procs = _selected(obj, pid, comm, comm_glob, unit, since, until)
     rows = obj.reader().history(procs, since, until, _tier(tier)) if procs else []
     if as_json:
@@ -452,6 +501,57 @@ def history(
         body.append(line)
     con.print(f"tier: {rows[0]['tier']}")
     con.print(R.table(headers, body, right=set(headers) - {"TIME", "COMM"}))
+
+
+def _series_history(
+    obj: Obj,
+    pid: int | None,
+    comm: str | None,
+    comm_glob: str | None,
+    unit: str | None,
+    cgroup: str | None,
+    unit_group: bool,
+    host: bool,
+    since: float,
+    until: float,
+    tier: str,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    from memwatchd.store.schema import SERIES_FIELDS
+
+    if pid is not None or comm is not None or comm_glob is not None:
+        raise click.UsageError("--cgroup, --group and --host do not combine with --pid or --comm")
+    if unit_group and unit is None:
+        raise click.UsageError("--group needs --unit NAME")
+    if sum((cgroup is not None, unit_group, host)) > 1 or (unit is not None and not unit_group):
+        raise click.UsageError("name one series: --cgroup PATH, --unit NAME --group, or --host")
+    kind, name = (
+        ("host", "host") if host else ("cgroup", cgroup or "") if cgroup is not None else ("unit", unit or "")
+    )
+    rows = obj.reader().series_history(kind, name, since, until, _tier(tier))
+    fields = (
+        ["ts", "tier", *SERIES_FIELDS[kind]] if host else ["ts", "by", "group", "tier", *SERIES_FIELDS[kind]]
+    )
+    if as_json:
+        _print_json(rows)
+        return
+    if as_csv:
+        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return
+    con = R.console()
+    if not rows:
+        con.print("(no data in range)")
+        return
+    headers = ["TIME", *(f.removesuffix("_kb").replace("_", " ").upper() for f in SERIES_FIELDS[kind])]
+    body = [
+        [R.when(r["ts"]), *(str(r[f]) if not f.endswith("_kb") else R.kb(r[f]) for f in SERIES_FIELDS[kind])]
+        for r in rows
+    ]
+    con.print(f"{'host' if host else kind + ' ' + R.clean(name)}, tier: {rows[0]['tier']}")
+    con.print(R.table(headers, body, right=set(headers) - {"TIME"}))
 
 
 # ---- processes ---------------------------------------------------------------------------------------
@@ -661,7 +761,21 @@ def status(obj: Obj, as_json: bool) -> None:
         "processes_known",
         "ooms",
         "snapshots_raw",
+        "host_memory",
     }
+    hm = st.get("host_memory")
+    if hm:
+        lines.append(
+            (
+                "host memory",
+                f"total {R.kb(hm['total_kb'])}, available {R.kb(hm['available_kb'])}: processes anon"
+                f" {R.kb(hm['processes_anon_kb'])} (rss {R.kb(hm['processes_rss_kb'])}), page cache"
+                f" {R.kb(hm['page_cache_kb'])}, shmem {R.kb(hm['shmem_kb'])}, slab"
+                f" {R.kb(hm['slab_reclaimable_kb'])} reclaimable + {R.kb(hm['slab_unreclaimable_kb'])}"
+                f" unreclaimable, kernel stacks {R.kb(hm['kernel_stack_kb'])}, page tables"
+                f" {R.kb(hm['page_tables_kb'])}, unaccounted {R.kb(hm['unaccounted_kb'])}",
+            )
+        )
     for k, v in st.items():
         if k not in shown and k not in computed:
             lines.append(

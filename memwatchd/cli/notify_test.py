@@ -6,8 +6,10 @@ works for the daemon. Register with `cli.add_command(notify_test)`.
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from typing import Any
 
 import click
 
@@ -19,25 +21,58 @@ class _ConfigProblem(click.ClickException):
     exit_code = 2
 
 
+class _Timeout(click.ParamType):
+    """Seconds per URL: a finite number from 0.1 to 3600 (nan, inf and 1e9 are refused, not passed on)."""
+
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = math.nan
+        if not 0.1 <= v <= 3600:  # also refuses nan
+            self.fail(f"expected seconds from 0.1 to 3600, got {str(value)[:40]!r}", param, ctx)
+        return v
+
+
+def _config_path(given: str | None) -> str:
+    """This command's --config, else memwatchctl's own --config when given, else $MEMWATCHD_CONFIG, else the
+    default: `memwatchctl --config FILE notify-test` tests FILE's URLs."""
+    if given is not None:
+        return given
+    parent = click.get_current_context().parent
+    if (
+        parent is not None
+        and parent.params.get("config_path")
+        and parent.get_parameter_source("config_path") is click.core.ParameterSource.COMMANDLINE
+    ):
+        return str(parent.params["config_path"])
+    return os.environ.get("MEMWATCHD_CONFIG") or DEFAULT_CONFIG_PATH
+
+
 @click.command("notify-test")
 @click.option(
     "--config",
     "-c",
     "config_path",
-    default=DEFAULT_CONFIG_PATH,
-    show_default=True,
-    envvar="MEMWATCHD_CONFIG",
-    help="Daemon configuration file to read the notification URLs from.",
+    default=None,
+    help="Daemon configuration file to read the notification URLs from (default: memwatchctl's --config,"
+    f" else $MEMWATCHD_CONFIG, else {DEFAULT_CONFIG_PATH}).",
 )
 @click.option("--url", "urls", multiple=True, help="Send to this Apprise URL instead (repeatable).")
 @click.option(
     "--rule", "rule_name", default=None, help="Send to the URLs of this rule instead of [notify] urls."
 )
 @click.option(
-    "--timeout", "timeout_s", type=float, default=None, help="Seconds per URL (default: [notify] timeout)."
+    "--timeout",
+    "timeout_s",
+    type=_Timeout(),
+    default=None,
+    help="Seconds per URL, 0.1 to 3600 (default: [notify] timeout).",
 )
 def notify_test(
-    config_path: str, urls: tuple[str, ...], rule_name: str | None, timeout_s: float | None
+    config_path: str | None, urls: tuple[str, ...], rule_name: str | None, timeout_s: float | None
 ) -> None:
     """Send a test message through the configured notification URLs and report each one.
 
@@ -47,10 +82,12 @@ def notify_test(
     \b
     Examples:
       memwatchctl notify-test                              # [notify] urls of the default config
+      memwatchctl --config ./memwatchd.toml notify-test    # those of another configuration
       memwatchctl notify-test --rule oom-kill              # the URLs that rule would use
       memwatchctl notify-test --url 'json://127.0.0.1:8080/'
     """
     host = os.uname().nodename
+    config_path = _config_path(config_path)
     if not urls:
         try:
             cfg = load_config(config_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +26,13 @@ SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
+UNLIMITED_WIDTH = 1 << 20  # "no limit" for rich: tables are as wide as their widest values
+
+
 def console() -> Console:
-    """A console writing to the current stdout; wide when not a terminal so pipes get whole lines."""
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 200)
+    """A console writing to the current stdout. On a terminal, tables fit its width (cut with '…'); into a
+    pipe or a file, values are never cut, whatever COLUMNS says (as ps and sqlite-utils do)."""
+    width = None if sys.stdout.isatty() else UNLIMITED_WIDTH
     return Console(width=width, markup=False, emoji=False, highlight=False, soft_wrap=False)
 
 

@@ -1,4 +1,5 @@
-"""eBPF collector: per-process allocation counters aggregated in the kernel, plus exit and OOM events.
+"""eBPF collector: per-process allocation counters aggregated in the kernel, final counters of ended
+processes, and OOM events.
 
 The kernel side is memwatchd/bpf/memwatch.bpf.c (structs in memwatch.h). The daemon never imports bcc: load()
 runs bpf_loader.py in a short-lived child that compiles and attaches with bcc and hands the maps and the
@@ -10,9 +11,22 @@ Counter semantics (all cumulative since the process was first seen by the probes
   munmap_count/munmap_bytes  successful munmap calls and their lengths
   brk_count                  every brk call (queries included, as strace counts them)
   brk_bytes                  net heap growth from brk return values since the first brk seen (floored at 0)
-  last_update_ns             CLOCK_MONOTONIC ns, refreshed at creation, on each brk and on every 64th mmap
-                             and munmap (a clock read per call cost ~4 points of the worst-case loop)
-mremap and 32-bit compat syscalls are not counted. Exit codes are reported as 0 (not in the tracepoint).
+  mremap_count               successful mremap calls
+  mremap_grow_bytes/_shrink_bytes  sums of their length changes (new_len - old_len, or the reverse)
+  mapped_bytes               outstanding bytes from the address-space changes since tracking began or the
+                             last exec (MAP_FIXED replaces, never below zero): see memwatch.bpf.c
+  start_ticks                the process's start time, exactly /proc/PID/stat field 22 (task start_boottime)
+  last_update_ns             CLOCK_MONOTONIC ns, refreshed at creation, on each brk and mremap and on
+                             every 64th mmap and munmap (a clock read per call cost ~4 points of the
+                             worst-case loop)
+32-bit compat syscalls are not counted.
+
+Exits: the kernel keeps one record per ended process (final counters, start time, exit status, OOM mark,
+VmHWM at the exit) in a hash map that poll() drains, so a burst of exits waits there instead of
+overflowing a ring buffer; a record is lost only when the map (max_pids entries) is full, and counted.
+Kernel struct fields are read at offsets taken from the running kernel's BTF (btf.py); without BTF, start
+times, exit statuses, OOM marks and peak RSS are unknown (0/None) and only exits of tracked processes are
+reported.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ import contextlib
 import ctypes
 import importlib.resources
 import json
+import logging
 import mmap
 import os
 import platform
@@ -37,6 +52,8 @@ from memwatchd.collectors import bpfsys
 from memwatchd.config import BpfConfig
 from memwatchd.models import BpfHealth, BpfPoll, BpfStats, OomKill, ProcessExit
 
+log = logging.getLogger("memwatchd.bpf")
+
 # Probe points: (category, event). raw_syscalls:sys_exit stands for the sys_exit raw tracepoint.
 _TRACEPOINTS = (
     ("raw_syscalls", "sys_exit"),
@@ -48,7 +65,20 @@ _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
 _BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
-_MAPS = ("stats", "counters", "events")  # handed over by the loader in this order
+_MAPS = ("stats", "counters", "events", "exits")  # handed over by the loader in this order
+# Kernel struct fields the probes read, resolved from BTF by the loader (see memwatch.bpf.c).
+_BTF_FIELDS = {
+    "MW_OFF_TASK_START": "task_struct.start_boottime",
+    "MW_OFF_TASK_LEADER": "task_struct.group_leader",
+    "MW_OFF_TASK_EXIT_CODE": "task_struct.exit_code",
+    "MW_OFF_TASK_MM": "task_struct.mm",
+    "MW_OFF_TASK_SIGNAL": "task_struct.signal",
+    "MW_OFF_SIGNAL_OOM_MM": "signal_struct.oom_mm",
+    "MW_OFF_MM_HIWATER": "mm_struct.hiwater_rss",
+    "MW_OFF_MM_RSS_FILE": "mm_struct.rss_stat[MM_FILEPAGES].count",
+    "MW_OFF_MM_RSS_ANON": "mm_struct.rss_stat[MM_ANONPAGES].count",
+    "MW_OFF_MM_RSS_SHMEM": "mm_struct.rss_stat[MM_SHMEMPAGES].count",
+}
 _LOADER_TIMEOUT_S = 60.0  # a cold compile takes a few seconds; a hung loader must not hang the daemon
 _MAX_FDS = 64
 # An entry updated this recently is never collected: its process may have started after the caller's
@@ -57,8 +87,8 @@ _GC_MIN_IDLE_S = 5.0
 
 # ctypes mirrors of memwatch.h; their sizes are passed to the compiler, which asserts they match.
 _COMM_LEN = 16
-_EVENT_EXIT = 1
 _EVENT_OOM = 2
+_EXIT_HAS_STATS, _EXIT_START_KNOWN, _EXIT_STATUS_KNOWN, _EXIT_OOM = 1, 2, 4, 8
 _CTR_MAP_FULL = 0
 _CTR_LOST_EVENTS = 1
 
@@ -71,31 +101,58 @@ class _Stats(ctypes.Structure):
         ("munmap_bytes", ctypes.c_uint64),
         ("brk_count", ctypes.c_uint64),
         ("brk_bytes", ctypes.c_uint64),
+        ("mremap_count", ctypes.c_uint64),
+        ("mremap_grow_bytes", ctypes.c_uint64),
+        ("mremap_shrink_bytes", ctypes.c_uint64),
+        ("mapped_net", ctypes.c_int64),
+        ("mapped_low", ctypes.c_int64),
+        ("start_ns", ctypes.c_uint64),
         ("last_brk", ctypes.c_uint64),
         ("last_update_ns", ctypes.c_uint64),
+    ]
+
+
+class _ExitKey(ctypes.Structure):
+    _fields_ = [("start_ns", ctypes.c_uint64), ("tgid", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class _Exit(ctypes.Structure):
+    _fields_ = [
+        ("stats", _Stats),
+        ("mono_ns", ctypes.c_uint64),
+        ("hwm_pages", ctypes.c_uint64),
+        ("status", ctypes.c_int32),
+        ("flags", ctypes.c_uint32),
+        ("comm", ctypes.c_char * _COMM_LEN),
     ]
 
 
 class _Event(ctypes.Structure):
     _fields_ = [
         ("mono_ns", ctypes.c_uint64),
-        ("stats", _Stats),
         ("total_vm_kb", ctypes.c_uint64),
         ("anon_rss_kb", ctypes.c_uint64),
         ("file_rss_kb", ctypes.c_uint64),
         ("shmem_rss_kb", ctypes.c_uint64),
         ("type", ctypes.c_uint32),
         ("pid", ctypes.c_uint32),
-        ("exit_code", ctypes.c_int32),
         ("uid", ctypes.c_uint32),
         ("oom_score_adj", ctypes.c_int32),
-        ("_pad", ctypes.c_uint32),
         ("comm", ctypes.c_char * _COMM_LEN),
     ]
 
 
 class BpfUnavailable(Exception):
     """BPF probes cannot be loaded; str() is a one-line human reason."""
+
+
+_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def start_ticks_of(start_ns: int) -> int:
+    """/proc/PID/stat field 22 from a task's start_boottime: the kernel's nsec_to_clock_t (a plain integer
+    division by the tick length when USER_HZ divides 10^9, as on every Linux architecture)."""
+    return start_ns // _NS_PER_TICK
 
 
 def _to_stats(tgid: int, v: Any) -> BpfStats:
@@ -108,6 +165,30 @@ def _to_stats(tgid: int, v: Any) -> BpfStats:
         brk_count=v.brk_count,
         brk_bytes=v.brk_bytes,
         last_update_ns=v.last_update_ns,
+        mremap_count=v.mremap_count,
+        mremap_grow_bytes=v.mremap_grow_bytes,
+        mremap_shrink_bytes=v.mremap_shrink_bytes,
+        mapped_bytes=v.mapped_net - min(v.mapped_low, 0),
+        start_ticks=start_ticks_of(v.start_ns),
+    )
+
+
+def _to_exit(k: Any, v: Any) -> ProcessExit:
+    """One exits-map record as a ProcessExit (see memwatch.h for the flags)."""
+    flags, status = v.flags, v.status
+    known = bool(flags & _EXIT_STATUS_KNOWN)
+    signal = status & 0x7F if known else 0
+    code = -signal if signal else (status >> 8) & 0xFF
+    return ProcessExit(
+        pid=k.tgid,
+        comm=_comm(v.comm),
+        exit_code=code,
+        final=_to_stats(k.tgid, v.stats) if flags & _EXIT_HAS_STATS else None,
+        mono_ns=v.mono_ns,
+        start_ticks=start_ticks_of(k.start_ns) if flags & _EXIT_START_KNOWN else 0,
+        exit_signal=signal,
+        oom_killed=bool(flags & _EXIT_OOM) and signal == 9,
+        hwm_kb=v.hwm_pages * (_PAGE // 1024) if known else None,
     )
 
 
@@ -168,7 +249,9 @@ def _cflags(
         f"-I{include_dir}",
         f"-DMAX_PIDS={cfg.max_pids}",
         f"-DRINGBUF_PAGES={pages}",
+        f"-DMW_PAGE_SIZE={mmap.PAGESIZE}",
         f"-DMW_STATS_SIZE={ctypes.sizeof(_Stats)}",
+        f"-DMW_EXIT_SIZE={ctypes.sizeof(_Exit)}",
         f"-DMW_EVENT_SIZE={ctypes.sizeof(_Event)}",
     ]
     if "group_dead" in (tracefs / "events/sched/sched_process_exit/format").read_text():
@@ -251,21 +334,27 @@ class BpfCollector:
     def __init__(self, fds: list[int]) -> None:
         """fds: the maps in _MAPS order, then the attachments (closing those detaches the probes)."""
         self._fds = fds
-        stats_fd, counters_fd, events_fd = fds[: len(_MAPS)]
+        stats_fd, counters_fd, events_fd, exits_fd = fds[: len(_MAPS)]
         # the layout as the kernel sees it, not as the loader reported it
-        stats, counters, events = (bpfsys.map_info(fd) for fd in (stats_fd, counters_fd, events_fd))
+        stats, counters, events, exits = (
+            bpfsys.map_info(fd) for fd in (stats_fd, counters_fd, events_fd, exits_fd)
+        )
         expected = [
             (bpfsys.MAP_TYPE_HASH, 4, ctypes.sizeof(_Stats)),
             (bpfsys.MAP_TYPE_PERCPU_ARRAY, 4, 8),
             (bpfsys.MAP_TYPE_RINGBUF, 0, 0),
+            (bpfsys.MAP_TYPE_HASH, ctypes.sizeof(_ExitKey), ctypes.sizeof(_Exit)),
         ]
-        if [(m.type, m.key_size, m.value_size) for m in (stats, counters, events)] != expected:
-            raise ValueError("the maps differ from memwatch.bpf.c's stats, counters and events")
+        if [(m.type, m.key_size, m.value_size) for m in (stats, counters, events, exits)] != expected:
+            raise ValueError("the maps differ from memwatch.bpf.c's stats, counters, events and exits")
         self._stats_fd, self._counters_fd = stats_fd, counters_fd
         self._reader = bpfsys.HashBatchReader(stats_fd, _Stats, min(stats.max_entries, _BATCH))
+        self._exit_reader = bpfsys.HashBatchReader(
+            exits_fd, _Exit, min(exits.max_entries, _BATCH), _ExitKey, drain=True
+        )
+        self.btf_error: str | None = None  # why start times and exit statuses are unknown, if they are
         self._ncpus = bpfsys.possible_cpus()
         self._ring = bpfsys.RingBuffer(events_fd, events.max_entries)
-        self._exits: list[ProcessExit] = []
         self._ooms: list[OomKill] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -286,15 +375,23 @@ class BpfCollector:
                 "cflags": _cflags(cfg, pages, path.parent, tracefs, extra_cflags),
                 "tracepoints": _TRACEPOINTS,
                 "maps": _MAPS,
+                "btf": _BTF_FIELDS,
             }
             reply, fds = _run_loader(request)
         try:
             if reply["maps"] != list(_MAPS) or len(fds) != len(_MAPS) + len(reply["links"]):
                 raise ValueError(f"unexpected reply from the loader: {len(fds)} fds for {reply}")
-            return cls(fds)
+            collector = cls(fds)
         except (OSError, ValueError) as e:
             _close_all(fds)
             raise BpfUnavailable(f"cannot open BPF maps: {_first_line(e)}") from None
+        collector.btf_error = reply.get("btf_error")
+        if collector.btf_error:
+            log.warning(
+                "BPF: no kernel BTF (%s): start times, exit statuses and OOM marks of exits unknown",
+                collector.btf_error,
+            )
+        return collector
 
     def attach_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """Deliver ring-buffer events inside the event loop: the map fd is pollable, no thread needed."""
@@ -305,14 +402,18 @@ class BpfCollector:
 
     @property
     def pending_events(self) -> int:
-        """Exit and OOM events received and not yet returned by poll()."""
-        return len(self._exits) + len(self._ooms)
+        """OOM events received and not yet returned by poll() (exits wait in the kernel's exits map)."""
+        return len(self._ooms)
 
     def poll(self) -> BpfPoll:
-        """Current map contents plus the exit/OOM events received since the previous poll."""
+        """Current map contents plus the exits and OOM events since the previous poll.
+
+        The stats map is read before the exits are drained: a process that ends between the two reads
+        shows up in both (merge keeps its final counters), never in neither.
+        """
         self._consume()
         stats = self._reader.read(_to_stats)
-        exits, self._exits = tuple(self._exits), []
+        exits = tuple(self._exit_reader.values(_to_exit))
         ooms, self._ooms = tuple(self._ooms), []
         map_full, lost = self._counter_sums()
         health = BpfHealth(state="active", tracked=len(stats), map_full=map_full, lost_events=lost)
@@ -359,17 +460,7 @@ class BpfCollector:
         if size < ctypes.sizeof(_Event):
             return
         e = _Event.from_buffer_copy(buf, offset)
-        if e.type == _EVENT_EXIT:
-            self._exits.append(
-                ProcessExit(
-                    pid=e.pid,
-                    comm=_comm(e.comm),
-                    exit_code=e.exit_code,
-                    final=_to_stats(e.pid, e.stats),
-                    mono_ns=e.mono_ns,
-                )
-            )
-        elif e.type == _EVENT_OOM:
+        if e.type == _EVENT_OOM:
             self._ooms.append(
                 OomKill(
                     pid=e.pid,

@@ -10,9 +10,12 @@ without detaching (os._exit skips bcc's atexit cleanup); the caller (collectors/
 
 Request (JSON on stdin):
   {"source": path of the .c file, "cflags": [...], "tracepoints": [[category, event], ...] that must exist,
-   "maps": [names of the maps to hand over]}
+   "maps": [names of the maps to hand over],
+   "btf": {DEFINE: "struct.member..." or "enum:NAME"} (optional: resolved from the running kernel's BTF,
+          collectors/btf.py, and added as -DDEFINE=value; all or none)}
 Reply (one SOCK_SEQPACKET message): JSON with the fds attached, in this order: the maps, then the attachments.
-  {"maps": [names], "links": [[kind, name], ...]}  (sizes and types: ask the kernel, BPF_OBJ_GET_INFO_BY_FD)
+  {"maps": [names], "links": [[kind, name], ...], "btf_error": why the BTF defines were left out, or null}
+  (sizes and types: ask the kernel, BPF_OBJ_GET_INFO_BY_FD)
 or, without fds, {"error": one-line reason} (and exit status 1).
 """
 
@@ -50,7 +53,16 @@ def load(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     for category, event in request["tracepoints"]:
         if not bcc.BPF.tracepoint_exists(category, event):
             raise LoadError(f"tracepoint {category}:{event} does not exist on this kernel")
-    bpf = _compile(bcc, request["source"], request["cflags"])
+    cflags = list(request["cflags"])
+    btf_error = None
+    if request.get("btf"):
+        from memwatchd.collectors import btf  # noqa: PLC0415 - parsing vmlinux BTF is this child's job
+
+        try:
+            cflags += [f"-D{k}={v}" for k, v in btf.resolve(request["btf"]).items()]
+        except btf.BtfError as e:
+            btf_error = str(e)
+    bpf = _compile(bcc, request["source"], cflags)
     for attr in _NOT_SUPPORTED:
         if getattr(bpf, attr, None):
             raise LoadError(f"cannot hand over the attachments in bcc's {attr} (tracepoints only)")
@@ -66,7 +78,7 @@ def load(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         for name, fd in getattr(bpf, attr).items():
             links.append([attr.removesuffix("_fds"), name.decode() if isinstance(name, bytes) else str(name)])
             fds.append(fd)
-    return {"maps": request["maps"], "links": links}, fds
+    return {"maps": request["maps"], "links": links, "btf_error": btf_error}, fds
 
 
 def _compile(bcc: Any, path: str, cflags: list[str]) -> Any:

@@ -14,7 +14,7 @@ import mmap
 import os
 import platform
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -25,6 +25,7 @@ _BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_DELETE_ELEM = 3
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_MAP_LOOKUP_BATCH = 24
+_BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 
 MAP_TYPE_HASH = 1
 MAP_TYPE_PERCPU_ARRAY = 6
@@ -145,21 +146,41 @@ def delete_u32(map_fd: int, key: int) -> bool:
 
 
 class HashBatchReader:
-    """Reads a u32-keyed hash map with BPF_MAP_LOOKUP_BATCH into buffers allocated once.
+    """Reads a hash map with BPF_MAP_LOOKUP_BATCH into buffers allocated once.
 
     For hash maps the batch token is a u32 bucket index. The call that ends the walk fails with ENOENT and
-    may still have filled some entries.
+    may still have filled some entries. With drain=True each batch is also deleted in the same call
+    (BPF_MAP_LOOKUP_AND_DELETE_BATCH): an entry is returned once, and entries added meanwhile wait for the
+    next read.
     """
 
-    def __init__(self, map_fd: int, value_type: type[ctypes.Structure], chunk: int) -> None:
+    def __init__(
+        self,
+        map_fd: int,
+        value_type: type[ctypes.Structure],
+        chunk: int,
+        key_type: Any = ctypes.c_uint32,
+        *,
+        drain: bool = False,
+    ) -> None:
         self._fd, self._chunk = map_fd, chunk
-        self._keys = (ctypes.c_uint32 * chunk)()
+        self._cmd = _BPF_MAP_LOOKUP_AND_DELETE_BATCH if drain else _BPF_MAP_LOOKUP_BATCH
+        self._keys = (key_type * chunk)()
         self._values = (value_type * chunk)()
         self._token_in, self._token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
 
     def read(self, convert: Callable[[int, Any], T]) -> dict[int, T]:
-        """{key: convert(key, value)} for the whole map; value is a view into a reused buffer."""
+        """{key: convert(key, value)} for a u32-keyed map; value is a view into a reused buffer."""
         out: dict[int, T] = {}
+        for key, value in self._walk(convert):
+            out[key] = value
+        return out
+
+    def values(self, convert: Callable[[Any, Any], T]) -> list[T]:
+        """[convert(key, value)] for every entry; key and value are views into reused buffers."""
+        return [v for _, v in self._walk(convert)]
+
+    def _walk(self, convert: Callable[[Any, Any], T]) -> Iterator[tuple[Any, T]]:
         attr = _BatchAttr(
             out_batch=ctypes.addressof(self._token_out),
             keys=ctypes.addressof(self._keys),
@@ -169,17 +190,17 @@ class HashBatchReader:
         while True:
             attr.count = self._chunk
             try:
-                _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
+                _bpf(self._cmd, attr)
                 done = False
             except OSError as e:
                 if e.errno != errno.ENOENT:
-                    raise OSError(e.errno, f"BPF_MAP_LOOKUP_BATCH: {e.strerror}") from None
+                    raise OSError(e.errno, f"BPF_MAP_LOOKUP_BATCH ({self._cmd}): {e.strerror}") from None
                 done = True
             for i in range(attr.count):
                 key = self._keys[i]
-                out[key] = convert(key, self._values[i])
+                yield key, convert(key, self._values[i])
             if done:
-                return out
+                return
             self._token_in.value = self._token_out.value
             attr.in_batch = ctypes.addressof(self._token_in)
 

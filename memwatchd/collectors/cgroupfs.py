@@ -2,13 +2,17 @@
 
 Reads memory.limit_in_bytes/usage_in_bytes (cgroup v1 memory controller) or memory.max/memory.current
 (cgroup v2) of a process's memory cgroup and of every ancestor: the tightest level decides. The root is a
-parameter so tests can build a fake tree. Read only when an alert is due, never per scan.
+parameter so tests can build a fake tree. headroom() is read only when an alert is due; ChargeReader reads
+the charge and limits of every cgroup holding a monitored process once per cycle (group series).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from memwatchd.models import GroupCharge
 
 # v1 reports "no limit" as a huge page-rounded number (PAGE_COUNTER_MAX * page size)
 _V1_UNLIMITED = 1 << 62
@@ -71,3 +75,77 @@ def headroom(cgroup: str | None, root: str = "/sys/fs/cgroup") -> CgroupHeadroom
         if best is None or h.free_bytes < best.free_bytes:
             best = h
     return best
+
+
+# ---- per-cycle charges of many cgroups ----------------------------------------------------------------
+
+
+class ChargeReader:
+    """Reads the charge and limits of memory cgroups, once per path and ancestor per call.
+
+    v1 (the memory controller mounted at ROOT/memory): memory.usage_in_bytes and memory.limit_in_bytes;
+    v2 (unified at ROOT): memory.current and memory.max ("max" = unlimited). The version is detected once
+    per reader. A file that cannot be read (the cgroup went away, no permission) leaves the value None: the
+    cycle goes on without it.
+    """
+
+    def __init__(self, root: str = "/sys/fs/cgroup") -> None:
+        base = Path(root)
+        if (base / "memory" / "memory.usage_in_bytes").exists():
+            self.version: int | None = 1
+            self._base = base / "memory"
+            self._usage, self._limit = "memory.usage_in_bytes", "memory.limit_in_bytes"
+        elif (base / "cgroup.controllers").exists() and "memory" in _read_text(base / "cgroup.controllers"):
+            self.version = 2
+            self._base = base
+            self._usage, self._limit = "memory.current", "memory.max"
+        else:
+            self.version = None  # no memory controller here: every charge is unknown
+            self._base = base
+            self._usage, self._limit = "memory.current", "memory.max"
+
+    def read(self, paths: Iterable[str]) -> dict[str, GroupCharge]:
+        """The charge of each cgroup path ("/system.slice/x.service"); paths with ".." are skipped."""
+        if self.version is None:
+            return {}
+        levels: dict[str, tuple[int | None, int | None]] = {}  # rel -> (limit or None, usage)
+        out: dict[str, GroupCharge] = {}
+        for path in paths:
+            if not path or ".." in path.split("/"):
+                continue
+            parts = [p for p in path.split("/") if p]
+            limit: int | None = None
+            limit_cg: str | None = None
+            free: int | None = None
+            current: int | None = None
+            for depth in range(len(parts), -1, -1):
+                rel = "/".join(parts[:depth])
+                lv = levels.get(rel)
+                if lv is None:
+                    lv = levels[rel] = self._level(rel)
+                lim, usage = lv
+                if depth == len(parts):
+                    current = usage
+                if lim is None:
+                    continue
+                if limit is None or lim < limit:
+                    limit, limit_cg = lim, "/" + rel
+                f = max(0, lim - (usage or 0))
+                if free is None or f < free:
+                    free = f
+            out[path] = GroupCharge(path, current, limit, limit_cg, free)
+        return out
+
+    def _level(self, rel: str) -> tuple[int | None, int | None]:
+        d = self._base / rel if rel else self._base
+        lim = _read_int(d / self._limit)
+        if lim is not None and lim >= _V1_UNLIMITED:
+            lim = None
+        return lim, _read_int(d / self._usage)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

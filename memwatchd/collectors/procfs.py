@@ -175,8 +175,24 @@ def _read_all(path: str) -> bytes:
         os.close(fd)
 
 
+_MEMINFO_PARTS = (
+    ("mem_free_kb", b"\nMemFree:"),
+    ("buffers_kb", b"\nBuffers:"),
+    ("cached_kb", b"\nCached:"),
+    ("shmem_kb", b"\nShmem:"),
+    ("anon_pages_kb", b"\nAnonPages:"),
+    ("slab_reclaimable_kb", b"\nSReclaimable:"),
+    ("slab_unreclaimable_kb", b"\nSUnreclaim:"),
+    ("kernel_stack_kb", b"\nKernelStack:"),
+    ("page_tables_kb", b"\nPageTables:"),
+)
+
+
 def read_meminfo(root: str) -> MemInfo | None:
-    """Host totals from ROOT/meminfo; None when it is unreadable or a needed line is missing or garbled."""
+    """Host totals from ROOT/meminfo; None when it is unreadable or a needed line is missing or garbled.
+
+    The parts of the host breakdown (MemFree, Cached, Shmem, slab, ...) are optional: a missing one is None.
+    """
     try:
         data = _read_all(f"{root}/meminfo")
     except OSError:
@@ -189,8 +205,9 @@ def read_meminfo(root: str) -> MemInfo | None:
         return None
     total, avail, swap_total, swap_free = values
     assert total is not None and avail is not None and swap_total is not None and swap_free is not None
+    parts = {name: _kb_field(data, key) for name, key in _MEMINFO_PARTS}
     return MemInfo(
-        mem_total_kb=total, mem_available_kb=avail, swap_total_kb=swap_total, swap_free_kb=swap_free
+        mem_total_kb=total, mem_available_kb=avail, swap_total_kb=swap_total, swap_free_kb=swap_free, **parts
     )
 
 

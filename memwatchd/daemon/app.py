@@ -23,11 +23,13 @@ from typing import Any, TypeVar
 
 import click
 
+from memwatchd.collectors.cgroupfs import ChargeReader
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.daemon.logsetup import setup_logging
 from memwatchd.daemon.service import ServiceNotifier
+from memwatchd.groups import aggregate_groups, charge_paths, host_memory
 from memwatchd.merge import merge
-from memwatchd.models import BpfHealth, BpfPoll, Snapshot
+from memwatchd.models import BpfHealth, BpfPoll, GroupCharge, Snapshot
 
 log = logging.getLogger("memwatchd")
 T = TypeVar("T")
@@ -124,6 +126,10 @@ class Daemon:
         self.metrics: Any = None
         self.triage: Any = None  # daemon/triage.py TriageService
         self.scan_ms = 0.0
+        self.groups_ms = 0.0  # reading cgroup charges, per cycle
+        self.charges: ChargeReader | None = (
+            ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
+        )
         stall = os.environ.get("MEMWATCHD_TEST_STALL_AFTER")
         self._stall_after = int(stall) if stall and stall.isdigit() else None
         self._bpf_failing = False
@@ -236,10 +242,21 @@ class Daemon:
             log.warning("could not save alert state: %s", e)
 
     # ---- sampling ----------------------------------------------------------------------------
-    def _scan(self, mono: float) -> Any:
+    def _scan(self, mono: float) -> tuple[Any, dict[str, GroupCharge]]:
         if self._stall_after is not None and self.cycles >= self._stall_after:
             threading.Event().wait()  # test hook: a /proc read that never returns
-        return self.procfs.scan(mono)
+        scan = self.procfs.scan(mono)
+        charges: dict[str, GroupCharge] = {}
+        if self.charges is not None:
+            t0 = time.perf_counter()
+            try:
+                charges = self.charges.read(
+                    charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0)
+                )
+            except Exception as e:  # an optional source: the cycle goes on without charges
+                log.debug("cgroup charges unreadable: %s", e)
+            self.groups_ms = (time.perf_counter() - t0) * 1000
+        return scan, charges
 
     def _poll_bpf(self) -> BpfPoll | None:
         if self.bpf is None:
@@ -260,12 +277,18 @@ class Daemon:
         mono = time.monotonic()
         ts = time.time()
         t0 = time.perf_counter()
-        scan = await _in_daemon_thread(lambda: self._scan(mono))
+        scan, charges = await _in_daemon_thread(lambda: self._scan(mono))
         poll = self._poll_bpf()
         if poll is not None and self.bpf is not None:
             self.bpf.gc(self.procfs.live_pids)
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = merge(scan, poll, self.prev, ts=ts, mono=mono, bpf_health=health)
+        if self.charges is not None:
+            snap = dataclasses.replace(
+                snap,
+                groups=aggregate_groups(snap.processes, charges),
+                host=host_memory(snap.meminfo, snap.processes),
+            )
         self.scan_ms = (time.perf_counter() - t0) * 1000
         self.prev = snap
         self.cycles += 1
@@ -402,6 +425,8 @@ class Daemon:
                 map_full=snap.bpf.map_full,
                 lost_events=snap.bpf.lost_events,
                 scan_ms=round(self.scan_ms, 2),
+                groups_ms=round(self.groups_ms, 2),
+                groups=len(snap.groups),
                 scan_errors=snap.scan_errors,
                 committed_snapshots=self.committed,
                 dropped_snapshots=self.dropped_snapshots,
@@ -433,7 +458,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", e)
             self.notifier.ready(self.status_line())
             return
-        for section in ("bpf", "storage", "prometheus"):
+        for section in ("bpf", "storage", "prometheus", "groups"):
             old_v, new_v = getattr(self.cfg, section), getattr(new, section)
             if section == "storage":
                 new_v = dataclasses.replace(new_v, path=old_v.path) if self.db_override else new_v
@@ -442,7 +467,11 @@ class Daemon:
         new_procfs = new.procfs
         # sections that need a restart keep their running values (the storage path may come from --db)
         self.cfg = dataclasses.replace(
-            new, bpf=self.cfg.bpf, storage=self.cfg.storage, prometheus=self.cfg.prometheus
+            new,
+            bpf=self.cfg.bpf,
+            storage=self.cfg.storage,
+            prometheus=self.cfg.prometheus,
+            groups=self.cfg.groups,
         )
         self.default_urls = urls
         if self.triage is not None:

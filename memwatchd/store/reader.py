@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from memwatchd.store import codec
+from memwatchd.store import codec, series_read
 from memwatchd.store.rollup import Buckets, last_of, merge_sorted, rollup
 from memwatchd.store.schema import (
     BUCKET_MS,
@@ -55,6 +55,11 @@ HISTORY_FIELDS = (
     "brk_count",
     "brk_bytes",
     *(f"{m}_{s}_kb" for m in _METRICS for s in ("min", "max", "avg")),
+    # added in schema 3, last so CSV columns keep their positions
+    "mapped_bytes",
+    "mremap_count",
+    "mremap_grow_bytes",
+    "mremap_shrink_bytes",
 )
 AUTO_RAW_MAX_S = 6 * 3600.0
 AUTO_MINUTE_MAX_S = 3 * 86400.0
@@ -81,6 +86,8 @@ class Proc:
     last_seen_ms: int | None
     exit_ms: int | None
     exit_code: int | None
+    exit_signal: int | None
+    oom_killed: int | None
 
 
 _PROC_COLS = ", ".join(Proc.__slots__)  # type: ignore[attr-defined]
@@ -221,6 +228,8 @@ class StoreReader:
                         "last_seen": _s(last_ms),
                         "exit_time": _s(p.exit_ms),
                         "exit_code": p.exit_code,
+                        "exit_signal": p.exit_signal,
+                        "oom_killed": None if p.oom_killed is None else bool(p.oom_killed),
                         "live": live,
                     }
                 )
@@ -368,6 +377,30 @@ class StoreReader:
             }
             return {"summary": summary, "processes": rows}
 
+    # ---- groups and host series --------------------------------------------------------------------------
+    def groups(self, by: str = "cgroup", window_s: float = 600.0) -> list[dict[str, Any]]:
+        """Live memory cgroups (by="cgroup") or systemd units (by="unit") with sums, charge and growth."""
+        with self._read():
+            return series_read.groups(self.db, by, window_s)
+
+    def series_history(
+        self, kind: str, name: str, since: float, until: float, tier: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The series of one group (kind "cgroup"/"unit") or of the host (kind "host"), oldest first."""
+        with self._read():
+            if tier is None:
+                tier = self._choose_tier(since, until)
+            return series_read.history(
+                self.db,
+                kind,
+                name,
+                round(since * 1000),
+                round(until * 1000),
+                tier,
+                self._cutoff(tier) if tier != TIER_RAW else 0,
+                int(self._meta("compacted_through") or 0),
+            )
+
     # ---- status and alerts ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Daemon status key/values plus the database's size, time span and contents."""
@@ -388,6 +421,7 @@ class StoreReader:
             out["processes_known"] = self.db.execute("SELECT count(*) FROM processes").fetchone()[0]
             out["snapshots_raw"] = self.db.execute("SELECT count(*) FROM snapshots").fetchone()[0]
             out["ooms"] = self.db.execute("SELECT count(*) FROM ooms").fetchone()[0]
+            out["host_memory"] = series_read.host_latest(self.db)
         out["db_path"] = os.path.abspath(self.path)
         out["db_bytes"] = _size(self.path)
         out["wal_bytes"] = _size(self.path + "-wal")

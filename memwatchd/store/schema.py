@@ -14,18 +14,31 @@ Layout (all timestamps are integer unix milliseconds, sizes integer KiB, eBPF by
 - ``current``: the latest stored values of every live process with the merge's deltas (for ``top``).
 - ``status``, ``meta``: daemon status key/values (shown by ``memwatchctl status``), writer bookkeeping.
 - ``alerts``, ``ooms``: alert episodes (rule engine) and OOM kills.
-- ``triage``: leak triage results (allocation stacks of one process over a bounded window); see
-  memwatchd/store/triage.py (added by schema version 2).
+- ``series``, ``series_head``, ``series_chunks`` (version 2): the group and host series, stored like the
+  processes' (change-only head rows, a row per live series at each keyframe, compacted into per-series chunks
+  per tier). ``series.kind`` is "cgroup" (name = cgroup path), "unit" (name = systemd unit) or "host" (one
+  series, name "host"). Values sit in generic columns v0..v10 in the order of GROUP_FIELDS or HOST_FIELDS;
+  rollup chunks hold the last values of each minute/hour (the series are sums and kernel counters, whose
+  last value per bucket is what the `groups` view and rules read).
+
+Version 3 added the eBPF fields ``mremap_count``, ``mremap_grow_bytes``, ``mremap_shrink_bytes`` and
+``mapped_bytes`` at the end of RAW_FIELDS (chunks written before decode them as None: a chunk stores only
+the fields it knew), and ``exit_signal``/``oom_killed`` to ``processes`` (``exit_code`` is the exit status,
+or -N for signal N). An exited process's last raw row holds its VmHWM at the exit in ``hwm_kb``.
+
+Version 4 added ``triage``: leak triage results (allocation stacks of one process over a bounded
+window); see memwatchd/store/triage.py.
 """
 
 from __future__ import annotations
 
 from memwatchd.store.triage import SCHEMA as TRIAGE_SCHEMA
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
-# Column order of a raw sample; most frequently changing first so the change mask stays one byte.
-RAW_FIELDS = (
+# Column order of a raw sample; most frequently changing first so the change mask stays one byte. New
+# fields go at the end, so chunks written by an older version still decode (their masks never set them).
+_RAW_FIELDS_V1 = (
     "rss_kb",
     "anon_kb",
     "vm_kb",
@@ -40,12 +53,33 @@ RAW_FIELDS = (
     "pss_kb",
     "uss_kb",
 )
+_RAW_FIELDS_V3 = ("mapped_bytes", "mremap_count", "mremap_grow_bytes", "mremap_shrink_bytes")
+RAW_FIELDS = _RAW_FIELDS_V1 + _RAW_FIELDS_V3
+
+# The series of a group (kind "cgroup" or "unit") and of the host, in column order v0, v1, ...
+GROUP_FIELDS = ("processes", "rss_kb", "anon_kb", "swap_kb", "memory_current_kb", "memory_limit_kb")
+HOST_FIELDS = (
+    "total_kb",
+    "available_kb",
+    "processes_rss_kb",
+    "processes_anon_kb",
+    "page_cache_kb",
+    "shmem_kb",
+    "slab_reclaimable_kb",
+    "slab_unreclaimable_kb",
+    "kernel_stack_kb",
+    "page_tables_kb",
+    "unaccounted_kb",
+)
+SERIES_FIELDS = {"cgroup": GROUP_FIELDS, "unit": GROUP_FIELDS, "host": HOST_FIELDS}
+SERIES_WIDTH = max(len(f) for f in SERIES_FIELDS.values())
+SERIES_COLS = tuple(f"v{i}" for i in range(SERIES_WIDTH))
 
 TIER_RAW, TIER_MINUTE, TIER_HOUR = 0, 1, 2
 TIER_NAMES = {TIER_RAW: "raw", TIER_MINUTE: "minute", TIER_HOUR: "hour"}
 BUCKET_MS = {TIER_MINUTE: 60_000, TIER_HOUR: 3_600_000}
 
-_RAW_COLS = ", ".join(f"{f} INTEGER" for f in RAW_FIELDS)
+_RAW_COLS = ", ".join(f"{f} INTEGER" for f in _RAW_FIELDS_V1)
 
 _V1 = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -143,8 +177,45 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_state ON alerts (state);
 """
 
+_V2 = f"""
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    unit TEXT,
+    cgroup TEXT,
+    first_snap INTEGER NOT NULL,
+    last_snap INTEGER,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER,
+    UNIQUE (kind, name)
+);
+CREATE INDEX series_last ON series (last_snap);
+CREATE TABLE series_head (
+    series INTEGER NOT NULL,
+    snap INTEGER NOT NULL,
+    {", ".join(f"{c} INTEGER" for c in SERIES_COLS)},
+    PRIMARY KEY (series, snap)
+) WITHOUT ROWID;
+CREATE TABLE series_chunks (
+    id INTEGER PRIMARY KEY,
+    tier INTEGER NOT NULL,
+    series INTEGER NOT NULL,
+    t0_ms INTEGER NOT NULL,
+    t1_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX series_chunks_series ON series_chunks (tier, series, t0_ms);
+CREATE INDEX series_chunks_age ON series_chunks (tier, t1_ms);
+"""
+
+_V3 = "\n".join(
+    [f"ALTER TABLE {t} ADD COLUMN {f} INTEGER;" for t in ("raw_head", "current") for f in _RAW_FIELDS_V3]
+    + [f"ALTER TABLE processes ADD COLUMN {c} INTEGER;" for c in ("exit_signal", "oom_killed")]
+)
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, TRIAGE_SCHEMA)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, TRIAGE_SCHEMA)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

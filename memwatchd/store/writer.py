@@ -38,6 +38,7 @@ from memwatchd.store.schema import (
     TIER_RAW,
     pending_migrations,
 )
+from memwatchd.store.series import SeriesPlan, SeriesWriter
 from memwatchd.triage.report import TriageResult
 
 log = logging.getLogger("memwatchd.store")
@@ -63,6 +64,7 @@ ALERT_COLS = (
     "summary",
 )
 _MAX_PARAMS = 900
+_EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
 
 
 class StoreError(Exception):
@@ -105,6 +107,7 @@ class _Plan:
     exited: list[tuple[int, int]] = field(default_factory=list)
     state: dict[tuple[int, int], _Live] = field(default_factory=dict)
     next_proc: int = 0
+    series: SeriesPlan | None = None  # the group and host series (store/series.py)
 
 
 def _prepare_file(path: str) -> None:
@@ -154,6 +157,7 @@ class StoreWriter:
         self._last_mono: float | None = None
         self._compact_failing = False
         self._closed = False
+        self._series = SeriesWriter()
 
     # ---- open / close ---------------------------------------------------------------------------------
     @classmethod
@@ -232,6 +236,7 @@ class StoreWriter:
             "SELECT id, ts_ms FROM snapshots WHERE kf = 1 AND id > ? ORDER BY id", (self._compacted,)
         ) as cur:
             self._keyframes = [(r[0], r[1]) async for r in cur]
+        await self._series.setup(db)
 
     async def close(self) -> None:
         """Close the connection (the last snapshot is already committed)."""
@@ -274,6 +279,7 @@ class StoreWriter:
         """Store one snapshot in one transaction; StoreError leaves the database and this writer unchanged."""
         async with self._lock:
             plan = self._plan(snap)
+            plan.series = self._series.plan(snap, plan.kf)
             await self._tx(self._apply, snap, plan)
             self._commit(snap, plan)
         await self._maybe_compact(plan.ts_ms, plan.sid)
@@ -373,19 +379,30 @@ class StoreWriter:
             age = snap.mono - e.mono_ns / 1e9
             if 0 <= age < 3600:
                 exit_ms = round((snap.ts - age) * 1000)
-            proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
-            if proc is None:
-                proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
-            if proc is not None:
-                await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = ?",
-                    (exit_ms, e.exit_code, proc),
+            ended_values = (exit_ms, e.exit_code, e.exit_signal, int(e.oom_killed))
+            if e.start_ticks:  # the exact identity (BPF read the start time)
+                key = (e.pid, e.start_ticks)
+                live = plan.state.get(key)
+                proc = (
+                    live.proc if live is not None else next((v for k, v in plan.vanished if k == key), None)
                 )
+                if proc is None:
+                    await db.execute(
+                        f"UPDATE processes SET {_EXIT_SET} WHERE pid = ? AND start_ticks = ?",
+                        (*ended_values, e.pid, e.start_ticks),
+                    )
+                    continue
+            else:
+                proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+                if proc is None:
+                    proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
+            if proc is not None:
+                await db.execute(f"UPDATE processes SET {_EXIT_SET} WHERE id = ?", (*ended_values, proc))
             else:
                 await db.execute(
-                    "UPDATE processes SET exit_ms = ?, exit_code = ? WHERE id = (SELECT id FROM processes"
+                    f"UPDATE processes SET {_EXIT_SET} WHERE id = (SELECT id FROM processes"
                     " WHERE pid = ? AND exit_ms IS NULL ORDER BY first_snap DESC LIMIT 1)",
-                    (exit_ms, e.exit_code, e.pid),
+                    (*ended_values, e.pid),
                 )
         if snap.ooms:
             await db.executemany(
@@ -407,6 +424,8 @@ class StoreWriter:
                     for o in snap.ooms
                 ],
             )
+        if plan.series is not None:
+            await self._series.apply(db, plan.series, plan.sid, plan.ts_ms, self._last)
         await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snap', ?)", (plan.sid,))
 
     async def _resolve_new(self, plan: _Plan) -> None:
@@ -455,6 +474,8 @@ class StoreWriter:
             plan.state.pop(key, None)
         self._state = plan.state
         self._next_proc = plan.next_proc
+        if plan.series is not None:
+            self._series.commit(plan.series)
         self._next_snap = plan.sid + 1
         if plan.kf:
             self._keyframes.append((plan.sid, plan.ts_ms))
@@ -515,6 +536,7 @@ class StoreWriter:
                 "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
             )
         await db.execute("DELETE FROM raw_head WHERE snap <= ?", (through,))
+        await self._series.compact(db, snaps, after, through)
         await db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted_through', ?)", (through,)
         )
@@ -548,6 +570,7 @@ class StoreWriter:
                 cut[TIER_RAW],
             ),
             ("SELECT id FROM ooms WHERE ts_ms < ? LIMIT ?", "DELETE FROM ooms WHERE id IN", oldest),
+            *SeriesWriter.prune_steps(cut, oldest),
             (
                 "SELECT id FROM processes WHERE last_seen_ms < ? AND last_snap IS NOT NULL"
                 " AND NOT EXISTS (SELECT 1 FROM raw_head WHERE raw_head.proc = processes.id) LIMIT ?",

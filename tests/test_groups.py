@@ -1,0 +1,306 @@
+"""Groups and host accounting: cgroup charges (v2 fixture tree, real v1 cgroups), the pure aggregation and
+host breakdown, and the series in a real store file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memwatchd.collectors.cgroupfs import ChargeReader
+from memwatchd.collectors.procfs import read_meminfo
+from memwatchd.config import StorageConfig
+from memwatchd.groups import aggregate_groups, charge_paths, host_memory, unit_cgroup
+from memwatchd.models import BpfHealth, GroupCharge, MemInfo, Snapshot
+from memwatchd.store.reader import StoreReader
+from memwatchd.store.writer import StoreWriter
+from tests.factories import process_snapshot
+
+MB = 1024 * 1024
+V1 = Path("/sys/fs/cgroup/memory")
+
+
+def _write(p: Path, text: str) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+# ---- cgroupfs: v2 with a fixture tree ------------------------------------------------------------------
+
+
+def v2_tree(root: Path) -> None:
+    _write(root / "cgroup.controllers", "cpuset cpu io memory pids\n")
+    _write(root / "system.slice/memory.max", "max\n")
+    _write(root / "system.slice/memory.current", str(900 * MB))
+    _write(root / "system.slice/api.service/memory.max", str(512 * MB))
+    _write(root / "system.slice/api.service/memory.current", str(300 * MB))
+    _write(root / "system.slice/api.service/worker/memory.max", "max\n")
+    _write(root / "system.slice/api.service/worker/memory.current", str(200 * MB))
+    _write(root / "user.slice/memory.max", str(1024 * MB))
+    _write(root / "user.slice/memory.current", str(1000 * MB))
+    _write(root / "user.slice/app.scope/memory.max", str(2048 * MB))
+    _write(root / "user.slice/app.scope/memory.current", str(10 * MB))
+
+
+def test_v2_charge_current_and_tightest_ancestor_limit(tmp_path: Path) -> None:
+    v2_tree(tmp_path)
+    r = ChargeReader(str(tmp_path))
+    assert r.version == 2
+    got = r.read(["/system.slice/api.service/worker", "/user.slice/app.scope", "/system.slice", "/"])
+    w = got["/system.slice/api.service/worker"]
+    assert w.current_bytes == 200 * MB
+    assert (w.limit_bytes, w.limit_cgroup, w.free_bytes) == (512 * MB, "/system.slice/api.service", 212 * MB)
+    a = got["/user.slice/app.scope"]  # its own limit is looser than its parent's; the parent is nearly full
+    assert (a.current_bytes, a.limit_bytes, a.limit_cgroup, a.free_bytes) == (
+        10 * MB,
+        1024 * MB,
+        "/user.slice",
+        24 * MB,
+    )
+    s = got["/system.slice"]
+    assert (s.current_bytes, s.limit_bytes, s.free_bytes) == (900 * MB, None, None)
+    assert got["/"].current_bytes is None  # the v2 root has no memory.current
+
+
+def test_v2_vanished_cgroup_and_hostile_paths_degrade(tmp_path: Path) -> None:
+    v2_tree(tmp_path)
+    got = ChargeReader(str(tmp_path)).read(["/gone.scope", "/../etc", ""])
+    assert set(got) == {"/gone.scope"}
+    assert got["/gone.scope"].current_bytes is None
+
+
+def test_no_memory_controller_gives_no_charges(tmp_path: Path) -> None:
+    _write(tmp_path / "cgroup.controllers", "cpu pids\n")
+    r = ChargeReader(str(tmp_path))
+    assert r.version is None and r.read(["/a"]) == {}
+
+
+# ---- cgroupfs: real cgroups v1 -------------------------------------------------------------------------
+
+
+def _v1_or_skip() -> Path:
+    if os.geteuid() != 0 or not (V1 / "memory.limit_in_bytes").exists():
+        pytest.skip("needs root and the cgroup v1 memory controller")
+    return V1
+
+
+def _rmdir(cg: Path) -> None:
+    for _ in range(100):
+        try:
+            cg.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def v1_cgroup(name: str, limit: int | None = None, parent: Path | None = None) -> Iterator[Path]:
+    """A real v1 memory cgroup (memwatchd-test-i16-*), removed afterwards."""
+    base = parent or _v1_or_skip()
+    cg = base / name
+    cg.mkdir()
+    try:
+        if limit is not None:
+            (cg / "memory.limit_in_bytes").write_text(str(limit))
+        yield cg
+    finally:
+        _rmdir(cg)
+
+
+def spawn_in(cg: Path, code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: (cg / "cgroup.procs").write_text(str(os.getpid())),  # noqa: PLW1509
+    )
+
+
+HOLD = "import sys; x = b'1' * (24 << 20); print('ready', flush=True); sys.stdin.readline()"
+
+
+def test_v1_real_cgroup_charge_and_parent_limit() -> None:
+    with (
+        v1_cgroup(f"memwatchd-test-i16-{os.getpid()}", limit=256 * MB) as parent,
+        v1_cgroup("child", parent=parent) as child,
+    ):
+        p = spawn_in(child, HOLD)
+        try:
+            assert p.stdout and p.stdout.readline().strip() == "ready"
+            rel = f"/{parent.name}/child"
+            r = ChargeReader()
+            assert r.version == 1
+            c = r.read([rel])[rel]
+            assert c.current_bytes is not None and 20 * MB < c.current_bytes < 200 * MB
+            assert (c.limit_bytes, c.limit_cgroup) == (256 * MB, f"/{parent.name}")
+            assert c.free_bytes is not None and c.free_bytes < 256 * MB - 20 * MB
+        finally:
+            p.kill()
+            p.wait()
+
+
+# ---- pure aggregation and host breakdown ---------------------------------------------------------------
+
+
+def _proc(pid: int, cgroup: str | None, unit: str | None, rss: int, anon: int, swap: int = 0) -> object:
+    return process_snapshot(
+        pid=pid,
+        start_ticks=pid * 10,
+        comm=f"p{pid}",
+        cgroup=cgroup,
+        unit=unit,
+        rss_kb=rss,
+        anon_kb=anon,
+        swap_kb=swap,
+        vm_kb=rss * 4,
+    )
+
+
+def test_unit_cgroup_is_the_prefix_ending_at_the_unit() -> None:
+    assert unit_cgroup("/system.slice/api.service/worker", "api.service") == "/system.slice/api.service"
+    assert unit_cgroup("/system.slice/_x.service", "x.service") == "/system.slice/_x.service"
+    assert unit_cgroup("/docker/abc", "api.service") is None
+    assert unit_cgroup(None, "a.service") is None
+
+
+def test_aggregate_sums_members_per_cgroup_and_per_unit() -> None:
+    procs = [
+        _proc(1, "/system.slice/api.service", "api.service", 100, 60, 5),
+        _proc(2, "/system.slice/api.service/worker", "api.service", 300, 200),
+        _proc(3, "/system.slice/api.service/worker", "api.service", 50, 40, 1),
+        _proc(4, "/user.slice/app.scope", "app.scope", 10, 5),
+        process_snapshot(pid=5, comm="kthreadd", cgroup="/", rss_kb=0, vm_kb=0),  # kernel thread: no group
+    ]
+    charges = {
+        "/system.slice/api.service/worker": GroupCharge(
+            "/system.slice/api.service/worker", 400 * 1024, 512 * MB, "/system.slice/api.service", 1000 * 1024
+        ),
+        "/system.slice/api.service": GroupCharge("/system.slice/api.service", 600 * 1024, 512 * MB, None, 0),
+    }
+    assert charge_paths((p.cgroup, p.unit) for p in procs) == {  # type: ignore[attr-defined]
+        "/system.slice/api.service",
+        "/system.slice/api.service/worker",
+        "/user.slice/app.scope",
+        "/",
+    }
+    gs = {(g.by, g.group): g for g in aggregate_groups(procs, charges)}  # type: ignore[arg-type]
+    assert set(gs) == {
+        ("cgroup", "/system.slice/api.service"),
+        ("cgroup", "/system.slice/api.service/worker"),
+        ("cgroup", "/user.slice/app.scope"),
+        ("unit", "api.service"),
+        ("unit", "app.scope"),
+    }
+    w = gs[("cgroup", "/system.slice/api.service/worker")]
+    assert (w.processes, w.rss_kb, w.anon_kb, w.swap_kb) == (2, 350, 240, 1)
+    assert (w.memory_current_kb, w.memory_limit_kb, w.limit_cgroup) == (
+        400,
+        512 * 1024,
+        "/system.slice/api.service",
+    )
+    assert w.unit == "api.service" and [m.pid for m in w.largest] == [2, 3]
+    u = gs[("unit", "api.service")]
+    assert (u.processes, u.rss_kb, u.anon_kb, u.swap_kb) == (3, 450, 300, 6)
+    assert u.cgroup == "/system.slice/api.service" and u.memory_current_kb == 600
+    a = gs[("cgroup", "/user.slice/app.scope")]
+    assert a.memory_current_kb is None and a.memory_limit_kb is None  # no charge read: unknown, not zero
+
+
+def test_host_breakdown_formula() -> None:
+    mi = MemInfo(
+        mem_total_kb=16_000_000,
+        mem_available_kb=9_000_000,
+        swap_total_kb=0,
+        swap_free_kb=0,
+        mem_free_kb=6_000_000,
+        buffers_kb=100_000,
+        cached_kb=3_000_000,
+        shmem_kb=500_000,
+        anon_pages_kb=2_000_000,
+        slab_reclaimable_kb=400_000,
+        slab_unreclaimable_kb=200_000,
+        kernel_stack_kb=20_000,
+        page_tables_kb=80_000,
+    )
+    procs = [_proc(1, "/a", None, 1_500_000, 1_200_000), _proc(2, "/a", None, 1_500_000, 1_300_000)]
+    h = host_memory(mi, procs)  # type: ignore[arg-type]
+    assert h is not None
+    # anon: the processes' 2.5 GB sum is capped by the kernel's AnonPages (2 GB: shared COW pages)
+    used = 16_000_000 - 6_000_000
+    named = 2_000_000 + (3_000_000 + 100_000 - 500_000) + 500_000 + 400_000 + 200_000 + 20_000 + 80_000
+    assert h.unaccounted_kb == used - named == 4_200_000
+    assert (h.processes_rss_kb, h.processes_anon_kb, h.page_cache_kb) == (3_000_000, 2_500_000, 2_600_000)
+    assert host_memory(MemInfo(1, 1, 0, 0), procs) is None  # a kernel without the parts: no breakdown
+
+
+def test_host_breakdown_from_this_hosts_meminfo() -> None:
+    mi = read_meminfo("/proc")
+    assert mi is not None and mi.shmem_kb is not None and mi.slab_unreclaimable_kb is not None
+    h = host_memory(mi, [])
+    assert h is not None and h.total_kb == mi.mem_total_kb and h.shmem_kb == mi.shmem_kb
+    assert 0 <= h.unaccounted_kb <= h.total_kb
+
+
+# ---- the store: group and host series through compaction -----------------------------------------------
+
+
+def _snap(i: int, t0: float, procs: list[object], charge_kb: int) -> Snapshot:
+    charges = {"/svc": GroupCharge("/svc", charge_kb * 1024, 64 * MB, "/svc", 64 * MB - charge_kb * 1024)}
+    mi = MemInfo(
+        1_000_000, 500_000, 0, 0, 400_000, 10_000, 200_000, 1000 + i, 50_000, 30_000, 20_000, 5_000, 7_000
+    )
+    return Snapshot(
+        ts=t0 + i * 3.0,
+        mono=i * 3.0,
+        processes=tuple(procs),  # type: ignore[arg-type]
+        meminfo=mi,
+        bpf=BpfHealth("disabled"),
+        groups=aggregate_groups(procs, charges),  # type: ignore[arg-type]
+        host=host_memory(mi, procs),  # type: ignore[arg-type]
+    )
+
+
+def test_series_are_stored_change_only_and_survive_compaction(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    t0 = 1_700_000_000.0 - (1_700_000_000.0 % 3600) + 1800  # half an hour into an hour
+
+    async def run() -> None:
+        w = await StoreWriter.open(db, StorageConfig())
+        for i in range(1200):  # one hour at 3 s: crosses a period boundary, compacts
+            procs = [
+                _proc(100, "/svc", "svc.service", 1000 + (i // 100), 500),
+                _proc(101, "/svc", "svc.service", 2000, 900),
+            ]
+            await w.write(_snap(i, t0, procs, 10_000 + i // 10))
+        await w.compact(await w._scalar("SELECT max(id) FROM snapshots WHERE kf = 1") - 1)
+        await w.close()
+
+    asyncio.run(run())
+    with StoreReader(db) as r:
+        heads = r.db.execute("SELECT count(*) FROM series_head").fetchone()[0]
+        chunks = r.db.execute("SELECT count(*) FROM series_chunks").fetchone()[0]
+        assert chunks > 0
+        # change-only: the cgroup changes every 10 snapshots, not every one
+        rows = r.series_history("cgroup", "/svc", t0, t0 + 3600, tier=0)
+        assert 115 <= len(rows) <= 125, (len(rows), heads)
+        assert rows[0]["memory_current_kb"] == 10_000 and rows[-1]["memory_current_kb"] == 10_119
+        assert rows[-1]["processes"] == 2 and rows[-1]["memory_limit_kb"] == 64 * 1024
+        assert rows[-1]["rss_kb"] == 1011 + 2000
+        minutes = r.series_history("cgroup", "/svc", t0, t0 + 3600, tier=1)
+        assert 59 <= len(minutes) <= 61 and minutes[-1]["memory_current_kb"] == 10_119
+        host = r.series_history("host", "host", t0, t0 + 3600, tier=0)
+        assert host[-1]["shmem_kb"] == 1000 + 1199
+        unit = r.series_history("unit", "svc.service", t0, t0 + 3600, tier=2)
+        assert unit and unit[-1]["rss_kb"] == 3011
+        st = r.status()
+        assert st["host_memory"]["shmem_kb"] == 2199 and st["host_memory"]["total_kb"] == 1_000_000
