@@ -169,3 +169,22 @@ def test_a_process_gone_before_the_trace_is_a_failed_result_not_a_crash() -> Non
     t = Tracer(p.pid, duration_s=1.0)
     r = t.result()
     assert r["status"] == "failed" and "is gone" in r["error"]
+
+
+def test_a_busy_alloc_free_path_running_while_probes_attach_is_not_reported(built: dict[str, Path]) -> None:
+    """The probes attach one by one: a malloc seen before the free probe exists must not count."""
+    w = subprocess.Popen(
+        [str(built["frame-pointers"]), "run", "8192", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert w.stdin and w.stdout and w.stdout.readline() == b"ready\n"
+        w.stdin.write(b"go\n")
+        w.stdin.flush()
+        r = Tracer(w.pid, duration_s=3.0).result()
+    finally:
+        w.kill()
+        w.wait()
+    assert r["status"] == "complete", r
+    assert functions(r["stacks"][0])[0] == "leak_here"
+    churn = [s for s in r["stacks"] if "churn_here" in functions(s)]
+    assert not churn, churn

@@ -40,14 +40,16 @@ BPF_HASH(allocs, u64, struct tr_alloc, MAX_ALLOCS);
 BPF_HASH(inflight, u32, struct tr_inflight, 4096);
 BPF_STACK_TRACE(stacks, STACK_ENTRIES);
 BPF_PERCPU_ARRAY(counters, u64, TR_CTR_N);
-/* [0] = 1 once the window has ended: frees still match for a short grace, nothing new is sampled */
+/* [0]: TR_WINDOW_* set by the tracer. Allocations are sampled only while the window is open: not while
+ * the probes are still being attached one by one (a malloc seen before its free probe exists would stay
+ * "outstanding" forever), nor after the end, when frees still match for a short grace. */
 BPF_ARRAY(window_state, u32, 1);
 
-static __always_inline int window_ended(void)
+static __always_inline int window_open(void)
 {
 	int zero = 0;
 	u32 *v = window_state.lookup(&zero);
-	return v && *v;
+	return v && *v == TR_WINDOW_OPEN;
 }
 
 static __always_inline void count(int idx)
@@ -70,6 +72,8 @@ static __always_inline int sampled(u64 size)
 
 static __always_inline void record(u64 addr, u64 size, u64 caller, int stack_id, u32 kind)
 {
+	if (!window_open())
+		return;
 	struct tr_alloc a = {.size = size, .caller = caller, .stack_id = stack_id, .kind = kind};
 	if (allocs.update(&addr, &a) != 0) {
 		count(TR_CTR_MAP_FULL);
@@ -96,7 +100,7 @@ static __always_inline u32 tid_of_target(void)
 static __always_inline int alloc_enter(struct pt_regs *ctx, u64 size, u64 out_ptr, u32 kind)
 {
 	u32 tid = tid_of_target();
-	if (!tid || window_ended())
+	if (!tid || !window_open())
 		return 0;
 	count(TR_CTR_CALLS);
 	u64 sp = PT_REGS_SP(ctx);
@@ -227,7 +231,7 @@ static __always_inline int is_target(void)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
 {
-	if (!is_target())
+	if (!is_target() || !window_open())
 		return 0;
 	count(TR_CTR_CALLS);
 	u64 len = args->len;

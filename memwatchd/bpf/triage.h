@@ -31,6 +31,13 @@ struct tr_inflight {
 	__u32 kind;
 };
 
+/* window_state[0] */
+enum tr_window {
+	TR_WINDOW_ATTACHING = 0, /* probes being attached: frees match, nothing is sampled yet */
+	TR_WINDOW_OPEN = 1,      /* sampling */
+	TR_WINDOW_ENDED = 2,     /* grace: frees still match, nothing new is sampled */
+};
+
 /* Per-CPU counters (array indexes). */
 enum tr_counter {
 	TR_CTR_CALLS = 0,     /* allocator entries seen (every call traps, sampled or not) */

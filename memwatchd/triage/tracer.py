@@ -59,6 +59,7 @@ _KIND_BRK = 3
 _CTR_CALLS, _CTR_SAMPLED, _CTR_FREED, _CTR_MAP_FULL, _CTR_NO_STACK, _CTR_FREES, _CTR_INTERNAL = range(7)
 _UPROBE_PMU = "/sys/bus/event_source/devices/uprobe/type"
 _EXIT_POLL_S = 0.25
+_WINDOW_OPEN, _WINDOW_ENDED = 1, 2  # triage.h enum tr_window
 _GRACE_MIN_S, _GRACE_MAX_S = 0.2, 1.0
 
 
@@ -244,9 +245,13 @@ def _end_window(b: Any, req: Request, target: Target, alive: bool) -> None:
     busy alloc/free path would show its in-flight blocks as outstanding.
     """
     if alive and target.mode == "uprobes":
-        b[b"window_state"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+        _set_window(b, _WINDOW_ENDED)
         time.sleep(min(_GRACE_MAX_S, max(_GRACE_MIN_S, req.duration_s * 0.05)))
     _detach(b)
+
+
+def _set_window(b: Any, state: int) -> None:
+    b[b"window_state"][ctypes.c_int(0)] = ctypes.c_uint32(state)
 
 
 def _detach(b: Any) -> None:
@@ -280,6 +285,7 @@ def _run(req: Request, target: Target, sym: Symbolizer, pidfd: int, comm: str, p
     try:
         if target.mode == "uprobes":
             _attach(b, req, target)
+        _set_window(b, _WINDOW_OPEN)  # every probe is in place: sampling starts now
         started = time.time()
         # progress for whoever watches stderr (tests, benchmarks): the window has begun
         sys.stderr.write(f"memwatchd-triage: attached to pid {req.pid} ({target.mode}, {target.allocator})\n")
