@@ -180,7 +180,9 @@ class ProcessSnapshot:
     d_mmap_bytes: int | None = None
     d_munmap_bytes: int | None = None
     d_brk_bytes: int | None = None
-    dt_s: float | None = None  # monotonic seconds since that previous snapshot
+    # monotonic seconds since that previous snapshot; a record carried over unchanged (deltas 0) keeps the
+    # dt_s of the snapshot it was built in
+    dt_s: float | None = None
     exited: bool = False  # final counters of a process that ended during this interval
     # from eBPF, added later (hence after the defaulted fields); see BpfStats
     mremap_count: int | None = None
@@ -294,6 +296,15 @@ class Snapshot:
     exits: tuple[ProcessExit, ...] = ()
     scan_errors: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    # What changed since snapshot `base_seq` (the previous one), so consumers work in proportion to change:
+    # `fresh` holds the records that are not the very objects of that snapshot (new identities, changed
+    # values, exit rows); every other record of `processes` is that snapshot's object, unchanged. `gone`
+    # holds the identities (pid, start_ticks) it had that this one has not. fresh None: unknown, consumers
+    # look at all.
+    seq: int = 0
+    base_seq: int | None = None
+    fresh: tuple[ProcessSnapshot, ...] | None = None
+    gone: tuple[tuple[int, int], ...] = ()
     groups: tuple[GroupSample, ...] = ()  # memory cgroups and units holding a monitored process
     host: HostMemory | None = None  # the host breakdown (None without a full /proc/meminfo)
 

@@ -154,3 +154,87 @@ def test_every_identity_appears_exactly_once(procs: list[tuple[int, int]], bpf_p
     keys = [p.key for p in snap.processes]
     assert len(keys) == len(set(keys))
     assert {p.pid for p in snap.processes} == set(uniq) | set(bpf_pids)
+
+
+# ---- Merger: work in proportion to change ------------------------------------------------------------------
+
+from dataclasses import fields  # noqa: E402
+
+from memwatchd.merge import Merger  # noqa: E402
+from memwatchd.models import Snapshot  # noqa: E402
+
+
+def _values(p: object) -> tuple[object, ...]:
+    return tuple(getattr(p, f.name) for f in fields(p) if f.name != "dt_s")  # type: ignore[arg-type]
+
+
+def test_merger_reuses_the_record_of_an_unchanged_process() -> None:
+    m = Merger()
+    s10, s11, b10 = sample(10), sample(11), stats(10, 2)
+    a = m.merge(scan(s10, s11), poll(b10), ts=1.0, mono=1.0)
+    assert a.fresh == a.processes and a.gone == () and a.base_seq is None
+    b = m.merge(scan(s10, s11), poll(b10), ts=4.0, mono=4.0)  # same objects: deltas become 0 once
+    assert b.base_seq == a.seq and len(b.fresh or ()) == 2
+    assert all(p.d_rss_kb == 0 and p.dt_s == 3.0 for p in b.processes)
+    c = m.merge(scan(s10, s11), poll(b10), ts=7.0, mono=7.0)
+    assert c.fresh == () and c.gone == ()
+    assert all(x is y for x, y in zip(b.processes, c.processes, strict=True))  # no new objects
+    s11b = sample(11, rss=2000)
+    d = m.merge(scan(s10, s11b), poll(b10), ts=10.0, mono=10.0)
+    assert [p.pid for p in d.fresh or ()] == [11] and d.processes[0] is c.processes[0]
+    assert d.processes[1].d_rss_kb == 1000
+    e = m.merge(scan(s11b), poll(), ts=13.0, mono=13.0)  # pid 10 left, and with it its BPF entry
+    assert e.gone == ((10, 100),)
+
+
+def test_merger_reports_pid_reuse_as_gone_and_fresh() -> None:
+    m = Merger()
+    m.merge(scan(sample(10, start=100)), poll(), ts=1.0, mono=1.0)
+    b = m.merge(scan(sample(10, start=200)), poll(), ts=4.0, mono=4.0)
+    assert b.gone == ((10, 100),)
+    assert [(p.pid, p.start_ticks, p.d_rss_kb) for p in b.fresh or ()] == [(10, 200, None)]
+
+
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(1, 6), st.integers(1, 2), st.integers(0, 2)), max_size=6),
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(st.lists(st.integers(1, 6), max_size=4), min_size=8, max_size=8),
+)
+def test_merger_matches_merge_and_its_changes_add_up(
+    steps: list[list[tuple[int, int, int]]], exits: list[list[int]]
+) -> None:
+    """Same records as the stateless merge() (dt_s aside), and prev - gone + fresh == this snapshot."""
+    m = Merger()
+    prev: Snapshot | None = None
+    m_prev: Snapshot | None = None
+    cache: dict[tuple[int, int, int], ProcSample] = {}
+    bcache: dict[tuple[int, int], BpfStats] = {}
+    for i, step in enumerate(steps):
+        by_pid = {pid: (start, size) for pid, start, size in step}
+        samples = tuple(
+            cache.setdefault((pid, st_, sz), sample(pid, start=st_, rss=1000 + sz))
+            for pid, (st_, sz) in by_pid.items()
+        )
+        bstats = tuple(
+            bcache.setdefault((pid, sz), stats(pid, sz + 1)) for pid, (_, sz) in by_pid.items() if pid % 2
+        )
+        ex = tuple(
+            ProcessExit(pid, "app", 0, bcache.setdefault((pid, 9), stats(pid, 9)), 1) for pid in exits[i]
+        )
+        sc, pl = scan(*samples), poll(*bstats, exits=ex)
+        mono = 3.0 * (i + 1)
+        want = merge(sc, pl, prev, ts=mono, mono=mono)
+        got = m.merge(sc, pl, ts=mono, mono=mono)
+        assert [_values(p) for p in got.processes] == [_values(p) for p in want.processes]
+        keys = [(p.pid, p.start_ticks) for p in got.processes]
+        if m_prev is not None:
+            fresh_ids = {id(p) for p in got.fresh or ()}
+            old_ids = {id(p) for p in m_prev.processes}
+            for p in got.processes:  # every record is either fresh or last snapshot's very object
+                assert id(p) in fresh_ids or id(p) in old_ids
+            before = {(p.pid, p.start_ticks) for p in m_prev.processes}
+            assert set(got.gone) == before - set(keys)
+        prev, m_prev = want, got

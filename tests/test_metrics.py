@@ -10,7 +10,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from memwatchd.daemon.metrics import (
     MetricsServer,
     series_budget,
 )
+from memwatchd.daemon.status import DaemonStatus, alert_counts
 from memwatchd.merge import merge
 from memwatchd.models import (
     BpfHealth,
@@ -156,7 +156,7 @@ def capped_series(families: dict[str, Any]) -> int:
 # ---- tests ----------------------------------------------------------------------------------------
 def test_names_types_and_units(serve: Any) -> None:
     server = serve()
-    daemon = SimpleNamespace(scan_ms=42.0, committed=7)
+    daemon = DaemonStatus(scan_ms=42.0, committed_snapshots=7)
     server.update(snapshot(fleet(200, 50)), daemon)
     server.update(snapshot(fleet(200, 50), ts=1_700_000_003.0), daemon)
     fams = scrape(server)
@@ -213,7 +213,7 @@ def test_names_types_and_units(serve: Any) -> None:
 def test_scan_duration_histogram(serve: Any) -> None:
     server = serve()
     for ms in (3.0, 42.0, 42.0, 7000.0):
-        server.update(snapshot(fleet(10, 10)), SimpleNamespace(scan_ms=ms))
+        server.update(snapshot(fleet(10, 10)), DaemonStatus(scan_ms=ms))
     fam = scrape(server)["memwatchd_scan_duration_seconds"]
     buckets = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
     assert buckets["0.001"] == 0 and buckets["0.005"] == 1 and buckets["0.05"] == 3 and buckets["5"] == 3
@@ -426,13 +426,14 @@ def alert_engine() -> AlertEngine:
 def test_alert_states_and_daemon_health(serve: Any) -> None:
     server = serve()
     engine = alert_engine()
-    daemon = SimpleNamespace(
+    daemon = DaemonStatus(
         scan_ms=12.5,
-        committed=41,
+        committed_snapshots=41,
         dropped_snapshots=2,
+        write_errors=1,
         write_failing="disk I/O error",
-        deliverer=SimpleNamespace(failures=3, delivered=9),
-        alerts=engine,
+        notify_failures=3,
+        notify_delivered=9,
         bpf_state="active",
     )
     oom = OomKill(
@@ -449,7 +450,7 @@ def test_alert_states_and_daemon_health(serve: Any) -> None:
     health = BpfHealth(state="active", tracked=123, map_full=4, lost_events=17)
     snap = snapshot(fleet(50, 10), bpf=health, ooms=(oom,), scan_errors=5)
     engine.observe(snap)  # the daemon judges a snapshot before handing it to metrics
-    server.update(snap, daemon)
+    server.update(snap, replace(daemon, alerts=alert_counts(engine.open_alerts())))
     fams = scrape(server)
     alerts = {(s.labels["rule"], s.labels["state"]): s.value for s in fams["memwatchd_alerts"].samples}
     big = sum(1 for p in snap.processes if (p.rss_kb or 0) * 1024 >= 40 << 20)
@@ -470,10 +471,11 @@ def test_alert_states_and_daemon_health(serve: Any) -> None:
     assert one["memwatchd_scan_errors"] == 5
 
     # A failed BPF poll reports zeros: counters must not go backwards. Resolved alerts stay at 0.
-    daemon.write_failing = None
+    daemon = replace(daemon, write_failing=None)
     small = snapshot([proc(1000 + i, f"c{i}", None, 100) for i in range(50)], ts=1_700_000_010.0)
     engine.observe(small)
     assert engine.open_alerts() == []
+    daemon = replace(daemon, alerts=alert_counts(engine.open_alerts()))
     server.update(replace(small, bpf=BpfHealth(state="unavailable: probe gone")), daemon)
     fams = scrape(server)
     one = {n: f.samples[0].value for n, f in fams.items() if len(f.samples) == 1}
@@ -546,7 +548,7 @@ def test_sample_grafana_dashboard_uses_only_exported_names(serve: Any) -> None:
     engine = alert_engine()
     snap = snapshot(fleet(50, 10))
     engine.observe(snap)
-    server.update(snap, SimpleNamespace(scan_ms=1.0, alerts=engine))
+    server.update(snap, DaemonStatus(scan_ms=1.0, alerts=alert_counts(engine.open_alerts())))
     exported = {s.name for f in scrape(server).values() for s in f.samples}
     assert used, "the dashboard queries memwatchd metrics"
     assert used <= exported, sorted(used - exported)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from memwatchd.daemon.service import ServiceNotifier, watchdog_interval_s
+from tests import hooked_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -198,12 +199,17 @@ def _config(tmp: Path, storage: Path | None = None) -> Path:
     return cfg
 
 
-def _start(cfg: Path, receiver: NotifyReceiver, tmp: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+def _start(
+    cfg: Path, receiver: NotifyReceiver, tmp: Path, stall_after: int | None = None
+) -> subprocess.Popen[bytes]:
     inherited = ("WATCHDOG_PID", "JOURNAL_STREAM", "INVOCATION_ID")
     env = {k: v for k, v in os.environ.items() if k not in inherited}
-    env.update(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="2000000", **extra_env)
+    env.update(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="2000000")
+    argv = [str(_daemon_bin()), "--config", str(cfg)]
+    if stall_after is not None:
+        argv = hooked_daemon.command(cfg, stall_after=stall_after)
     with open(tmp / "daemon.log", "wb") as log:
-        return subprocess.Popen([str(_daemon_bin()), "--config", str(cfg)], env=env, stdout=log, stderr=log)
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=hooked_daemon.ROOT)
 
 
 def _log(tmp: Path) -> str:
@@ -251,7 +257,7 @@ def test_daemon_lifecycle(receiver: NotifyReceiver, tmp_path: Path) -> None:
 def test_daemon_stall_stops_watchdog(receiver: NotifyReceiver, tmp_path: Path) -> None:
     """A scan that stops making progress stops the WATCHDOG=1 pings (systemd then restarts the service)."""
     # 10 cycles of 0.2 s: about two pings before the stall.
-    proc = _start(_config(tmp_path), receiver, tmp_path, MEMWATCHD_TEST_STALL_AFTER="10")
+    proc = _start(_config(tmp_path), receiver, tmp_path, stall_after=10)
     try:
         ready = receiver.wait_for(lambda m: "READY=1" in m.split("\n"), 60)
         receiver.wait_for(lambda m: m == "WATCHDOG=1", 10, after=ready)

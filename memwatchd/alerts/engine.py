@@ -12,6 +12,10 @@ is neither forgotten nor re-sent (notified_state says what was already delivered
 
 from __future__ import annotations
 
+import math
+from array import array
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -77,6 +81,11 @@ class Transition:
     limit_bytes: float | None = None
 
 
+def _recency(sn: _Seen) -> float:
+    """Still present beats gone; among gone, the latest to go."""
+    return math.inf if sn.gone_at is None else sn.gone_at
+
+
 def _window(rule: RuleConfig) -> Window:
     return Window(rule.window_s, with_counter=rule.kind == "leak", compact=True)
 
@@ -94,6 +103,7 @@ class _Track:
     clear_since: float | None = None  # mono: the clear condition has held since
     last_emit: float = 0.0  # mono of the last notification made due
     fit: Fit | None = None
+    upto: float | None = None  # mono of the newest sample in the window; None: do not carry the value forward
 
 
 @dataclass(slots=True)
@@ -104,6 +114,7 @@ class _Seen:
     comm: str
     unit: str | None
     gone_at: float | None = None
+    upto: float | None = None
 
 
 @dataclass(slots=True)
@@ -126,6 +137,17 @@ class AlertEngine:
         self._restored: list[AlertRecord] | None = list(open_alerts)
         self._orphans: list[AlertRecord] = []  # open episodes of rules removed by a reload
         self.repeat_interval_s = repeat_interval_s
+        # Work in proportion to change. A process whose record did not change since the previous snapshot is
+        # not looked at: its windows are caught up with its (unchanged) value when it next changes, from the
+        # shared time axis of the snapshots seen (Window.add_run), which gives the same points as adding it
+        # every time. Tracks with an open, pending or clearing episode are looked at every time ("active").
+        self._axis = array("d")  # mono of every snapshot observed, over the longest window
+        self._keep_s = OOM_HISTORY_S
+        self._present: dict[Key, ProcessSnapshot] | None = None
+        self._seq: int | None = None
+        self._active: dict[str, set[Key]] = {}
+        self._recheck: set[str] = set()  # rules to evaluate over every present process at the next observe
+        self._gone_q: deque[tuple[float, Key]] = deque()  # (gone_at, key) of vanished OOM histories
         self.update_rules(rules)
 
     # ----- public API -----
@@ -143,20 +165,30 @@ class AlertEngine:
             if r is None or r.kind != old.kind:
                 self._orphans += [t.record for t in tracks.values() if t.record is not None]
                 self._tracks.pop(name, None)
+                self._active.pop(name, None)
             elif (r.metric, r.window_s) != (old.metric, old.window_s):
                 for t in tracks.values():
                     t.window = _window(r)
                     t.pending_since = t.clear_since = None
                     t.fit = None
+                    t.upto = None
+        for name, r in new.items():
+            if self._rules.get(name) != r:
+                self._recheck.add(name)  # new or changed: every present process is looked at once
         self._rules = new
         for name in new:
             self._tracks.setdefault(name, {})
+            self._active.setdefault(name, set())
+        self._keep_s = max([OOM_HISTORY_S] + [r.window_s for r in new.values() if r.window_s > 0]) + 60.0
 
     def observe(self, snap: Snapshot) -> tuple[list[AlertRecord], list[Transition]]:
         """Evaluate one snapshot: returns (records to persist, notifications due)."""
         cyc = _Cycle(snap)
-        present = {(p.pid, p.start_ticks): p for p in snap.processes if not p.exited}
-        self._update_seen(snap, present)
+        self._advance_axis(snap.mono)
+        changed, gone = self._changes(snap)
+        present = self._present
+        assert present is not None
+        self._update_seen(snap, changed, gone)
         if self._restored is not None:
             self._restore(cyc, present)
         for rec in self._orphans:
@@ -167,8 +199,63 @@ class AlertEngine:
                 for oom in snap.ooms:
                     self._oom(cyc, rule, oom)
             else:
-                self._evaluate_rule(cyc, rule, present)
+                items = list(present.items()) if rule.name in self._recheck else changed
+                self._evaluate_rule(cyc, rule, items, gone)
+        self._recheck.clear()
         return cyc.changed, cyc.due
+
+    def _changes(self, snap: Snapshot) -> tuple[list[tuple[Key, ProcessSnapshot]], list[Key]]:
+        """(live processes whose record changed, identities gone) since the previous snapshot observed."""
+        present = self._present
+        if (
+            present is not None
+            and snap.fresh is not None
+            and snap.base_seq is not None
+            and snap.base_seq == self._seq
+        ):
+            gone = list(snap.gone)
+            for k in gone:
+                present.pop(k, None)
+            changed = []
+            for p in snap.fresh:
+                k = (p.pid, p.start_ticks)
+                if p.exited:
+                    if present.pop(k, None) is not None:
+                        gone.append(k)
+                else:
+                    present[k] = p
+                    changed.append((k, p))
+        else:  # no change list, or not relative to the last snapshot seen: compare every record
+            new = {(p.pid, p.start_ticks): p for p in snap.processes if not p.exited}
+            old = present or {}
+            changed = [(k, p) for k, p in new.items() if old.get(k) is not p]
+            gone = [k for k in old if k not in new]
+            self._present = new
+        self._seq = snap.seq
+        return changed, gone
+
+    def _advance_axis(self, now: float) -> None:
+        axis = self._axis
+        if axis and now < axis[-1]:
+            del axis[:]  # cannot happen with a monotonic clock; never mix two time bases
+        axis.append(now)
+        cut = bisect_right(axis, now - self._keep_s)
+        if cut > 256:  # trimmed in batches: deleting from the front moves the rest
+            del axis[:cut]
+
+    def _catch_up(self, w: Window, upto: float | None, end: int) -> None:
+        """Add the window's last value at the snapshots after `upto` before axis index `end`."""
+        if upto is None or not len(w):
+            return
+        axis = self._axis
+        i = bisect_right(axis, upto)
+        if i < end:
+            w.add_run(axis, i, end, w.v[-1], w.c[-1] if w.c is not None else None)
+
+    def _add(self, w: Window, upto: float | None, now: float, value: float, counter: float | None) -> bool:
+        """Window.add(now, ...) after catching the window up with the snapshots it was not shown."""
+        self._catch_up(w, upto, len(self._axis) - 1)
+        return w.add(now, value, counter)
 
     def mark_notified(self, record: AlertRecord, state: str, at: float) -> AlertRecord:
         """Record that a notification for `record` in `state` was delivered at wall time `at`.
@@ -203,40 +290,74 @@ class AlertEngine:
 
     # ----- evaluation -----
 
-    def _evaluate_rule(self, cyc: _Cycle, rule: RuleConfig, present: dict[Key, ProcessSnapshot]) -> None:
+    def _evaluate_rule(
+        self, cyc: _Cycle, rule: RuleConfig, items: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
+    ) -> None:
         tracks = self._tracks[rule.name]
+        active = self._active[rule.name]
+        for key, p in items:
+            self._observe_one(cyc, rule, tracks, active, key, p)
+        if active:
+            present = self._present
+            assert present is not None
+            done = {k for k, _ in items} if len(items) < len(present) else present.keys()
+            for key in [k for k in active if k not in done]:
+                p = present.get(key)
+                if p is not None:
+                    self._observe_one(cyc, rule, tracks, active, key, p)
+                else:  # an episode restored from the store whose process is not here
+                    gone.append(key)
+        for key in dict.fromkeys(gone):
+            tr = tracks.pop(key, None)
+            active.discard(key)
+            if tr is not None and tr.record is not None:
+                self._catch_up(tr.window, tr.upto, len(self._axis) - 1)
+                self._resolve_record(cyc, tr.record, tr, "process exited")
+
+    def _observe_one(
+        self,
+        cyc: _Cycle,
+        rule: RuleConfig,
+        tracks: dict[Key, _Track],
+        active: set[Key],
+        key: Key,
+        p: ProcessSnapshot,
+    ) -> None:
+        if not rule.match.matches(p.comm, p.unit):
+            tr = tracks.pop(key, None)
+            active.discard(key)
+            if tr is not None and tr.record is not None:
+                self._resolve_record(cyc, tr.record, tr, "process no longer matches the rule")
+            return
+        value = metric_value(p, rule.metric)
+        tr = tracks.get(key)
+        if tr is None:
+            if value is None or value <= 0:
+                return  # kernel threads, no BPF data: nothing to watch yet
+            if rule.kind == "threshold" and value < THRESHOLD_TRACK_SHARE * rule.threshold:
+                return  # far below: no state needed
+            tr = tracks[key] = _Track(_window(rule), p.comm, p.unit)
+        elif (
+            rule.kind == "threshold"
+            and value is not None
+            and value < THRESHOLD_TRACK_SHARE * rule.threshold
+            and tr.record is None
+        ):
+            del tracks[key]
+            active.discard(key)
+            return
+        tr.comm, tr.unit = p.comm, p.unit
+        if value is None:
+            tr.upto = None  # a source missing for a moment does not end an episode; no points meanwhile
+            return
         now = cyc.snap.mono
-        seen: set[Key] = set()
-        for key, p in present.items():
-            if not rule.match.matches(p.comm, p.unit):
-                continue
-            value = metric_value(p, rule.metric)
-            tr = tracks.get(key)
-            if tr is None:
-                if value is None or value <= 0:
-                    continue  # kernel threads, no BPF data: nothing to watch yet
-                if rule.kind == "threshold" and value < THRESHOLD_TRACK_SHARE * rule.threshold:
-                    continue  # far below: no state needed
-                tr = tracks[key] = _Track(_window(rule), p.comm, p.unit)
-            elif (
-                rule.kind == "threshold"
-                and value is not None
-                and value < THRESHOLD_TRACK_SHARE * rule.threshold
-                and tr.record is None
-            ):
-                del tracks[key]
-                continue
-            seen.add(key)
-            tr.comm, tr.unit = p.comm, p.unit
-            if value is None:
-                continue  # a source missing for a moment does not end an episode
-            appended = tr.window.add(now, value, alloc_count(p) if rule.kind == "leak" else None)
-            self._step(cyc, rule, tr, key, appended)
-        for key in [k for k in tracks if k not in seen]:
-            tr = tracks.pop(key)
-            if tr.record is not None:
-                why = "process exited" if key not in present else "process no longer matches the rule"
-                self._resolve_record(cyc, tr.record, tr, why)
+        appended = self._add(tr.window, tr.upto, now, value, alloc_count(p) if rule.kind == "leak" else None)
+        tr.upto = now
+        self._step(cyc, rule, tr, key, appended)
+        if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None:
+            active.add(key)
+        else:
+            active.discard(key)
 
     def _step(self, cyc: _Cycle, rule: RuleConfig, tr: _Track, key: Key, appended: bool) -> None:
         w, now = tr.window, cyc.snap.mono
@@ -402,46 +523,59 @@ class AlertEngine:
             last = rec.notified_at or rec.fired_at or rec.since
             tr.last_emit = s.mono - min(max(s.ts - last, 0.0), self.repeat_interval_s)
             self._tracks[rule.name][key] = tr
+            self._active[rule.name].add(key)
             if rec.notified_state != "firing" and key in present:
                 tr.last_emit = s.mono
                 cyc.due.append(self._transition(cyc, rule, tr, rec, "firing"))
 
     # ----- OOM -----
 
-    def _update_seen(self, snap: Snapshot, present: dict[Key, ProcessSnapshot]) -> None:
+    def _update_seen(
+        self, snap: Snapshot, changed: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
+    ) -> None:
         if not any(r.kind == "oom" for r in self._rules.values()):
             self._seen.clear()
+            self._gone_q.clear()
             return
         now = snap.mono
-        for key, p in present.items():
+        seen = self._seen
+        for key, p in changed:
+            sn = seen.get(key)
             if not p.rss_kb:
+                if sn is not None:
+                    sn.upto = None
+                    sn.gone_at = None
                 continue
-            sn = self._seen.get(key)
             if sn is None:
-                sn = self._seen[key] = _Seen(
+                sn = seen[key] = _Seen(
                     Window(OOM_HISTORY_S, compact=True, max_points=OOM_HISTORY_POINTS), p.comm, p.unit
                 )
             sn.comm, sn.unit, sn.gone_at = p.comm, p.unit, None
-            sn.window.add(now, p.rss_kb * 1024.0)
-        gone = 0
-        for key in self._seen.keys() - present.keys():
-            sn = self._seen[key]
-            if sn.gone_at is None:
+            self._add(sn.window, sn.upto, now, p.rss_kb * 1024.0, None)
+            sn.upto = now
+        q = self._gone_q
+        for key in gone:
+            sn = seen.get(key)
+            if sn is not None and sn.gone_at is None:
+                self._catch_up(sn.window, sn.upto, len(self._axis) - 1)  # it was last seen before now
+                sn.upto = None
                 sn.gone_at = now
-            if now - sn.gone_at > OOM_GRACE_S:
-                del self._seen[key]
-            else:
-                gone += 1
-        if gone > MAX_GONE:
-            oldest = sorted((sn.gone_at or 0.0, k) for k, sn in self._seen.items() if sn.gone_at is not None)
-            for _, k in oldest[: gone - MAX_GONE]:
-                del self._seen[k]
+                q.append((now, key))
+        while q and (now - q[0][0] > OOM_GRACE_S or len(q) > MAX_GONE):
+            at, key = q.popleft()
+            sn = seen.get(key)
+            if sn is not None and sn.gone_at == at:
+                del seen[key]
 
     def _victim(self, pid: int) -> tuple[Key, _Seen] | None:
         best: tuple[Key, _Seen] | None = None
         for key, sn in self._seen.items():
-            if key[0] == pid and (best is None or sn.window.t[-1] > best[1].window.t[-1]):
+            if key[0] == pid and (best is None or _recency(sn) > _recency(best[1])):
                 best = (key, sn)
+        if best is not None and best[1].gone_at is None:
+            self._catch_up(best[1].window, best[1].upto, len(self._axis))  # through this snapshot
+            if self._axis:
+                best[1].upto = self._axis[-1]
         return best
 
     def _oom(self, cyc: _Cycle, rule: RuleConfig, oom: OomKill) -> None:

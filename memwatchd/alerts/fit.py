@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -106,15 +107,44 @@ class Window:
             v.append(value)
             if c is not None:
                 c.append(counter if counter is not None else math.nan)
+        self._prune(mono)
+        return appended
+
+    def _prune(self, mono: float) -> None:
+        t, v, c = self.t, self.v, self.c
         cutoff = mono - self.window_s
-        if t[0] < cutoff:
+        if t and t[0] < cutoff:
             n = 0
             while n < len(t) and t[n] < cutoff:
                 n += 1
             del t[:n], v[:n]
             if c is not None:
                 del c[:n]
-        return appended
+
+    def add_run(self, times: Sequence[float], i: int, j: int, value: float, counter: float | None) -> None:
+        """The same as add(times[k], value, counter) for k in i..j-1 (ascending, after the newest point), in
+        O(points kept x log) instead of O(j - i): how a value that did not change is caught up with lazily.
+        """
+        t, v, c = self.t, self.v, self.c
+        cval = counter if counter is not None else math.nan
+        while i < j:
+            if len(t) >= 2 and t[-1] - t[-2] < self.step:
+                # the newest point is provisional: samples overwrite it up to and including the first one at
+                # least `step` after the point before it; the sample after that one is appended
+                k = bisect_left(times, t[-2] + self.step, i, j)
+                last = k if k < j else j - 1
+                t[-1], v[-1] = times[last], value
+                if c is not None:
+                    c[-1] = cval
+                i = last + 1
+            else:
+                t.append(times[i])
+                v.append(value)
+                if c is not None:
+                    c.append(cval)
+                i += 1
+        if t:
+            self._prune(t[-1])
 
     @property
     def span(self) -> float:

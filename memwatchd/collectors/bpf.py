@@ -356,6 +356,9 @@ class BpfCollector:
         self._ncpus = bpfsys.possible_cpus()
         self._ring = bpfsys.RingBuffer(events_fd, events.max_entries)
         self._ooms: list[OomKill] = []
+        self._last: dict[
+            int, BpfStats
+        ] = {}  # the previous poll's records, reused while an entry is unchanged
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -412,7 +415,24 @@ class BpfCollector:
         shows up in both (merge keeps its final counters), never in neither.
         """
         self._consume()
-        stats = self._reader.read(_to_stats)
+        last = self._last
+
+        def convert(tgid: int, v: Any) -> BpfStats:
+            # every event bumps one of the four call counters: an entry whose counters did not move is
+            # unchanged, and the same object goes back, so merge sees it unchanged without comparing fields
+            old = last.get(tgid)
+            if (
+                old is not None
+                and old.mmap_count == v.mmap_count
+                and old.munmap_count == v.munmap_count
+                and old.brk_count == v.brk_count
+                and old.mremap_count == v.mremap_count
+                and old.last_update_ns == v.last_update_ns
+            ):
+                return old
+            return _to_stats(tgid, v)
+
+        stats = self._last = self._reader.read(convert)
         exits = tuple(self._exit_reader.values(_to_exit))
         ooms, self._ooms = tuple(self._ooms), []
         map_full, lost = self._counter_sums()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import resource
@@ -17,25 +18,49 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from memwatchd.collectors.cgroupfs import ChargeReader
+from memwatchd.alerts.engine import AlertEngine, Transition
+from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
+from memwatchd.collectors.cgroupfs import ChargeReader, headroom
+from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
+from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
+from memwatchd.daemon.dispatch import AlertDispatch
 from memwatchd.daemon.logsetup import setup_logging
+from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
+from memwatchd.daemon.status import DaemonStatus, alert_counts
+from memwatchd.daemon.triage import TriageService
 from memwatchd.groups import aggregate_groups, charge_paths, host_memory
-from memwatchd.merge import merge
-from memwatchd.models import BpfHealth, BpfPoll, GroupCharge, Snapshot
+from memwatchd.merge import Merger
+from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
+from memwatchd.notify.deliverer import Deliverer
+from memwatchd.notify.render import Message
+from memwatchd.store.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from memwatchd.daemon.metrics import MetricsServer
 
 log = logging.getLogger("memwatchd")
 T = TypeVar("T")
 
-WRITE_BACKLOG = 200  # snapshots kept in memory while the database cannot be written (disk full)
-PRUNE_EVERY_S = 60.0
+BPF_GC_EVERY_S = 10.0  # the map sweep for entries that outlived their process (exits remove them)
+# Cyclic GC: young collections after this many new container objects instead of 700. The steady cycle
+# allocates little (unchanged processes reuse their records) and what is alive after the first cycle is
+# frozen out of the collector's sight, so a collection no longer walks every live record.
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def _freeze_heap() -> None:
+    """Move what is alive now out of the cyclic collector's generations (it is never scanned again)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -43,35 +68,29 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: Any, exc: BaseException | None) -> None:
-        if fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
+    def settle(result: T) -> None:
+        if not fut.done():
             fut.set_result(result)
+
+    def fail(exc: BaseException) -> None:
+        if not fut.done():
+            fut.set_exception(exc)
 
     def target() -> None:
         try:
-            r, e = fn(), None
+            r = fn()
         except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
-            r, e = None, err
-        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            loop.call_soon_threadsafe(settle, r, e)
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                loop.call_soon_threadsafe(fail, err)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, r)
 
     threading.Thread(target=target, daemon=True, name="memwatchd-scan").start()
     return fut
 
 
-def _env_seconds(name: str, default: float) -> float:
-    try:
-        v = float(os.environ.get(name, ""))
-    except ValueError:
-        return default
-    return v if v > 0 else default
-
-
-def with_limit_forecast(t: Any, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup") -> Any:
+def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup") -> Transition:
     """Add "its memory cgroup reaches the limit in ~N" to a growing alert (reads the cgroup files once)."""
     rate = t.record.rate
     if t.reason == "resolved" or rate is None or rate <= 0:
@@ -80,8 +99,6 @@ def with_limit_forecast(t: Any, snap: Snapshot, cgroup_root: str = "/sys/fs/cgro
     proc = next((p for p in snap.processes if (p.pid, p.start_ticks) == key), None)
     if proc is None or not proc.cgroup:
         return t
-    from memwatchd.collectors.cgroupfs import headroom
-
     h = headroom(proc.cgroup, cgroup_root)
     if h is None:
         return t
@@ -101,63 +118,77 @@ def _raise_nofile_limit() -> None:
             log.warning("cannot raise the open-file limit (%s); the /proc reader will fall back to paths", e)
 
 
+@dataclass(frozen=True, slots=True)
+class DaemonHooks:
+    """Test hooks: ways for tests to drive the real daemon that production never uses."""
+
+    stall_after: int | None = None  # after this many cycles the /proc scan never returns
+    prune_every_s: float = PRUNE_EVERY_S
+
+
 class Daemon:
-    def __init__(self, cfg: Config, db_override: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        db_override: bool = False,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        hooks: DaemonHooks = DaemonHooks(),  # noqa: B008 - frozen, shared safely
+    ) -> None:
         self.cfg = cfg
         self.db_override = db_override
+        self.clock = clock
+        self.hooks = hooks
         self.host = cfg.daemon.hostname or os.uname().nodename
         self.notifier = ServiceNotifier()
         self.stop_event = asyncio.Event()
         self.cycles = 0
         self._pinged_cycles = -1
         self.prev: Snapshot | None = None
-        self.bpf: Any = None
+        self.merger = Merger()
+        self._bpf_gc_at = float("-inf")
+        self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
-        self.store: Any = None
-        self.queue: deque[Snapshot] = deque(maxlen=WRITE_BACKLOG)
-        self.queue_event = asyncio.Event()
-        self.dropped_snapshots = 0
-        self.write_errors = 0
-        self.write_failing: str | None = None
-        self.last_write_ts: float | None = None
-        self.committed = 0
-        self.alerts: Any = None
-        self.deliverer: Any = None
-        self.metrics: Any = None
-        self.triage: Any = None  # daemon/triage.py TriageService
-        self.scan_ms = 0.0
-        self.groups_ms = 0.0  # reading cgroup charges, per cycle
+        self.procfs: ProcfsCollector | None = None
+        self.store: StoreWriter | None = None
+        self.pump: WritePump | None = None
+        self.alerts: AlertEngine | None = None
+        self.deliverer: Deliverer | None = None
+        self.dispatch: AlertDispatch | None = None
+        self.metrics: MetricsServer | None = None
+        self.triage: TriageService | None = None
+        self.status = DaemonStatus()
+        self.groups_ms = 0.0  # reading cgroup charges, per cycle (written by the scan thread)
         self.charges: ChargeReader | None = (
             ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
         )
-        stall = os.environ.get("MEMWATCHD_TEST_STALL_AFTER")
-        self._stall_after = int(stall) if stall and stall.isdigit() else None
         self._bpf_failing = False
-        self._held: list[Any] = []  # alert transitions waiting for [notify] group_wait
-        self._last_sent = float("-inf")  # mono of the last alert messages handed to the deliverer
-        self._retention_ref: tuple[float, float] | None = None  # (wall, mono) of the last prune
-        self.prune_every_s = _env_seconds("MEMWATCHD_TEST_PRUNE_EVERY_S", PRUNE_EVERY_S)  # test hook
 
     # ---- setup -------------------------------------------------------------------------------
     async def open(self) -> None:
-        from memwatchd.collectors.procfs import ProcfsCollector
-        from memwatchd.store.writer import StoreWriter
-
         _raise_nofile_limit()
-        self.store = await StoreWriter.open(self.cfg.storage.path, self.cfg.storage)
+        self.store = store = await StoreWriter.open(self.cfg.storage.path, self.cfg.storage)
+        self.pump = WritePump(
+            store,
+            retry_s=lambda: self.cfg.daemon.interval_s,
+            on_commit=self._write_status,
+            clock=self.clock,
+            prune_every_s=self.hooks.prune_every_s,
+        )
         self.procfs = ProcfsCollector(
             root=self.cfg.procfs.root,
             smaps=self.cfg.procfs.smaps,
             full_rescan_s=self.cfg.procfs.full_rescan_s,
         )
         self._load_bpf()
-        await self._open_alerting()
-        await self._open_triage()
+        await self._open_alerting(store)
+        await self._open_triage(store)
         self._open_metrics()
+        self.status = DaemonStatus(bpf_state=self.bpf_state)
         # this run's counters start at zero: status must not mix the previous run's counts with this pid
-        await self.store.set_status(
+        await store.set_status(
             pid=os.getpid(),
-            started_at=time.time(),
+            started_at=self.clock.wall(),
             bpf_state=self.bpf_state,
             host=self.host,
             interval_s=self.cfg.daemon.interval_s,
@@ -173,12 +204,6 @@ class Daemon:
             log.info("BPF disabled in config ([bpf] enabled = false); running on /proc alone")
             return
         try:
-            from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
-        except ImportError as e:  # pragma: no cover - module ships with the package
-            self.bpf_state = f"unavailable: {e}"
-            log.warning("BPF unavailable (%s); running on /proc alone", e)
-            return
-        try:
             self.bpf = BpfCollector.load(self.cfg.bpf)
         except BpfUnavailable as e:
             self.bpf_state = f"unavailable: {e}"
@@ -188,24 +213,27 @@ class Daemon:
         self.bpf_state = "active"
         log.info("BPF probes attached")
 
-    async def _open_alerting(self) -> None:
-        from memwatchd.alerts.engine import AlertEngine
-        from memwatchd.notify.deliverer import Deliverer
-
-        open_alerts = await self.store.load_open_alerts()
+    async def _open_alerting(self, store: StoreWriter) -> None:
+        open_alerts = await store.load_open_alerts()
         self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
-        self.deliverer = Deliverer(self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered)
-        self.default_urls = notify_urls(self.cfg)
+        self.deliverer = deliverer = Deliverer(
+            self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered
+        )
+        self.dispatch = AlertDispatch(
+            deliverer.submit,
+            host=self.host,
+            urls=notify_urls(self.cfg),
+            group_wait_s=self.cfg.notify.group_wait_s,
+        )
 
-    async def _open_triage(self) -> None:
-        from memwatchd.daemon.triage import TriageService
-
+    async def _open_triage(self, store: StoreWriter) -> None:
+        assert self.deliverer is not None
         self.triage = TriageService(
             self.cfg.triage,
-            self.store,
+            store,
             self.deliverer.submit,
             self.host,
-            self.default_urls,
+            notify_urls(self.cfg),
             self.cfg.storage.path,
             self.cfg.procfs.root,
         )
@@ -214,27 +242,25 @@ class Daemon:
     def _open_metrics(self) -> None:
         if not self.cfg.prometheus.listen:
             return
-        try:
-            from memwatchd.daemon.metrics import MetricsServer
-        except ImportError:
-            log.warning("prometheus endpoint not available in this build")
-            return
+        from memwatchd.daemon.metrics import MetricsError, MetricsServer  # prometheus_client only when used
+
         metrics = MetricsServer(self.cfg.prometheus)
         try:
             metrics.start()
-        except Exception as e:  # MetricsError: port in use, bad address; monitoring goes on without it
+        except MetricsError as e:  # port in use, bad address: monitoring goes on without it
             log.error("prometheus endpoint disabled: %s", e)
             return
         self.metrics = metrics
         log.info("prometheus metrics on http://%s/metrics", self.cfg.prometheus.listen)
 
-    async def _delivered(self, msg: Any) -> None:
-        now = time.time()
+    async def _delivered(self, msg: Message) -> None:
+        assert self.alerts is not None
+        now = self.clock.wall()
         updated = [self.alerts.mark_notified(r, r.state, now) for r in msg.records]
         await self._save_alerts(updated)
 
-    async def _save_alerts(self, records: list[Any]) -> None:
-        if not records:
+    async def _save_alerts(self, records: list[AlertRecord]) -> None:
+        if not records or self.store is None:
             return
         try:
             await self.store.save_alerts(records)
@@ -242,10 +268,11 @@ class Daemon:
             log.warning("could not save alert state: %s", e)
 
     # ---- sampling ----------------------------------------------------------------------------
-    def _scan(self, mono: float) -> tuple[Any, dict[str, GroupCharge]]:
-        if self._stall_after is not None and self.cycles >= self._stall_after:
+    def _scan(self, procfs: ProcfsCollector, mono: float) -> tuple[ProcScan, dict[str, GroupCharge]]:
+        stall = self.hooks.stall_after
+        if stall is not None and self.cycles >= stall:
             threading.Event().wait()  # test hook: a /proc read that never returns
-        scan = self.procfs.scan(mono)
+        scan = procfs.scan(mono)
         charges: dict[str, GroupCharge] = {}
         if self.charges is not None:
             t0 = time.perf_counter()
@@ -274,37 +301,64 @@ class Daemon:
         return poll
 
     async def sample_once(self) -> Snapshot:
-        mono = time.monotonic()
-        ts = time.time()
+        procfs, pump = self.procfs, self.pump
+        assert procfs is not None and pump is not None, "open() first"
+        mono = self.clock.mono()
+        ts = self.clock.wall()
         t0 = time.perf_counter()
-        scan, charges = await _in_daemon_thread(lambda: self._scan(mono))
+        scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono))
         poll = self._poll_bpf()
-        if poll is not None and self.bpf is not None:
-            self.bpf.gc(self.procfs.live_pids)
+        if poll is not None and self.bpf is not None and mono - self._bpf_gc_at >= BPF_GC_EVERY_S:
+            self._bpf_gc_at = mono
+            self.bpf.gc(procfs.live_pids)
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
-        snap = merge(scan, poll, self.prev, ts=ts, mono=mono, bpf_health=health)
+        snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
             snap = dataclasses.replace(
                 snap,
                 groups=aggregate_groups(snap.processes, charges),
                 host=host_memory(snap.meminfo, snap.processes),
             )
-        self.scan_ms = (time.perf_counter() - t0) * 1000
+            self.merger.prev = snap
+        scan_ms = (time.perf_counter() - t0) * 1000
         self.prev = snap
         self.cycles += 1
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped_snapshots += 1  # the disk stayed unwritable for WRITE_BACKLOG intervals: oldest goes
-        self.queue.append(snap)
-        self.queue_event.set()
+        pump.put(snap)
         self._judge(snap)
+        self.status = status = self._build_status(snap, scan_ms)
         if self.metrics is not None:
-            self.metrics.update(snap, self)
+            self.metrics.update(snap, status)
         for oom in snap.ooms:
             log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, oom.comm, oom.anon_rss_kb)
-        self.notifier.status(self.status_line())
+        self.notifier.status(status.line())
         return snap
 
+    def _build_status(self, snap: Snapshot, scan_ms: float) -> DaemonStatus:
+        pump = self.pump
+        assert pump is not None
+        return DaemonStatus(
+            processes=len(snap.processes),
+            last_snapshot_ts=snap.ts,
+            bpf_state=snap.bpf.state if self.bpf is not None else self.bpf_state,
+            bpf_tracked=snap.bpf.tracked,
+            map_full=snap.bpf.map_full,
+            lost_events=snap.bpf.lost_events,
+            scan_ms=scan_ms,
+            groups_ms=self.groups_ms,
+            groups=len(snap.groups),
+            scan_errors=snap.scan_errors,
+            committed_snapshots=pump.committed,
+            dropped_snapshots=pump.dropped,
+            write_errors=pump.write_errors,
+            write_failing=pump.write_failing,
+            last_write_ts=pump.last_write_ts,
+            notify_failures=self.deliverer.failures if self.deliverer is not None else 0,
+            notify_delivered=self.deliverer.delivered if self.deliverer is not None else 0,
+            alerts=alert_counts(self.alerts.open_alerts()) if self.alerts is not None else (),
+        )
+
     def _judge(self, snap: Snapshot) -> None:
+        assert self.alerts is not None and self.dispatch is not None
         try:
             changed, due = self.alerts.observe(snap)
         except Exception:
@@ -312,128 +366,40 @@ class Daemon:
             return
         if changed:
             asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
+        self.dispatch.offer([with_limit_forecast(t, snap) for t in due], snap.mono)
         if self.triage is not None:
-            self.triage.on_transitions(due)
-        self._held.extend(with_limit_forecast(t, snap) for t in due)
-        # [notify] group_wait: after a message goes out, what comes due within group_wait is held and sent
-        # as one message per rule; a lone alert after a quiet spell goes out at once
-        if self._held and snap.mono - self._last_sent >= self.cfg.notify.group_wait_s:
-            self._last_sent = snap.mono
-            self._send_held()
-
-    def _send_held(self) -> None:
-        from memwatchd.notify.render import render
-
-        due, self._held = self._held, []
-        for msg in render(due, self.host, self.default_urls):
-            if msg.urls:
-                self.deliverer.submit(msg)
-            else:
-                log.info("alert (no notification URLs configured): %s", msg.title)
+            self.triage.on_transitions(due)  # growth/leak alerts that just fired: where does it allocate?
 
     def status_line(self) -> str:
-        n = len(self.prev.processes) if self.prev else 0
-        last = (
-            time.strftime("%H:%M:%S", time.localtime(self.last_write_ts)) if self.last_write_ts else "never"
-        )
-        db = f"db error: {self.write_failing}" if self.write_failing else f"last write {last}"
-        return f"{n} processes, bpf {self.bpf_state}, {db}"
+        return self.status.line()
 
     async def sampler(self) -> None:
         interval = self.cfg.daemon.interval_s
-        next_at = time.monotonic()
+        next_at = self.clock.mono()
         while not self.stop_event.is_set():
             try:
                 await self.sample_once()
             except Exception:
                 log.exception("sampling cycle failed")
+            if self.cycles == 1:
+                _freeze_heap()  # the first snapshot's records, windows and caches are long-lived
             interval = self.cfg.daemon.interval_s
             next_at += interval
-            now = time.monotonic()
+            now = self.clock.mono()
             if next_at < now:  # overran: skip missed ticks instead of bursting
                 next_at = now + interval - ((now - next_at) % interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=next_at - now)
 
-    async def writer(self) -> None:
-        # the first prune follows the first write: after a long downtime retention applies at once
-        last_prune = time.monotonic() - self.prune_every_s
-        while True:
-            if not self.queue:
-                if self.stop_event.is_set():
-                    return
-                self.queue_event.clear()
-                stop = asyncio.ensure_future(self.stop_event.wait())
-                more = asyncio.ensure_future(self.queue_event.wait())
-                await asyncio.wait({stop, more}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                more.cancel()
-                continue
-            snap = self.queue[0]
-            try:
-                await self.store.write(snap)
-            except Exception as e:
-                if self.write_failing is None:
-                    log.error(
-                        "cannot write to the database (%s); keeping up to %d snapshots in memory, retrying",
-                        e,
-                        WRITE_BACKLOG,
-                    )
-                self.write_failing = str(e)
-                self.write_errors += 1
-                if self.stop_event.is_set():
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), timeout=self.cfg.daemon.interval_s)
-                continue
-            if self.queue and self.queue[0] is snap:
-                self.queue.popleft()
-            self.committed += 1
-            self.last_write_ts = snap.ts
-            if self.write_failing is not None:
-                log.info("database writes resumed")
-                self.write_failing = None
-            await self._write_status(snap)
-            if time.monotonic() - last_prune >= self.prune_every_s:
-                last_prune = time.monotonic()
-                try:
-                    await self.store.prune(self._retention_now())
-                except Exception as e:
-                    log.warning("retention prune failed: %s", e)
-
-    def _retention_now(self) -> float:
-        """The wall time retention cuts at: it advances no faster than the monotonic clock.
-
-        A wall-clock step forward (NTP correcting a wrong clock, an operator's date -s) would otherwise
-        age every stored row at once and the next prune would delete up to the whole history. A step back
-        is followed at once (it only keeps rows longer).
-        """
-        wall, mono = time.time(), time.monotonic()
-        if self._retention_ref is not None:
-            ref_wall, ref_mono = self._retention_ref
-            wall = min(wall, ref_wall + (mono - ref_mono))
-        self._retention_ref = (wall, mono)
-        return wall
-
     async def _write_status(self, snap: Snapshot) -> None:
+        """After each commit: this cycle's DaemonStatus into the status table (the commit count is live)."""
+        assert self.store is not None and self.pump is not None
+        fields = self.status.store_fields()
+        fields["committed_snapshots"] = self.pump.committed
+        if self.triage is not None:
+            fields.update(self.triage.status_fields())
         try:
-            await self.store.set_status(
-                last_snapshot_ts=snap.ts,
-                snapshot_processes=len(snap.processes),
-                bpf_state=snap.bpf.state if self.bpf else self.bpf_state,
-                bpf_tracked=snap.bpf.tracked,
-                map_full=snap.bpf.map_full,
-                lost_events=snap.bpf.lost_events,
-                scan_ms=round(self.scan_ms, 2),
-                groups_ms=round(self.groups_ms, 2),
-                groups=len(snap.groups),
-                scan_errors=snap.scan_errors,
-                committed_snapshots=self.committed,
-                dropped_snapshots=self.dropped_snapshots,
-                notify_failures=getattr(self.deliverer, "failures", 0),
-                notify_delivered=getattr(self.deliverer, "delivered", 0),
-                **(self.triage.status_fields() if self.triage is not None else {}),
-            )
+            await self.store.set_status(**fields)
         except Exception as e:
             log.debug("status update failed: %s", e)
 
@@ -473,11 +439,15 @@ class Daemon:
             prometheus=self.cfg.prometheus,
             groups=self.cfg.groups,
         )
-        self.default_urls = urls
+        if self.dispatch is not None:
+            self.dispatch.urls = urls
+            self.dispatch.group_wait_s = new.notify.group_wait_s
+        if self.procfs is not None:
+            self.procfs.smaps = new_procfs.smaps
+        if self.alerts is not None:
+            self.alerts.update_rules(new.rules)
         if self.triage is not None:
             self.triage.update(new.triage, urls)
-        self.procfs.smaps = new_procfs.smaps
-        self.alerts.update_rules(new.rules)
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s (%d rules)", path, len(new.rules))
         self.notifier.ready(self.status_line())
@@ -486,7 +456,7 @@ class Daemon:
         if self.triage is not None:
             await self.triage.close()  # kills running tracer children: their probes go with them
             self.triage = None
-        if getattr(self, "procfs", None) is not None:
+        if self.procfs is not None:
             self.procfs.close()
         if self.bpf is not None:
             try:
@@ -495,8 +465,8 @@ class Daemon:
                 log.warning("BPF detach: %s", e)
             self.bpf = None
         if self.deliverer is not None:
-            if self._held:
-                self._send_held()  # do not sit on a held group at shutdown
+            if self.dispatch is not None:
+                self.dispatch.flush()  # do not sit on a held group at shutdown
             await self.deliverer.close(timeout=2.0)
         if self.metrics is not None:
             self.metrics.stop()
@@ -505,8 +475,13 @@ class Daemon:
             self.store = None
 
 
-async def run(cfg: Config, config_path: str, db_override: bool = False) -> int:
-    d = Daemon(cfg, db_override)
+async def run(
+    cfg: Config,
+    config_path: str,
+    db_override: bool = False,
+    hooks: DaemonHooks = DaemonHooks(),  # noqa: B008 - frozen, shared safely
+) -> int:
+    d = Daemon(cfg, db_override, hooks=hooks)
     loop = asyncio.get_running_loop()
     try:
         await d.open()
@@ -519,9 +494,11 @@ async def run(cfg: Config, config_path: str, db_override: bool = False) -> int:
     loop.add_signal_handler(signal.SIGTERM, d.stop_event.set)
     loop.add_signal_handler(signal.SIGINT, d.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, d.reload, config_path)
+    assert d.pump is not None and d.deliverer is not None
+    pump = d.pump
     tasks = [
         asyncio.create_task(d.sampler(), name="sampler"),
-        asyncio.create_task(d.writer(), name="writer"),
+        asyncio.create_task(pump.run(d.stop_event), name="writer"),
         asyncio.create_task(d.deliverer.run(), name="deliverer"),
     ]
     # First snapshot before READY=1 so `status` has data as soon as systemd considers us started.
@@ -545,8 +522,8 @@ async def run(cfg: Config, config_path: str, db_override: bool = False) -> int:
         await asyncio.wait_for(writer, timeout=10.0)  # finishes the write in progress and the backlog
     except (TimeoutError, Exception):
         writer.cancel()
-        if d.queue:
-            log.warning("%d snapshots could not be written before exit", len(d.queue))
+        if pump.queue:
+            log.warning("%d snapshots could not be written before exit", len(pump.queue))
     wd.cancel()
     await d.close()  # delivers what is queued (bounded), then detaches probes and closes the database
     deliverer.cancel()

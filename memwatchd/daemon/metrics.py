@@ -24,7 +24,6 @@ import heapq
 import logging
 import socket
 import threading
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
@@ -40,6 +39,7 @@ from prometheus_client.core import (
 )
 
 from memwatchd.config import PrometheusConfig
+from memwatchd.daemon.status import DaemonStatus
 from memwatchd.models import MemInfo, ProcessSnapshot, Snapshot
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,10 @@ class _Aggregator:
         self._bpf_map_full = 0
         self._scan_errors = 0
         self._ooms = 0
-        self._db_failing_intervals = 0
-        self._warned_alerts = False
         self._alert_rules: set[str] = set()
         self._alert_states: set[str] = set(ALERT_STATES)
 
-    def update(self, snap: Snapshot, daemon: Any) -> None:
+    def update(self, snap: Snapshot, status: DaemonStatus | None) -> None:
         # group -> [rss, anon, swap, processes, mmap calls, mmap bytes, munmap bytes, brk bytes]
         rows: dict[str, list[int]] = {}
         live: list[ProcessSnapshot] = []
@@ -205,30 +203,30 @@ class _Aggregator:
             _TopRow(i + 1, p.comm, p.unit or "", (p.rss_kb or 0) * 1024) for i, p in enumerate(biggest)
         )
 
-        self._observe_health(snap, daemon)
+        st = status if status is not None else DaemonStatus()
+        self._observe_health(snap, st)
         self.state = _State(
             groups=groups,
             alloc=alloc,
             top=top,
             meminfo=snap.meminfo,
-            alerts=self._alerts(daemon),
+            alerts=self._alerts(st),
             scan_buckets=tuple(self._cumulative_buckets()),
             scan_sum_s=self._scan_sum,
-            counters=self._counters(daemon),
+            counters=self._counters(st),
             gauges={
                 "memwatchd_bpf_up": 1.0 if snap.bpf.state == "active" else 0.0,
                 "memwatchd_bpf_tracked_processes": float(snap.bpf.tracked),
-                "memwatchd_database_write_failing": 1.0 if getattr(daemon, "write_failing", None) else 0.0,
+                "memwatchd_database_write_failing": 1.0 if st.write_failing else 0.0,
                 "memwatchd_processes": float(sum(r[3] for r in rows.values())),
                 "memwatchd_groups": float(len(rows)),
                 "memwatchd_last_snapshot_timestamp_seconds": snap.ts,
             },
         )
 
-    def _observe_health(self, snap: Snapshot, daemon: Any) -> None:
-        scan_ms = getattr(daemon, "scan_ms", None)
-        if isinstance(scan_ms, int | float):
-            s = scan_ms / 1000.0
+    def _observe_health(self, snap: Snapshot, status: DaemonStatus) -> None:
+        if status.scan_ms is not None:
+            s = status.scan_ms / 1000.0
             i = next((i for i, b in enumerate(SCAN_BUCKETS_S) if s <= b), len(SCAN_BUCKETS_S))
             self._scan_counts[i] += 1
             self._scan_sum += s
@@ -237,8 +235,6 @@ class _Aggregator:
         self._bpf_map_full = max(self._bpf_map_full, snap.bpf.map_full)
         self._scan_errors += snap.scan_errors
         self._ooms += len(snap.ooms)
-        if getattr(daemon, "write_failing", None):
-            self._db_failing_intervals += 1
 
     def _cumulative_buckets(self) -> Iterator[int]:
         total = 0
@@ -246,37 +242,21 @@ class _Aggregator:
             total += n
             yield total
 
-    def _counters(self, daemon: Any) -> dict[str, float]:
-        deliverer = getattr(daemon, "deliverer", None)
-        # Failed store writes when the daemon counts them, else intervals spent with an unwritable database.
-        db_errors = getattr(daemon, "write_errors", None)
-        if not isinstance(db_errors, int):
-            db_errors = self._db_failing_intervals
+    def _counters(self, status: DaemonStatus) -> dict[str, float]:
         return {
             "memwatchd_bpf_lost_events_total": float(self._bpf_lost),
             "memwatchd_bpf_map_full_total": float(self._bpf_map_full),
             "memwatchd_scan_errors_total": float(self._scan_errors),
             "memwatchd_oom_kills_total": float(self._ooms),
-            "memwatchd_snapshots_written_total": float(getattr(daemon, "committed", 0) or 0),
-            "memwatchd_snapshots_dropped_total": float(getattr(daemon, "dropped_snapshots", 0) or 0),
-            "memwatchd_database_errors_total": float(db_errors),
-            "memwatchd_notification_failures_total": float(getattr(deliverer, "failures", 0) or 0),
-            "memwatchd_notifications_delivered_total": float(getattr(deliverer, "delivered", 0) or 0),
+            "memwatchd_snapshots_written_total": float(status.committed_snapshots),
+            "memwatchd_snapshots_dropped_total": float(status.dropped_snapshots),
+            "memwatchd_database_errors_total": float(status.write_errors),
+            "memwatchd_notification_failures_total": float(status.notify_failures),
+            "memwatchd_notifications_delivered_total": float(status.notify_delivered),
         }
 
-    def _alerts(self, daemon: Any) -> tuple[tuple[str, str, int], ...]:
-        engine = getattr(daemon, "alerts", None)
-        # AlertEngine.open_alerts(); open_records() is the name the metrics brief used.
-        open_records = getattr(engine, "open_alerts", None) or getattr(engine, "open_records", None)
-        if not callable(open_records):
-            return ()
-        try:
-            counts = Counter((r.rule, r.state) for r in open_records())
-        except Exception as e:  # metrics must never stop sampling
-            if not self._warned_alerts:
-                log.warning("alert states not exported: %s", e)
-                self._warned_alerts = True
-            return ()
+    def _alerts(self, status: DaemonStatus) -> tuple[tuple[str, str, int], ...]:
+        counts = {(rule, state): n for rule, state, n in status.alerts}
         # A rule that has alerted shows 0 once its alerts close rather than vanish, so graphs have no gaps.
         # Bounded: one name per rule ever configured, two states each.
         self._alert_rules |= {rule for rule, _ in counts}
@@ -430,9 +410,9 @@ class MetricsServer:
         self._server = server
         self.address = (host, server.server_port)
 
-    def update(self, snap: Snapshot, daemon: Any) -> None:
-        """Take in one snapshot: one pass over its processes, no I/O."""
-        self._agg.update(snap, daemon)
+    def update(self, snap: Snapshot, status: DaemonStatus | None = None) -> None:
+        """Take in one snapshot and the daemon's status of that cycle: one pass over its processes, no I/O."""
+        self._agg.update(snap, status)
 
     def stop(self) -> None:
         """Stop serving and release the port."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests import hooked_daemon
 from tests.fixtures.fakeproc import FakeProc
 from tests.helpers import BIN, wait_for
 
@@ -62,13 +63,19 @@ class Daemons:
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
         append: bool = False,
+        prune_every_s: float | None = None,
     ) -> subprocess.Popen[bytes]:
+        """prune_every_s: run the daemon with that DaemonHooks value (tests.hooked_daemon)."""
         base = {
             k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
         }
         with open(log, "ab" if append else "wb") as out:
+            argv = [str(BIN / "memwatchd"), "--config", str(cfg)]
+            if prune_every_s is not None:
+                argv = hooked_daemon.command(cfg, prune_every_s=prune_every_s)
             p = subprocess.Popen(
-                [*prefix, str(BIN / "memwatchd"), "--config", str(cfg)],
+                [*prefix, *argv],
+                cwd=hooked_daemon.ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**base, **(env or {})},

@@ -348,7 +348,7 @@ def test_retention_prunes_old_rows_in_short_batches_and_returns_space(
     _seed_old_rows(db, n)
     size_before = db.stat().st_size
     assert size_before > 20 << 20 and logical_size(db) == size_before
-    p = daemons.start(cfg, log, env={"MEMWATCHD_TEST_PRUNE_EVERY_S": "2"}, append=True)
+    p = daemons.start(cfg, log, prune_every_s=2, append=True)
     try:
         wait_for(
             lambda: (

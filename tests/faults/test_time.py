@@ -37,7 +37,6 @@ def test_wall_clock_steps_do_not_skew_rates_purge_data_or_repeat_alerts(
         "FAKETIME_TIMESTAMP_FILE": str(offset),
         "FAKETIME_NO_CACHE": "1",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "MEMWATCHD_TEST_PRUNE_EVERY_S": "0.5",  # retention runs right after each step
     }
     with WebhookReceiver() as hook:
         extra = (
@@ -50,7 +49,7 @@ def test_wall_clock_steps_do_not_skew_rates_purge_data_or_repeat_alerts(
         log = tmp_path / "daemon.log"
         cfg = config(tmp_path, interval=interval, extra=extra, storage_extra=storage)
         hog = subprocess.Popen([sys.executable, "-c", GROWER, "clockhog"], stdout=subprocess.PIPE, text=True)
-        p = daemons.start(cfg, log, env=env)
+        p = daemons.start(cfg, log, env=env, prune_every_s=0.5)  # retention runs right after each step
         counts: list[int] = []
         try:
             assert hog.stdout and hog.stdout.readline().strip() == "up"

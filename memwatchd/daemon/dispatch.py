@@ -1,0 +1,52 @@
+"""Alert dispatch: due transitions -> grouped messages -> the deliverer, paced by [notify] group_wait.
+
+After a message goes out, whatever comes due within group_wait is held and then sent as one message per
+rule; a lone alert after a quiet spell goes out at once. Time is the snapshot's monotonic clock, passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from memwatchd.alerts.engine import Transition
+from memwatchd.notify.render import Message, render
+
+log = logging.getLogger("memwatchd")
+
+
+class AlertDispatch:
+    """Holds due transitions for group_wait, renders them and hands the messages to `send`."""
+
+    def __init__(
+        self,
+        send: Callable[[Message], None],
+        *,
+        host: str,
+        urls: tuple[str, ...],
+        group_wait_s: float,
+    ) -> None:
+        self.send = send
+        self.host = host
+        self.urls = urls
+        self.group_wait_s = group_wait_s
+        self.held: list[Transition] = []  # alert transitions waiting for group_wait
+        self._last_sent = float("-inf")  # mono of the last messages handed to `send`
+
+    def offer(self, due: Iterable[Transition], mono: float) -> None:
+        """Take this cycle's due transitions; send what is held when group_wait has passed since the last."""
+        self.held.extend(due)
+        if self.held and mono - self._last_sent >= self.group_wait_s:
+            self._last_sent = mono
+            self.flush()
+
+    def flush(self) -> None:
+        """Send everything held now (at shutdown: do not sit on a held group)."""
+        due, self.held = self.held, []
+        if not due:
+            return
+        for msg in render(due, self.host, self.urls):
+            if msg.urls:
+                self.send(msg)
+            else:
+                log.info("alert (no notification URLs configured): %s", msg.title)
