@@ -18,10 +18,10 @@ import os
 import sqlite3
 import stat
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -41,6 +41,7 @@ from memwatchd.store.schema import (
 from memwatchd.store.series import SeriesPlan, SeriesWriter
 from memwatchd.triage.report import TriageResult
 
+R = TypeVar("R")
 log = logging.getLogger("memwatchd.store")
 
 FILE_MODE = 0o640
@@ -258,7 +259,7 @@ class StoreWriter:
         with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
             await self._db.execute("ROLLBACK")
 
-    async def _tx(self, fn: Any, *args: Any) -> Any:
+    async def _tx(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
         """Run ``fn`` inside one BEGIN IMMEDIATE transaction; StoreError on any database failure."""
         if self._closed:
             raise StoreError("database is closed")
@@ -530,7 +531,7 @@ class StoreWriter:
             "SELECT id, last_snap FROM processes WHERE last_snap IS NULL OR last_snap > ?", (after,)
         ) as cur:
             ends = {r[0]: r[1] async for r in cur}
-        chunks = await asyncio.to_thread(_build_chunks, snaps, rows, ends, through)
+        chunks = await asyncio.to_thread(_build_chunks, snaps, list(rows), ends, through)
         if chunks:
             await db.executemany(
                 "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
