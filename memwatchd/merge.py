@@ -120,8 +120,26 @@ def _from_bpf(
     )
 
 
-def _bpf_fields_of(p: ProcessSnapshot) -> dict[str, int | None]:
-    return {f: getattr(p, f) for f in _BPF_FIELDS}
+def _ended(p: ProcessSnapshot, e: ProcessExit) -> ProcessSnapshot:
+    """p as the row of its exit: the final counters (when the exit has them), the exact start time (when
+    BPF read it) and the peak RSS at the exit (when known)."""
+    f = e.final
+    return replace(
+        p,
+        start_ticks=e.start_ticks or p.start_ticks,
+        hwm_kb=p.hwm_kb if e.hwm_kb is None else e.hwm_kb,
+        exited=True,
+        mmap_count=p.mmap_count if f is None else f.mmap_count,
+        mmap_bytes=p.mmap_bytes if f is None else f.mmap_bytes,
+        munmap_count=p.munmap_count if f is None else f.munmap_count,
+        munmap_bytes=p.munmap_bytes if f is None else f.munmap_bytes,
+        brk_count=p.brk_count if f is None else f.brk_count,
+        brk_bytes=p.brk_bytes if f is None else f.brk_bytes,
+        mremap_count=p.mremap_count if f is None else f.mremap_count,
+        mremap_grow_bytes=p.mremap_grow_bytes if f is None else f.mremap_grow_bytes,
+        mremap_shrink_bytes=p.mremap_shrink_bytes if f is None else f.mremap_shrink_bytes,
+        mapped_bytes=p.mapped_bytes if f is None else f.mapped_bytes,
+    )
 
 
 def _prev_of(
@@ -290,13 +308,10 @@ class Merger:
                 same = live is not None and live.snap.start_ticks == e.start_ticks
             else:
                 same = live is not None and (prev_p is None or prev_p.start_ticks == live.snap.start_ticks)
-            hwm = {} if e.hwm_kb is None else {"hwm_kb": e.hwm_kb}
             if same and live is not None:
                 # /proc still showed it this interval; it exited after the scan: one row, final counters
                 cur = out[live.idx]
-                merged = replace(cur, **_bpf_fields(e.final), **hwm, exited=True)
-                if e.final is None:  # keep what the live row had
-                    merged = replace(merged, **_bpf_fields_of(cur))
+                merged = _ended(cur, e)
                 merged = _with_deltas(merged, prev_by_key(e.pid, cur.start_ticks), mono, prev_mono)
                 replaced.add(id(cur))
                 out[live.idx] = merged
@@ -305,10 +320,8 @@ class Merger:
                 continue
             if e.final is None:
                 continue
-            p = _from_bpf(e.final, prev_p, comm=e.comm, exited=True)
-            if e.start_ticks:
-                p = replace(p, start_ticks=e.start_ticks)
-            p = _with_deltas(replace(p, **hwm), prev_p, mono, prev_mono)
+            p = _ended(_from_bpf(e.final, prev_p, comm=e.comm), e)
+            p = _with_deltas(p, prev_p, mono, prev_mono)
             key = (p.pid, p.start_ticks)
             if (live is not None and live.snap.start_ticks == p.start_ticks) or key in added:
                 continue

@@ -543,3 +543,56 @@ def test_codec_round_trips(values: list[list[int | None]], gaps: list[int]) -> N
     repeated = [(i, (7, None, 2**40)) for i in range(1, 300)]  # compressible: stored zlib-compressed
     blob = codec.encode(repeated)
     assert blob[0] == codec.FORMAT_ZLIB and codec.decode(blob, 3) == repeated
+
+
+# ---- exits and the eBPF fields of schema 3 ----------------------------------------------------------------
+
+
+def test_a_late_exit_ends_its_own_identity_not_the_pids_next_process(tmp_path: Path) -> None:
+    # pid 5 ends (start 50) and the pid is reused at once (start 60); the exit arrives a cycle later
+    db = tmp_path / "m.db"
+    old = proc(5, 10, start_ticks=50, mapped_bytes=1 << 20, mremap_count=2, mremap_grow_bytes=8192)
+    new = proc(5, 20, start_ticks=60, comm="new")
+    late = ProcessExit(
+        pid=5,
+        comm="p5",
+        exit_code=-9,
+        final=None,
+        mono_ns=int(4e9),
+        start_ticks=50,
+        exit_signal=9,
+        oom_killed=True,
+        hwm_kb=12,
+    )
+    build(db, [snap(T0, [old]), snap(T0 + 3, [new]), snap(T0 + 6, [new], exits=(late,))])
+    with StoreReader(str(db)) as r:
+        ps = {p["start_ticks"]: p for p in r.processes(since=T0 - 1, until=T0 + 100)}
+    assert (ps[50]["exit_code"], ps[50]["exit_signal"], ps[50]["oom_killed"]) == (-9, 9, True)
+    assert ps[50]["exit_time"] == T0 + 4
+    assert ps[60]["live"] and ps[60]["exit_time"] is None and ps[60]["exit_code"] is None
+    first = raw_history(db, 5)[0]
+    assert (first["mapped_bytes"], first["mremap_count"], first["mremap_grow_bytes"]) == (1 << 20, 2, 8192)
+
+
+def test_a_schema_2_database_is_migrated_and_its_rows_read_without_the_new_fields(tmp_path: Path) -> None:
+    from memwatchd.store.schema import MIGRATIONS  # noqa: PLC0415
+
+    db = tmp_path / "m.db"
+    c = sqlite3.connect(db)
+    for script in MIGRATIONS[:2]:
+        c.executescript(script)
+    c.execute("PRAGMA user_version = 2")
+    c.close()
+    build(db, [snap(T0, [proc(1, 10)])])  # written by this version: after the migration
+    c = sqlite3.connect(db)
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4  # v4: the triage table
+    # a row as version 2 wrote it: none of the new columns
+    c.execute("UPDATE raw_head SET mapped_bytes = NULL, mremap_count = NULL")
+    c.commit()
+    c.close()
+    build(db, [snap(T0 + 3, [proc(1, 11, mapped_bytes=4096, mremap_count=1)])])
+    rows = raw_history(db, 1)
+    assert [(r["rss_kb"], r["mapped_bytes"], r["mremap_count"]) for r in rows] == [
+        (10, None, None),
+        (11, 4096, 1),
+    ]

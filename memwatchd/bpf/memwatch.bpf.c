@@ -2,7 +2,8 @@
  * processes in a second hash map drained at each poll, and rare events (OOM kill) through a ring buffer.
  *
  * Compiled by bcc from collectors/bpf.py with:
- *   -DMAX_PIDS=N          entries in the stats map and in the exits map
+ *   -DMAX_PIDS=N          entries in the stats map
+ *   -DMAX_EXITS=N         entries in the exits map (exit records waiting for the next poll)
  *   -DRINGBUF_PAGES=N     ring buffer size in pages (power of two)
  *   -DMW_PAGE_SIZE=N      the page size (mapped_bytes rounds lengths up to pages, as the kernel does)
  *   -DMW_HAVE_GROUP_DEAD  when sched:sched_process_exit has the group_dead field
@@ -35,6 +36,9 @@
 
 #ifndef MAX_PIDS
 #define MAX_PIDS 65536
+#endif
+#ifndef MAX_EXITS
+#define MAX_EXITS 32768
 #endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 64
@@ -119,8 +123,9 @@ static __always_inline void read_regs(struct pt_regs *regs, struct mw_regs_windo
 #define MW_EEXIST 17
 
 BPF_HASH(stats, u32, struct mw_stats, MAX_PIDS);
-/* Not preallocated: memory only for exits not yet drained (a burst of 10,000 exits is ~2 MB). */
-BPF_F_TABLE("hash", struct mw_exit_key, struct mw_exit, exits, MAX_PIDS, BPF_F_NO_PREALLOC);
+/* Preallocated (~7 MB for 32768 records): an allocating map (BPF_F_NO_PREALLOC) draws from a per-CPU cache
+ * refilled asynchronously, which a fast run of exits on one CPU can empty (a record lost). */
+BPF_HASH(exits, struct mw_exit_key, struct mw_exit, MAX_EXITS);
 BPF_PERCPU_ARRAY(counters, u64, MW_CTR_COUNT);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -249,7 +254,8 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 }
 
 /* exec replaces the address space: the next brk must set a new baseline instead of counting the jump, and
- * mapped_bytes starts again from zero (what the old image had mapped is gone). */
+ * mapped_bytes starts again from zero (what the old image had mapped is gone). The timestamp moves too: the
+ * collector reuses an entry's previous record while its call counters and timestamp stand still. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -258,6 +264,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		s->last_brk = 0;
 		s->mapped_net = 0;
 		s->mapped_low = 0;
+		s->last_update_ns = bpf_ktime_get_ns();
 	}
 	return 0;
 }

@@ -23,7 +23,8 @@ Counter semantics (all cumulative since the process was first seen by the probes
 
 Exits: the kernel keeps one record per ended process (final counters, start time, exit status, OOM mark,
 VmHWM at the exit) in a hash map that poll() drains, so a burst of exits waits there instead of
-overflowing a ring buffer; a record is lost only when the map (max_pids entries) is full, and counted.
+overflowing a ring buffer; a record is lost only when the map (_MAX_EXITS records between two polls:
+~10,000 exits a second at a 3 s interval) is full, and counted.
 Kernel struct fields are read at offsets taken from the running kernel's BTF (btf.py); without BTF, start
 times, exit statuses, OOM marks and peak RSS are unknown (0/None) and only exits of tracked processes are
 reported.
@@ -65,6 +66,7 @@ _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
 _BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
+_MAX_EXITS = 32768  # exit records the kernel holds until the next poll
 _MAPS = ("stats", "counters", "events", "exits")  # handed over by the loader in this order
 # Kernel struct fields the probes read, resolved from BTF by the loader (see memwatch.bpf.c).
 _BTF_FIELDS = {
@@ -248,6 +250,7 @@ def _cflags(
     cflags = [
         f"-I{include_dir}",
         f"-DMAX_PIDS={cfg.max_pids}",
+        f"-DMAX_EXITS={_MAX_EXITS}",
         f"-DRINGBUF_PAGES={pages}",
         f"-DMW_PAGE_SIZE={mmap.PAGESIZE}",
         f"-DMW_STATS_SIZE={ctypes.sizeof(_Stats)}",

@@ -24,10 +24,13 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from memwatchd.alerts.engine import AlertEngine, Transition
+from memwatchd.alerts.kinds.oom import OomKind
+from memwatchd.alerts.scopes import ScopeEngine, is_scoped
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
-from memwatchd.collectors.cgroupfs import ChargeReader, headroom
+from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
 from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
+from memwatchd.config_check import check_usable
 from memwatchd.daemon import heap
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
@@ -35,6 +38,7 @@ from memwatchd.daemon.logsetup import setup_logging
 from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
+from memwatchd.daemon.triage import TriageService
 from memwatchd.groups import aggregate_groups, charge_paths, host_memory
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
@@ -97,6 +101,22 @@ def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/
     )
 
 
+def with_oom_scope(
+    t: Transition, snaps: tuple[Snapshot | None, ...], cgroup_root: str = "/sys/fs/cgroup"
+) -> Transition:
+    """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
+    if t.record.kind != OomKind.name:
+        return t
+    cgroup = None
+    for snap in snaps:  # the victim is gone: its cgroup comes from the last snapshots that saw it
+        if snap is None:
+            continue
+        cgroup = next((p.cgroup for p in snap.processes if p.pid == t.record.pid and p.cgroup), None)
+        if cgroup:
+            break
+    return dataclasses.replace(t, oom_scope=oom_scope(cgroup, cgroup_root).describe())
+
+
 def _raise_nofile_limit() -> None:
     """The /proc reader keeps one statm fd per process (a pread is ~5x cheaper than open+read+close)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -135,6 +155,7 @@ class Daemon:
         self.cycles = 0
         self._pinged_cycles = -1
         self.prev: Snapshot | None = None
+        self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.merger = Merger()
         self._gone_since_trim = 0
         self._trimmed_at = float("-inf")
@@ -145,15 +166,19 @@ class Daemon:
         self.store: StoreWriter | None = None
         self.pump: WritePump | None = None
         self.alerts: AlertEngine | None = None
+        self.scopes: ScopeEngine | None = None  # rules of scope cgroup and host (alerts/scopes.py)
         self.deliverer: Deliverer | None = None
         self.dispatch: AlertDispatch | None = None
         self.metrics: MetricsServer | None = None
+        self.triage: TriageService | None = None
         self.status = DaemonStatus()
         self.groups_ms = 0.0  # reading cgroup charges, per cycle (written by the scan thread)
         self.charges: ChargeReader | None = (
             ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
         )
         self._bpf_failing = False
+        self._reload_wanted = False
+        self._reload_task: asyncio.Task[None] | None = None
 
     # ---- setup -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -173,6 +198,7 @@ class Daemon:
         )
         self._load_bpf()
         await self._open_alerting(store)
+        await self._open_triage(store)
         self._open_metrics()
         self.status = DaemonStatus(bpf_state=self.bpf_state)
         # this run's counters start at zero: status must not mix the previous run's counts with this pid
@@ -205,7 +231,15 @@ class Daemon:
 
     async def _open_alerting(self, store: StoreWriter) -> None:
         open_alerts = await store.load_open_alerts()
-        self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
+        scoped = {r.name for r in self.cfg.rules if is_scoped(r)}
+        self.alerts = AlertEngine(
+            [r for r in self.cfg.rules if not is_scoped(r)],
+            [a for a in open_alerts if a.rule not in scoped],
+            self.cfg.notify.repeat_interval_s,
+        )
+        self.scopes = ScopeEngine(
+            self.cfg.rules, [a for a in open_alerts if a.rule in scoped], self.cfg.notify.repeat_interval_s
+        )
         self.deliverer = deliverer = Deliverer(
             self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered
         )
@@ -215,6 +249,19 @@ class Daemon:
             urls=notify_urls(self.cfg),
             group_wait_s=self.cfg.notify.group_wait_s,
         )
+
+    async def _open_triage(self, store: StoreWriter) -> None:
+        assert self.deliverer is not None
+        self.triage = TriageService(
+            self.cfg.triage,
+            store,
+            self.deliverer.submit,
+            self.host,
+            notify_urls(self.cfg),
+            self.cfg.storage.path,
+            self.cfg.procfs.root,
+        )
+        await self.triage.start()
 
     def _open_metrics(self) -> None:
         if not self.cfg.prometheus.listen:
@@ -231,9 +278,13 @@ class Daemon:
         log.info("prometheus metrics on http://%s/metrics", self.cfg.prometheus.listen)
 
     async def _delivered(self, msg: Message) -> None:
-        assert self.alerts is not None
+        assert self.alerts is not None and self.scopes is not None
         now = self.clock.wall()
-        updated = [self.alerts.mark_notified(r, r.state, now) for r in msg.records]
+        names = self.scopes.rule_names
+        updated = [
+            (self.scopes.mark_notified if r.rule in names else self.alerts.mark_notified)(r, r.state, now)
+            for r in msg.records
+        ]
         await self._save_alerts(updated)
 
     async def _save_alerts(self, records: list[AlertRecord]) -> None:
@@ -298,7 +349,7 @@ class Daemon:
             )
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
-        self.prev = snap
+        self._older, self.prev = self.prev, snap
         self.cycles += 1
         pump.put(snap)
         self._judge(snap)
@@ -350,15 +401,26 @@ class Daemon:
         )
 
     def _judge(self, snap: Snapshot) -> None:
-        assert self.alerts is not None and self.dispatch is not None
+        assert self.alerts is not None and self.scopes is not None and self.dispatch is not None
+        root = self.cfg.groups.cgroup_root
         try:
             changed, due = self.alerts.observe(snap)
         except Exception:
             log.exception("rule evaluation failed")
-            return
-        if changed:
-            asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
-        self.dispatch.offer([with_limit_forecast(t, snap) for t in due], snap.mono)
+            changed, due = [], []
+        try:
+            s_changed, s_due = self.scopes.observe(snap)
+        except Exception:
+            log.exception("group and host rule evaluation failed")
+            s_changed, s_due = [], []
+        if changed or s_changed:
+            asyncio.get_running_loop().create_task(self._save_alerts([*changed, *s_changed]))
+        self.dispatch.offer(
+            [*(with_oom_scope(with_limit_forecast(t, snap), (snap, self._older), root) for t in due), *s_due],
+            snap.mono,
+        )
+        if self.triage is not None:
+            self.triage.on_transitions(due)  # growth/leak alerts that just fired: where does it allocate?
 
     def status_line(self) -> str:
         return self.status.line()
@@ -385,6 +447,8 @@ class Daemon:
         assert self.store is not None and self.pump is not None
         fields = self.status.store_fields()
         fields["committed_snapshots"] = self.pump.committed
+        if self.triage is not None:
+            fields.update(self.triage.status_fields())
         try:
             await self.store.set_status(**fields)
         except Exception as e:
@@ -403,14 +467,38 @@ class Daemon:
 
     # ---- reload / stop -----------------------------------------------------------------------
     def reload(self, path: str) -> None:
+        """SIGHUP: RELOADING=1 now, READY=1 once the new configuration is applied or refused.
+
+        The file is read and checked in a thread (checking notification URLs starts an Apprise child), so
+        sampling goes on meanwhile; SIGHUPs during a reload are folded into one more reload after it.
+        """
         self.notifier.reloading()
-        try:
-            new = load_config(path)
-            urls = notify_urls(new)
-        except ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
-            self.notifier.ready(self.status_line())
-            return
+        self._reload_wanted = True
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.get_running_loop().create_task(self._reloads(path))
+
+    @staticmethod
+    def _load_checked(path: str) -> tuple[Config, tuple[str, ...]]:
+        new = load_config(path)
+        check_usable(new)
+        return new, notify_urls(new)
+
+    async def _reloads(self, path: str) -> None:
+        while self._reload_wanted:
+            self._reload_wanted = False
+            try:
+                new, urls = await _in_daemon_thread(lambda: self._load_checked(path))
+            except ConfigError as e:
+                log.error("reload failed, keeping the running configuration: %s", e)
+                self.notifier.ready(self.status_line())
+                continue
+            except Exception:  # a bug in a check must not end the daemon: the old configuration stays
+                log.exception("reload failed, keeping the running configuration")
+                self.notifier.ready(self.status_line())
+                continue
+            self._apply(new, urls, path)
+
+    def _apply(self, new: Config, urls: tuple[str, ...], path: str) -> None:
         for section in ("bpf", "storage", "prometheus", "groups"):
             old_v, new_v = getattr(self.cfg, section), getattr(new, section)
             if section == "storage":
@@ -432,12 +520,21 @@ class Daemon:
         if self.procfs is not None:
             self.procfs.smaps = new_procfs.smaps
         if self.alerts is not None:
-            self.alerts.update_rules(new.rules)
+            self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
+        if self.scopes is not None:
+            self.scopes.update_rules(new.rules)
+        if self.triage is not None:
+            self.triage.update(new.triage, urls)
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s (%d rules)", path, len(new.rules))
         self.notifier.ready(self.status_line())
 
     async def close(self) -> None:
+        if self.triage is not None:
+            await self.triage.close()  # kills running tracer children: their probes go with them
+            self.triage = None
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_task.cancel()  # its thread may still read; the result is no longer wanted
         if self.procfs is not None:
             self.procfs.close()
         if self.bpf is not None:
@@ -537,7 +634,7 @@ def cli(config_path: str, db_path: str | None, check: bool) -> None:
     """
     try:
         cfg = load_config(config_path)
-        notify_urls(cfg)
+        check_usable(cfg)
         if db_path:
             cfg = dataclasses.replace(
                 cfg, storage=dataclasses.replace(cfg.storage, path=os.path.abspath(db_path))

@@ -10,7 +10,9 @@ import logging
 from collections.abc import Callable, Iterable
 
 from memwatchd.alerts.engine import Transition
+from memwatchd.alerts.scopes import ScopeTransition
 from memwatchd.notify.render import Message, render
+from memwatchd.notify.render_scopes import render_scoped
 
 log = logging.getLogger("memwatchd")
 
@@ -30,10 +32,10 @@ class AlertDispatch:
         self.host = host
         self.urls = urls
         self.group_wait_s = group_wait_s
-        self.held: list[Transition] = []  # alert transitions waiting for group_wait
+        self.held: list[Transition | ScopeTransition] = []  # alert transitions waiting for group_wait
         self._last_sent = float("-inf")  # mono of the last messages handed to `send`
 
-    def offer(self, due: Iterable[Transition], mono: float) -> None:
+    def offer(self, due: Iterable[Transition | ScopeTransition], mono: float) -> None:
         """Take this cycle's due transitions; send what is held when group_wait has passed since the last."""
         self.held.extend(due)
         if self.held and mono - self._last_sent >= self.group_wait_s:
@@ -45,7 +47,9 @@ class AlertDispatch:
         due, self.held = self.held, []
         if not due:
             return
-        for msg in render(due, self.host, self.urls):
+        procs = [t for t in due if isinstance(t, Transition)]
+        scoped = [t for t in due if isinstance(t, ScopeTransition)]
+        for msg in [*render(procs, self.host, self.urls), *render_scoped(scoped, self.host, self.urls)]:
             if msg.urls:
                 self.send(msg)
             else:

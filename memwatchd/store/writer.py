@@ -18,10 +18,10 @@ import os
 import sqlite3
 import stat
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -39,7 +39,9 @@ from memwatchd.store.schema import (
     pending_migrations,
 )
 from memwatchd.store.series import SeriesPlan, SeriesWriter
+from memwatchd.triage.report import TriageResult
 
+R = TypeVar("R")
 log = logging.getLogger("memwatchd.store")
 
 FILE_MODE = 0o640
@@ -262,7 +264,7 @@ class StoreWriter:
         with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
             await self._db.execute("ROLLBACK")
 
-    async def _tx(self, fn: Any, *args: Any) -> Any:
+    async def _tx(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
         """Run ``fn`` inside one BEGIN IMMEDIATE transaction; StoreError on any database failure."""
         if self._closed:
             raise StoreError("database is closed")
@@ -566,7 +568,7 @@ class StoreWriter:
             "SELECT id, last_snap FROM processes WHERE last_snap IS NULL OR last_snap > ?", (after,)
         ) as cur:
             ends = {r[0]: r[1] async for r in cur}
-        chunks = await asyncio.to_thread(_build_chunks, snaps, rows, ends, through)
+        chunks = await asyncio.to_thread(_build_chunks, snaps, list(rows), ends, through)
         if chunks:
             await db.executemany(
                 "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
@@ -703,6 +705,19 @@ class StoreWriter:
 
         async with self._lock:
             await self._tx(run)
+
+    async def save_triage(self, result: TriageResult, now: float) -> int:
+        """Store one triage result (and drop those older than [storage] retention); returns its id."""
+        from memwatchd.store import triage
+
+        async def run() -> int:
+            await self._db.execute(triage.PRUNE, (int((now - self.cfg.retention_s) * 1000),))
+            async with self._db.execute(triage.INSERT, triage.insert_params(result)) as cur:
+                return int(cur.lastrowid or 0)
+
+        async with self._lock:
+            row_id: int = await self._tx(run)
+        return row_id
 
 
 def _statements(script: str) -> list[str]:
