@@ -27,8 +27,8 @@ from memwatchd.models import AlertRecord, OomKill, ProcessSnapshot, Snapshot
 
 OOM_HISTORY_S = 300.0  # rss history kept per process for OOM messages
 OOM_HISTORY_POINTS = 30  # at 10 s resolution: enough for the message, small for 10,000 processes
-OOM_GRACE_S = 120.0  # history of a vanished process is kept this long: the OOM event may arrive a cycle later
-MAX_GONE = 4096  # cap on vanished histories kept (process churn)
+OOM_GRACE_S = 30.0  # history of a vanished process is kept this long: the OOM event may arrive a cycle later
+MAX_GONE = 1024  # cap on vanished histories kept (process churn)
 MAX_CLOSING = 10000  # resolved episodes waiting for their notification to be confirmed
 _ORDER = {None: 0, "pending": 0, "firing": 1, "resolved": 2}
 
@@ -289,9 +289,9 @@ class AlertEngine:
             assert present is not None
             done = {k for k, _ in items} if len(items) < len(present) else present.keys()
             for key in [k for k in active if k not in done]:
-                p = present.get(key)
-                if p is not None:
-                    self._observe_one(cyc, rule, tracks, active, key, p)
+                cur = present.get(key)
+                if cur is not None:
+                    self._observe_one(cyc, rule, tracks, active, key, cur)
                 else:  # an episode restored from the store whose process is not here
                     gone.append(key)
         for key in dict.fromkeys(gone):
