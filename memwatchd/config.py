@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memwatchd.alerts.kinds import KIND_NAMES, kind_of
 from memwatchd.safefile import MAX_CONFIG_BYTES, UnsafeFile, read_small
 from memwatchd.units import parse_duration, parse_rate, parse_size
 
@@ -89,6 +90,17 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TriageConfig:
+    """[triage]: leak triage, a bounded sampled allocation trace of one process (memwatchd/triage)."""
+
+    enabled: bool = True  # trace a process when a growth or leak alert fires on it
+    duration_s: float = 30.0
+    sample_every: int = 65536  # bytes: an allocation of s bytes is sampled with probability min(1, s/this)
+    max_concurrent: int = 1  # traces at once (each runs in a child holding ~130 MB while it compiles)
+    max_stacks: int = 20  # stacks kept per result
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     comm: str | None = None  # glob
     unit: str | None = None  # glob
@@ -106,7 +118,7 @@ class Match:
         return self.unit is None or fnmatch.fnmatchcase(unit or "", self.unit)
 
 
-RULE_KINDS = ("growth", "leak", "threshold", "oom")
+RULE_KINDS = KIND_NAMES  # one class per kind in memwatchd/alerts/kinds/
 RULE_METRICS = ("rss", "anon", "swap", "mapped")
 RULE_SCOPES = ("process", "cgroup", "host")
 # What each scope watches and which kinds apply there ("process" is today's per-process behaviour).
@@ -120,7 +132,8 @@ SCOPE_METRICS = {
     ),  # memory = the cgroup's charge; the rest: its processes' sums
     "host": ("shmem", "slab_unreclaimable", "page_tables", "unaccounted", "available"),
 }
-SCOPE_KINDS = {"process": RULE_KINDS, "cgroup": ("growth", "threshold"), "host": ("growth", "threshold")}
+# each kind declares the scopes it can judge (RuleKind.scopes)
+SCOPE_KINDS = {scope: tuple(k for k in KIND_NAMES if scope in kind_of(k).scopes) for scope in RULE_SCOPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +159,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     rules: tuple[RuleConfig, ...] = ()
 
@@ -322,7 +336,7 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
         raise sec.err("kind", f"scope {scope!r} takes kind {' or '.join(SCOPE_KINDS[scope])}, got {kind!r}")
     if scope == "host" and "metric" not in sec.table:
         raise sec.err("metric", f"required for scope 'host' (one of {', '.join(SCOPE_METRICS['host'])})")
-    default_metric = {"process": "mapped" if kind == "leak" else "rss", "cgroup": "memory", "host": ""}[scope]
+    default_metric = {"process": kind_of(kind).default_metric, "cgroup": "memory", "host": ""}[scope]
     metric = sec.get("metric", default_metric, _choice(*SCOPE_METRICS[scope]))
     min_rate = sec.get("min_rate", 0.0, _rate)
     window = sec.get("window", 600.0, _duration(1.0))
@@ -331,10 +345,6 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     notify = sec.get("notify", None, _urls)
     match_tbl = sec.get("match", None, lambda v: v)
     sec.finish()
-    if kind == "growth" and min_rate <= 0:
-        raise sec.err("min_rate", "required for kind 'growth' (e.g. \"10MB/h\")")
-    if kind == "threshold" and threshold <= 0:
-        raise sec.err("threshold", "required for kind 'threshold' (e.g. \"2GB\")")
     match = Match()
     if match_tbl is not None:
         if scope == "host":
@@ -346,7 +356,7 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
             cgroup=ms.get("cgroup", None, _str) if scope == "cgroup" else None,
         )
         ms.finish()
-    return RuleConfig(
+    rule = RuleConfig(
         name=name,
         kind=kind,
         metric=metric,
@@ -358,6 +368,30 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
         notify=notify,
         scope=scope,
     )
+    problem = kind_of(kind).validate(rule)
+    if problem is not None:
+        raise sec.err(*problem)
+    return rule
+
+
+def _triage(t: _Section) -> TriageConfig:
+    def sample_size(v: Any) -> int:
+        n = parse_size(v)
+        if not 1 <= n <= 1 << 30:
+            raise ValueError(f"must be between 1B and 1GB, got {v!r}")
+        return n
+
+    cfg = TriageConfig(
+        enabled=t.get("enabled", True, _bool),
+        duration_s=t.get("duration", 30.0, _duration(1.0)),
+        sample_every=t.get("sample_every", 65536, sample_size),
+        max_concurrent=t.get("max_concurrent", 1, _int(1, 16)),
+        max_stacks=t.get("max_stacks", 20, _int(1, 1000)),
+    )
+    t.finish()
+    if cfg.duration_s > 3600:
+        raise t.err("duration", "must be at most 1h (a trace slows the process down while it runs)")
+    return cfg
 
 
 def parse_config(data: dict[str, Any], file: str) -> Config:
@@ -436,6 +470,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         cgroup_root=g.get("cgroup_root", "/sys/fs/cgroup", path),
     )
     g.finish()
+    triage = _triage(_Section(file, "triage", top.get("triage", {}, lambda v: v)))
 
     raw_rules = top.get("rules", [], lambda v: v)
     if not isinstance(raw_rules, list):
@@ -456,6 +491,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         storage=storage,
         notify=notify,
         prometheus=prometheus,
+        triage=triage,
         groups=groups,
         rules=rules,
     )

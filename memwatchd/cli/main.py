@@ -47,7 +47,7 @@ def now() -> float:
     return time.time()
 
 
-class TimeSpec(click.ParamType):
+class TimeSpec(click.ParamType[float, object]):
     """A point in time: a duration ago ("2h", "1d12h"), "now", an ISO time (local unless it has a zone),
     or "@UNIXSECONDS"."""
 
@@ -201,6 +201,7 @@ class LazyGroup(OneLineGroup):
 
     lazy = {
         "notify-test": ("memwatchd.cli.notify_test", "notify_test"),
+        "triage": ("memwatchd.cli.triage", "triage"),
         "groups": ("memwatchd.cli.groups", "groups"),
     }
 

@@ -21,7 +21,7 @@ class _ConfigProblem(click.ClickException):
     exit_code = 2
 
 
-class _Timeout(click.ParamType):
+class _Timeout(click.ParamType[float, object]):
     """Seconds per URL: a finite number from 0.1 to 3600 (nan, inf and 1e9 are refused, not passed on)."""
 
     name = "SECONDS"
