@@ -90,6 +90,17 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TriageConfig:
+    """[triage]: leak triage, a bounded sampled allocation trace of one process (memwatchd/triage)."""
+
+    enabled: bool = True  # trace a process when a growth or leak alert fires on it
+    duration_s: float = 30.0
+    sample_every: int = 65536  # bytes: an allocation of s bytes is sampled with probability min(1, s/this)
+    max_concurrent: int = 1  # traces at once (each runs in a child holding ~130 MB while it compiles)
+    max_stacks: int = 20  # stacks kept per result
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     comm: str | None = None  # glob
     unit: str | None = None  # glob
@@ -148,6 +159,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     rules: tuple[RuleConfig, ...] = ()
 
@@ -362,6 +374,26 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     return rule
 
 
+def _triage(t: _Section) -> TriageConfig:
+    def sample_size(v: Any) -> int:
+        n = parse_size(v)
+        if not 1 <= n <= 1 << 30:
+            raise ValueError(f"must be between 1B and 1GB, got {v!r}")
+        return n
+
+    cfg = TriageConfig(
+        enabled=t.get("enabled", True, _bool),
+        duration_s=t.get("duration", 30.0, _duration(1.0)),
+        sample_every=t.get("sample_every", 65536, sample_size),
+        max_concurrent=t.get("max_concurrent", 1, _int(1, 16)),
+        max_stacks=t.get("max_stacks", 20, _int(1, 1000)),
+    )
+    t.finish()
+    if cfg.duration_s > 3600:
+        raise t.err("duration", "must be at most 1h (a trace slows the process down while it runs)")
+    return cfg
+
+
 def parse_config(data: dict[str, Any], file: str) -> Config:
     """Validate a parsed TOML document. Relative paths are taken relative to the config file's folder."""
     top = _Section(file, "", data)
@@ -438,6 +470,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         cgroup_root=g.get("cgroup_root", "/sys/fs/cgroup", path),
     )
     g.finish()
+    triage = _triage(_Section(file, "triage", top.get("triage", {}, lambda v: v)))
 
     raw_rules = top.get("rules", [], lambda v: v)
     if not isinstance(raw_rules, list):
@@ -458,6 +491,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         storage=storage,
         notify=notify,
         prometheus=prometheus,
+        triage=triage,
         groups=groups,
         rules=rules,
     )

@@ -201,6 +201,7 @@ class LazyGroup(OneLineGroup):
 
     lazy = {
         "notify-test": ("memwatchd.cli.notify_test", "notify_test"),
+        "triage": ("memwatchd.cli.triage", "triage"),
         "groups": ("memwatchd.cli.groups", "groups"),
     }
 

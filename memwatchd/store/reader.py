@@ -458,6 +458,17 @@ class StoreReader:
             cols = ["ts", *(d[0] for d in cur.description[1:])]
             return [dict(zip(cols, (r[0] / 1000, *r[1:]), strict=True)) for r in cur]
 
+    def triage(self, pid: int | None = None, triage_id: int | None = None) -> dict[str, Any] | None:
+        """The latest triage result of `pid`, or the one with `triage_id` (None when there is none)."""
+        from memwatchd.store import triage
+
+        with self._read():
+            if not triage.has_table(self.db):
+                return None
+            if triage_id is not None:
+                return triage.by_id(self.db, triage_id)
+            return triage.latest(self.db, pid or 0)
+
 
 def _size(path: str) -> int:
     try:
