@@ -31,7 +31,8 @@ Decisions:
   unparseable stat) is skipped and counted in ProcScan.errors, never logged. An unreadable cgroup or
   smaps_rollup only leaves unit/cgroup or pss/uss as None. Errors that are not about one process (EMFILE,
   ENFILE, ENOMEM, an unreadable root) propagate.
-* comm is decoded as UTF-8 with backslashreplace, so arbitrary bytes survive.
+* comm and the cgroup file are decoded with text.from_kernel: UTF-8 as is, a backslash doubled, other bytes
+  as \\xHH, so arbitrary bytes survive and a name holding byte 0xff differs from one spelling "\\xff".
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import time
 from dataclasses import dataclass
 
 from memwatchd.models import MemInfo, ProcSample, ProcScan
+from memwatchd.text import from_kernel
 
 PF_KTHREAD = 0x00200000
 _SYSTEMIC_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -86,7 +88,7 @@ def parse_stat(data: bytes) -> StatFields:
     pid, comm, f = _split_stat(data)
     return StatFields(
         pid=pid,
-        comm=comm.decode("utf-8", "backslashreplace"),
+        comm=from_kernel(comm),
         state=f[0].decode("ascii", "backslashreplace"),
         ppid=int(f[1]),
         flags=int(f[6]),
@@ -429,7 +431,7 @@ class ProcfsCollector:
                     e.pss, e.uss = self._read_smaps(name)
             if full:
                 e.unit, e.cgroup = self._read_cgroup(name)
-            comm = comm_b.decode("utf-8", "backslashreplace")
+            comm = from_kernel(comm_b)
             old = e.sample
             if (
                 old is None
@@ -469,7 +471,7 @@ class ProcfsCollector:
             if exc.errno in _SYSTEMIC_ERRNOS:
                 raise
             return None, None
-        return unit_from_cgroup(data.decode("utf-8", "backslashreplace"))
+        return unit_from_cgroup(from_kernel(data))
 
     def _read_smaps(self, name: str) -> tuple[int | None, int | None]:
         try:

@@ -13,6 +13,8 @@ import os
 import re
 import sys
 
+from memwatchd.text import shown
+
 # sd-daemon(3) / syslog priorities, highest logging level first.
 _PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -68,7 +70,9 @@ class SecretFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string must not lose the event
             message = f"{record.msg!r} {record.args!r}"
-        record.msg = mask_secrets(message)
+        # text.shown on every line: a process name in a message cannot colour the terminal or forge a line
+        # (the message's own newlines stay, and the formatter flattens them with a visible marker)
+        record.msg = "\n".join(shown(ln) for ln in mask_secrets(message).split("\n"))
         record.args = None
         return True
 
