@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import resource
@@ -32,6 +31,7 @@ from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
 from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.config_check import check_usable
+from memwatchd.daemon import heap
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
 from memwatchd.daemon.logsetup import setup_logging
@@ -53,17 +53,8 @@ log = logging.getLogger("memwatchd")
 T = TypeVar("T")
 
 BPF_GC_EVERY_S = 10.0  # the map sweep for entries that outlived their process (exits remove them)
-# Cyclic GC: young collections after this many new container objects instead of 700. The steady cycle
-# allocates little (unchanged processes reuse their records) and what is alive after the first cycle is
-# frozen out of the collector's sight, so a collection no longer walks every live record.
-GC_THRESHOLDS = (20_000, 20, 10)
-
-
-def _freeze_heap() -> None:
-    """Move what is alive now out of the cyclic collector's generations (it is never scanned again)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+TRIM_AFTER_GONE = 1000  # processes gone since the last malloc_trim that make the next one due ...
+TRIM_EVERY_S = 10.0  # ... at most this often
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -96,8 +87,8 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
 def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup") -> Transition:
     """Add "its memory cgroup reaches the limit in ~N" to a growing alert (reads the cgroup files once)."""
     rate = t.record.rate
-    if t.reason == "resolved" or rate is None or rate <= 0:
-        return t
+    if t.reason == "resolved" or t.record.kind == "oom" or rate is None or rate <= 0:
+        return t  # no forecast for the dead
     key = (t.record.pid, t.record.start_ticks)
     proc = next((p for p in snap.processes if (p.pid, p.start_ticks) == key), None)
     if proc is None or not proc.cgroup:
@@ -116,8 +107,10 @@ def with_oom_scope(
     """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
     if t.record.kind != OomKind.name:
         return t
-    cgroup = None
-    for snap in snaps:  # the victim is gone: its cgroup comes from the last snapshots that saw it
+    cgroup = t.cgroup  # where the engine last saw the victim (its history outlives the last snapshots)
+    for snap in (
+        snaps if cgroup is None else ()
+    ):  # the victim is gone: its cgroup comes from the last snapshots that saw it
         if snap is None:
             continue
         cgroup = next((p.cgroup for p in snap.processes if p.pid == t.record.pid and p.cgroup), None)
@@ -166,6 +159,8 @@ class Daemon:
         self.prev: Snapshot | None = None
         self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.merger = Merger()
+        self._gone_since_trim = 0
+        self._trimmed_at = float("-inf")
         self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
@@ -368,6 +363,21 @@ class Daemon:
         self.notifier.status(status.line())
         return snap
 
+    def _tend_heap(self) -> None:
+        """After the first cycle freeze the long-lived heap; after a burst of exits hand free pages back."""
+        if self.cycles == 1:
+            heap.freeze()  # the first snapshot's records, windows and caches are long-lived
+            heap.trim()
+            return
+        snap = self.prev
+        if snap is not None:
+            self._gone_since_trim += len(snap.gone)
+        mono = self.clock.mono()
+        if self._gone_since_trim >= TRIM_AFTER_GONE and mono - self._trimmed_at >= TRIM_EVERY_S:
+            self._gone_since_trim = 0
+            self._trimmed_at = mono
+            heap.trim()
+
     def _build_status(self, snap: Snapshot, scan_ms: float) -> DaemonStatus:
         pump = self.pump
         assert pump is not None
@@ -425,8 +435,7 @@ class Daemon:
                 await self.sample_once()
             except Exception:
                 log.exception("sampling cycle failed")
-            if self.cycles == 1:
-                _freeze_heap()  # the first snapshot's records, windows and caches are long-lived
+            self._tend_heap()
             interval = self.cfg.daemon.interval_s
             next_at += interval
             now = self.clock.mono()
@@ -640,6 +649,7 @@ def cli(config_path: str, db_path: str | None, check: bool) -> None:
         click.echo(f"{config_path}: ok ({len(cfg.rules)} rules)")
         return
     setup_logging(cfg.daemon.log_level)
+    heap.limit_arenas()  # before any thread exists (the event loop's, aiosqlite's, the scans')
     sys.exit(asyncio.run(run(cfg, config_path, db_path is not None)))
 
 
