@@ -25,6 +25,7 @@ from memwatchd.triage.message import followup
 from memwatchd.triage.report import Sample, TriageResult, by_stack, top_functions, weight
 from memwatchd.triage.symbolize import Frame, Symbolizer
 from memwatchd.triage.target import choose, probe_offset, read_maps
+from tests.helpers import wait_for
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 
@@ -163,6 +164,13 @@ def test_target_of_a_real_glibc_process_and_symbols_of_libc() -> None:
         pytest.skip("no glibc at the Debian path")
     p = subprocess.Popen(["sleep", "30"])
     try:
+
+        def loaded() -> bool:  # exec done and the loader mapped libc (before exec python's libc shows)
+            return os.readlink(f"/proc/{p.pid}/exe").endswith("sleep") and any(
+                m.path == LIBC and "x" in m.perms for m in read_maps(p.pid)
+            )
+
+        wait_for(loaded, 10, 0.02, "the loader to map libc")
         t = choose(p.pid)
         assert t.mode == "uprobes" and t.allocator == "glibc"
         names = {pr.symbol: pr for pr in t.probes}
