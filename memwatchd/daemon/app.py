@@ -46,6 +46,7 @@ from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcS
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
 from memwatchd.store.writer import StoreWriter
+from memwatchd.text import shown
 
 if TYPE_CHECKING:
     from memwatchd.daemon.metrics import MetricsServer
@@ -359,7 +360,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.update(snap, status)
         for oom in snap.ooms:
-            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, oom.comm, oom.anon_rss_kb)
+            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, shown(oom.comm), oom.anon_rss_kb)
         self.notifier.status(status.line())
         return snap
 
