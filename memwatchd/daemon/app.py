@@ -39,7 +39,7 @@ from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
 from memwatchd.daemon.triage import TriageService
-from memwatchd.groups import aggregate_groups, charge_paths, host_memory
+from memwatchd.groups import charge_paths, summarize
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
@@ -73,7 +73,7 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     def target() -> None:
         try:
             r = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+        except BaseException as err:  # handed to the awaiting task
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
                 loop.call_soon_threadsafe(fail, err)
             return
@@ -307,9 +307,7 @@ class Daemon:
         if self.charges is not None:
             t0 = time.perf_counter()
             try:
-                charges = self.charges.read(
-                    charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0)
-                )
+                charges = self.charges.read(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
             except Exception as e:  # an optional source: the cycle goes on without charges
                 log.debug("cgroup charges unreadable: %s", e)
             self.groups_ms = (time.perf_counter() - t0) * 1000
@@ -344,11 +342,8 @@ class Daemon:
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
-            snap = dataclasses.replace(
-                snap,
-                groups=aggregate_groups(snap.processes, charges),
-                host=host_memory(snap.meminfo, snap.processes),
-            )
+            groups, host = summarize(snap.processes, charges, snap.meminfo)
+            snap = dataclasses.replace(snap, groups=groups, host=host)
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
         self._older, self.prev = self.prev, snap
@@ -520,7 +515,7 @@ class Daemon:
             self.dispatch.urls = urls
             self.dispatch.group_wait_s = new.notify.group_wait_s
         if self.procfs is not None:
-            self.procfs.smaps = new_procfs.smaps
+            self.procfs.set_smaps(new_procfs.smaps)
         if self.alerts is not None:
             self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
         if self.scopes is not None:
