@@ -513,3 +513,119 @@ def test_oom_message_says_the_scope() -> None:
     t = Transition(rec, "firing", at=1e9, oom_scope="cgroup-local: cgroup /x reached its limit (32M)")
     (msg,) = render([t], "h", ("json://127.0.0.1:9/",))
     assert "\nScope:    cgroup-local: cgroup /x reached its limit (32M)\n" in msg.body
+
+
+# ---- Prometheus: per-cgroup gauges with bounded cardinality, host breakdown gauges ---------------------
+
+
+def test_prometheus_cgroup_gauges_are_bounded_and_host_parts_exported() -> None:
+    from memwatchd.config import PrometheusConfig
+    from memwatchd.daemon.metrics import MetricsServer
+    from tests.test_metrics import scrape, snapshot
+
+    procs = [_proc(100 + i, f"/ns/c{i:03d}", None, 1000 * (i + 1), 500) for i in range(80)]
+    charges = {
+        f"/ns/c{i:03d}": GroupCharge(
+            f"/ns/c{i:03d}", 2000 * (i + 1) * 1024, 64 * MB if i == 79 else None, None, None
+        )
+        for i in range(80)
+    }
+    mi = read_meminfo("/proc")
+    snap = snapshot(
+        procs,  # type: ignore[arg-type]
+        meminfo=mi,
+        groups=aggregate_groups(procs, charges),  # type: ignore[arg-type]
+        host=host_memory(mi, procs),  # type: ignore[arg-type]
+    )
+    server = MetricsServer(PrometheusConfig(listen="127.0.0.1:0", top_cgroups=10))
+    server.start()
+    try:
+        server.update(snap)
+        fams = scrape(server)
+    finally:
+        server.stop()
+    mem = {s.labels["cgroup"]: s.value for s in fams["memwatchd_cgroup_memory_bytes"].samples}
+    assert len(mem) == 11 and "other" in mem  # the 10 largest charges, the other 70 folded
+    assert mem["/ns/c079"] == 2000 * 80 * 1024.0  # the charge, in bytes
+    assert mem["other"] == sum(2000 * (i + 1) for i in range(70)) * 1024.0
+    limits = {s.labels["cgroup"]: s.value for s in fams["memwatchd_cgroup_memory_limit_bytes"].samples}
+    assert limits == {"/ns/c079": 64.0 * MB}  # unlimited cgroups have no limit series
+    parts = {s.labels["part"]: s.value for s in fams["memwatchd_host_memory_bytes"].samples}
+    assert set(parts) == {
+        "total", "available", "processes_rss", "processes_anon", "page_cache", "shmem",
+        "slab_reclaimable", "slab_unreclaimable", "kernel_stack", "page_tables", "unaccounted",
+    }  # fmt: skip
+    assert mi is not None and parts["shmem"] == mi.shmem_kb * 1024.0  # type: ignore[operator]
+
+
+# ---- the live view's group screen ----------------------------------------------------------------------
+
+
+def test_live_top_c_switches_to_the_group_view_and_back(tmp_path: Path) -> None:
+    from memwatchd.cli.tui import GroupScreen, ProcessScreen, TopApp
+    from tests.test_tui import SIZE
+
+    db = str(tmp_path / "t.db")
+    t0 = 1_700_000_000.0
+
+    async def write() -> None:
+        w = await StoreWriter.open(db, StorageConfig())
+        for i in range(5):
+            procs = [
+                _proc(7, "/system.slice/api.service", "api.service", 1000 + i, 500),
+                _proc(8, "/batch", None, 9000, 100),
+            ]
+            await w.write(_snap(i, t0, procs, 10_000))
+        await w.close()
+
+    asyncio.run(write())
+
+    async def go() -> None:
+        with StoreReader(db) as reader:
+            app = TopApp(reader)
+            async with app.run_test(size=SIZE) as pilot:
+                await pilot.pause()
+                await pilot.press("c")
+                await pilot.pause()
+                screen = app.screen
+                assert isinstance(screen, GroupScreen)
+                table = screen.query_one("#groups")
+                rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+                # _snap charges only /svc: both groups here fall back to their RSS sum for the order
+                assert [r[0] for r in rows] == ["/batch", "/system.slice/api.service"]
+                assert rows[1][1] == "api.service" and rows[1][2] == "1"
+                await pilot.press("b")
+                await pilot.pause()
+                table = screen.query_one("#groups")
+                assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["api.service"]
+                await pilot.press("escape")
+                await pilot.pause()
+                assert isinstance(app.screen, ProcessScreen)
+
+    asyncio.run(go())
+
+
+def test_retention_prunes_series_chunks_per_tier(tmp_path: Path) -> None:
+    db = str(tmp_path / "r.db")
+    t0 = 1_700_000_000.0 - (1_700_000_000.0 % 3600)
+    cfg = StorageConfig(retention_s=4 * 3600.0, minute_retention_s=3600.0, raw_retention_s=3600.0)
+
+    async def run() -> None:
+        w = await StoreWriter.open(db, cfg)
+        for i in range(2400):  # two hours at 3 s; /gone lives only in the first hour
+            procs = [_proc(100, "/svc", None, 1000 + i // 50, 500)]
+            if i < 1200:
+                procs.append(_proc(200, "/gone", None, 10, 5))
+            await w.write(_snap(i, t0, procs, 10_000))
+        await w.compact(await w._scalar("SELECT max(id) FROM snapshots WHERE kf = 1") - 1)
+        await w.prune(t0 + 7800)  # the first hour's raw and minute chunks are past retention, not its hour
+        await w.close()
+
+    asyncio.run(run())
+    with StoreReader(db) as r:
+        tiers = dict(r.db.execute("SELECT tier, count(*) FROM series_chunks GROUP BY tier").fetchall())
+        assert 0 not in tiers and 1 not in tiers and tiers.get(2, 0) > 0
+        names = {n for (n,) in r.db.execute("SELECT name FROM series WHERE kind = 'cgroup'")}
+        assert names == {"/svc", "/gone"}  # /gone's hour rollup is still within retention
+        hours = r.series_history("cgroup", "/svc", t0, t0 + 7200, tier=2)
+        assert [h["rss_kb"] for h in hours] == [1000 + 1199 // 50, 1000 + 2399 // 50]

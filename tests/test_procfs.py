@@ -24,7 +24,7 @@ from memwatchd.collectors.procfs import (
     read_meminfo,
     unit_from_cgroup,
 )
-from memwatchd.models import ProcScan
+from memwatchd.models import ProcSample, ProcScan
 
 MIB = 1024 * 1024
 
@@ -83,7 +83,7 @@ def child() -> Iterator[Child]:
         c.stop()
 
 
-def sample_of(scan: ProcScan, pid: int):  # type: ignore[no-untyped-def]
+def sample_of(scan: ProcScan, pid: int) -> ProcSample:
     found = [s for s in scan.samples if s.pid == pid]
     assert len(found) == 1, f"pid {pid} in scan {len(found)} times"
     return found[0]

@@ -575,7 +575,7 @@ def test_a_late_exit_ends_its_own_identity_not_the_pids_next_process(tmp_path: P
 
 
 def test_a_schema_2_database_is_migrated_and_its_rows_read_without_the_new_fields(tmp_path: Path) -> None:
-    from memwatchd.store.schema import MIGRATIONS  # noqa: PLC0415
+    from memwatchd.store.schema import MIGRATIONS
 
     db = tmp_path / "m.db"
     c = sqlite3.connect(db)
@@ -585,7 +585,7 @@ def test_a_schema_2_database_is_migrated_and_its_rows_read_without_the_new_field
     c.close()
     build(db, [snap(T0, [proc(1, 10)])])  # written by this version: after the migration
     c = sqlite3.connect(db)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4  # v4: the triage table
     # a row as version 2 wrote it: none of the new columns
     c.execute("UPDATE raw_head SET mapped_bytes = NULL, mremap_count = NULL")
     c.commit()

@@ -47,7 +47,7 @@ def now() -> float:
     return time.time()
 
 
-class TimeSpec(click.ParamType):
+class TimeSpec(click.ParamType[float, object]):
     """A point in time: a duration ago ("2h", "1d12h"), "now", an ISO time (local unless it has a zone),
     or "@UNIXSECONDS"."""
 
@@ -201,6 +201,7 @@ class LazyGroup(OneLineGroup):
 
     lazy = {
         "notify-test": ("memwatchd.cli.notify_test", "notify_test"),
+        "triage": ("memwatchd.cli.triage", "triage"),
         "groups": ("memwatchd.cli.groups", "groups"),
     }
 
@@ -301,7 +302,8 @@ def top(
 
     On a terminal this is a live view, re-read every --refresh: keys r a s g m sort by RSS, anon, swap,
     growth or mmap (again: reverse), / filters by name, unit or PID (Esc clears), Enter charts the
-    selected process's history, q quits. With --once or --json, or when output is not a terminal, the
+    selected process's history, c switches to the group view (memory cgroups; b: by unit, m/g: sort by
+    memory/growth, Esc: back), q quits. With --once or --json, or when output is not a terminal, the
     table is printed once.
 
     \b

@@ -133,9 +133,9 @@ def chart(series: Sequence[tuple[float, float]], width: int, height: int) -> lis
     for ts, v in series:
         c = min(width - 1, int((ts - t0) / step)) if t1 > t0 else 0
         cols[c] = v
-    last = None
-    for i, v in enumerate(cols):
-        if v is None:
+    last: float | None = None
+    for i, col in enumerate(cols):
+        if col is None:
             cols[i] = last
         last = cols[i]
     vals = [v for v in cols if v is not None]

@@ -110,6 +110,7 @@ class ProcessScreen(Screen[None]):
         Binding("u", "sort('unit')", "Unit", show=False),
         Binding("slash", "open_filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter"),
+        Binding("c", "groups", "Groups"),
     ]
     DEFAULT_CSS = """
     #summary { height: 1; padding: 0 1; }
@@ -213,6 +214,9 @@ class ProcessScreen(Screen[None]):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self._open(str(event.row_key.value))
 
+    def action_groups(self) -> None:
+        self.app.push_screen(GroupScreen())
+
     def _open(self, key: str) -> None:
         rows = self.top_app.data["processes"] if self.top_app.data else []
         r = next((r for r in rows if row_key(r) == key), None)
@@ -306,6 +310,71 @@ class HistoryScreen(Screen[None]):
         self.query_one("#chart", Static).update(Text("\n".join(R.chart(pts, width, height))))
 
 
+class GroupScreen(Screen[None]):
+    """Memory cgroups (or systemd units) with their sums, charge and limit: `memwatchctl groups`, live."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,c,backspace", "app.pop_screen", "Processes"),
+        Binding("b", "toggle_by", "By cgroup/unit"),
+        Binding("m", "sort('memory')", "Memory"),
+        Binding("g", "sort('growth')", "Growth"),
+    ]
+    DEFAULT_CSS = """
+    #gstate { height: 1; padding: 0 1; color: $text-muted; }
+    DataTable { height: 1fr; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by = "cgroup"
+        self.sort_by = "memory"
+        self.rows: list[dict[str, Any]] = []
+        self.error = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="gstate", markup=False)
+        yield DataTable(id="groups", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).focus()
+        self.draw()
+
+    def action_toggle_by(self) -> None:
+        self.by = "unit" if self.by == "cgroup" else "cgroup"
+        self.draw()
+
+    def action_sort(self, by: str) -> None:
+        self.sort_by = by
+        self.draw()
+
+    def draw(self) -> None:
+        """Re-read the groups and redraw (called on mount, on keys and by the app's refresh)."""
+        from memwatchd.cli.groups import group_cells, group_headers, sorted_groups
+
+        app = self.app
+        assert isinstance(app, TopApp)
+        try:
+            self.rows = sorted_groups(app.reader.groups(self.by, app.window_s), self.sort_by)
+            self.error = ""
+        except (ReaderError, sqlite3.Error) as e:
+            self.error = str(e)
+        state = f"groups by {self.by}, sort {self.sort_by}   {len(self.rows)} groups"
+        if self.error:
+            state += f"   ERROR: {self.error}"
+        self.query_one("#gstate", Static).update(Text(state))
+        table: DataTable[Text] = self.query_one(DataTable)
+        table.clear(columns=True)
+        headers = group_headers(self.by)
+        for i, h in enumerate(headers):
+            table.add_column(Text(h, justify="right" if i >= 2 else "left"), key=h)
+        for r in self.rows:
+            cells = group_cells(r)
+            table.add_row(
+                *(Text(c, justify="right" if i >= 2 else "left") for i, c in enumerate(cells)), key=r["group"]
+            )
+
+
 class TopApp(App[None]):
     """The live process view; re-queries the database every ``refresh_s`` seconds."""
 
@@ -349,7 +418,7 @@ class TopApp(App[None]):
         for screen in self.screen_stack:
             if isinstance(screen, ProcessScreen):
                 screen.show()
-        if isinstance(self.screen, HistoryScreen):
+        if isinstance(self.screen, HistoryScreen | GroupScreen):
             self.screen.draw()
 
     def visible_rows(self) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memwatchd.alerts.engine import Transition
+from memwatchd.alerts.kinds import kind_of
 from memwatchd.config import RuleConfig
 from memwatchd.models import AlertRecord
 from memwatchd.units import format_duration, format_rate, format_size
@@ -88,19 +89,7 @@ def _since_arg(t: Transition) -> str:
 def _rule_text(rule: RuleConfig | None) -> str:
     if rule is None:
         return "(rule no longer configured)"
-    held = f", held {format_duration(rule.for_s)}" if rule.for_s else ""
-    if rule.kind == "growth":
-        rate, window = format_rate(rule.min_rate), format_duration(rule.window_s)
-        return f"growth of {rule.metric} ≥ {rate} over {window}{held}"
-    if rule.kind == "leak":
-        rate = format_rate(rule.min_rate) if rule.min_rate > 0 else "1.0M/min"
-        return (
-            f"leak: mapped memory grows ≥ {rate} over {format_duration(rule.window_s)}"
-            f" while the process keeps allocating{held}"
-        )
-    if rule.kind == "threshold":
-        return f"{rule.metric} ≥ {format_size(rule.threshold)}{held}"
-    return "a process was killed by the OOM killer"
+    return kind_of(rule.kind).rule_text(rule)
 
 
 def _forecast(t: Transition) -> str:
@@ -127,20 +116,13 @@ def _window_line(t: Transition) -> str:
 
 def _headline(t: Transition) -> str:
     """The short state of one process: used in titles and group lines."""
-    r = t.record
-    if r.kind == "oom":
-        return f"killed at {format_size(r.value)}"
-    if t.reason == "resolved":
-        return "resolved"
-    if r.kind == "threshold":
-        thr = t.rule.threshold if t.rule is not None else 0
-        return f"{_metric(t)} {format_size(r.value)} ≥ {format_size(thr)}"
-    return f"+{format_rate(r.rate or 0.0)}"
+    return kind_of(t.record.kind).headline(t)
 
 
 def _label(reason: str, kind: str) -> str:
-    if kind == "oom":
-        return "OOM KILL"
+    k = kind_of(kind)
+    if k.instant:
+        return k.event_label
     return {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED"}[reason]
 
 
@@ -148,10 +130,11 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
     r = t.record
     label = _label(t.reason, r.kind)
     title = f"[memwatchd] {label} {r.rule}: {r.comm} (pid {r.pid}) {_headline(t)} on {host}"
-    if t.reason == "resolved" and r.kind != "oom":
+    instant = kind_of(r.kind).instant
+    if t.reason == "resolved" and not instant:
         title = f"[memwatchd] RESOLVED {r.rule}: {r.comm} (pid {r.pid}) on {host}"
     lines = [f"{label}: {r.rule} on {host}"]
-    if r.kind == "oom":
+    if instant:
         lines += [
             f"Victim:   {_proc(r)}",
             f"Killed:   {_local(r.since)}",
@@ -164,7 +147,7 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
             lines += _history_table(t.series)
         else:
             lines.append("History:  none (the process was not seen before it was killed)")
-        if t.mem_available is not None:
+        if t.mem_available is not None and not (t.oom_scope or "").startswith("cgroup-local"):
             lines.append(f"Host:     MemAvailable {format_size(t.mem_available)} now")
     else:
         lines += [f"Process:  {_proc(r)}", f"Rule:     {_rule_text(t.rule)}"]
@@ -174,7 +157,7 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
             lines.append(f"Since:    {_local(r.since)} (lasted {format_duration(lasted)})")
         else:
             rate = f"+{format_rate(r.rate)}" if r.rate is not None else "-"
-            detail = f" ({t.detail})" if t.detail and r.kind != "threshold" else ""
+            detail = f" ({t.detail})" if t.detail and kind_of(r.kind).shows_fit else ""
             lines.append(f"Rate:     {rate}{detail}")
             lines.append(
                 f"Since:    {_local(r.since)}"
@@ -204,10 +187,11 @@ def _history_table(series: tuple[tuple[float, float], ...]) -> list[str]:
 
 def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     r0 = ts[0].record
-    n_fire = sum(1 for t in ts if t.reason != "resolved" or t.record.kind == "oom")
+    n_fire = sum(1 for t in ts if t.reason != "resolved" or kind_of(t.record.kind).instant)
     n_res = len(ts) - n_fire
-    if r0.kind == "oom":
-        label, what = "OOM KILL", f"{len(ts)} processes killed"
+    k0 = kind_of(r0.kind)
+    if k0.instant:
+        label, what = k0.event_label, f"{len(ts)} {k0.event_group}"
     elif n_fire and n_res:
         label, what = "FIRING", f"{n_fire} firing, {n_res} resolved"
     elif n_fire:
@@ -224,7 +208,11 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
         r = t.record
         unit = f", {r.unit}" if r.unit else ""
         head = f"  {r.comm} (pid {r.pid}{unit}): "
-        if t.reason == "resolved" and r.kind != "oom":
+        if kind_of(r.kind).instant:
+            # each victim keeps its breakdown (OOM: anon/file/shmem at the kill) and its scope
+            where = f"; {t.oom_scope}" if t.oom_scope else ""
+            lines.append(head + f"{_headline(t)} ({r.summary.split(': ', 1)[-1]}){where}")
+        elif t.reason == "resolved":
             lines.append(head + f"RESOLVED, {r.summary}")
         else:
             spark = sparkline([v for _, v in t.series], 12)
@@ -235,7 +223,7 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     if len(ordered) > MAX_GROUP_LINES:
         lines.append(f"  ... and {len(ordered) - MAX_GROUP_LINES} more")
     fastest = ordered[0]
-    fc = _forecast(fastest)
+    fc = _forecast(fastest) if not k0.instant else ""  # no forecast for the dead
     if fc:
         lines += ["", f"Forecast: {fastest.record.comm} (pid {fastest.record.pid}): {fc}"]
     lines += [

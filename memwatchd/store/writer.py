@@ -18,10 +18,10 @@ import os
 import sqlite3
 import stat
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -30,6 +30,7 @@ from memwatchd.models import AlertRecord, ProcessSnapshot, Snapshot
 from memwatchd.store import codec
 from memwatchd.store.rollup import Buckets, coarsen, rollup
 from memwatchd.store.schema import (
+    ALERT_COLS,
     BUCKET_MS,
     RAW_FIELDS,
     SCHEMA_VERSION,
@@ -39,29 +40,14 @@ from memwatchd.store.schema import (
     pending_migrations,
 )
 from memwatchd.store.series import SeriesPlan, SeriesWriter
+from memwatchd.triage.report import TriageResult
 
+R = TypeVar("R")
 log = logging.getLogger("memwatchd.store")
 
 FILE_MODE = 0o640
 _RAW_COLS = ", ".join(RAW_FIELDS)
 _RAW_QS = ", ".join("?" * len(RAW_FIELDS))
-ALERT_COLS = (
-    "rule",
-    "pid",
-    "start_ticks",
-    "since",
-    "kind",
-    "comm",
-    "unit",
-    "state",
-    "fired_at",
-    "resolved_at",
-    "notified_state",
-    "notified_at",
-    "value",
-    "rate",
-    "summary",
-)
 _MAX_PARAMS = 900
 _EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
 
@@ -104,7 +90,11 @@ class _Plan:
     meta: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)
     vanished: list[tuple[tuple[int, int], int]] = field(default_factory=list)
     exited: list[tuple[int, int]] = field(default_factory=list)
-    state: dict[tuple[int, int], _Live] = field(default_factory=dict)
+    state: dict[tuple[int, int], _Live] = field(default_factory=dict)  # all live (full) or what changed
+    full: bool = True  # state holds every live identity; else only those of snap.fresh (the rest unchanged)
+    nproc: int = 0
+
+    vanished_keys: set[tuple[int, int]] = field(default_factory=set)
     next_proc: int = 0
     series: SeriesPlan | None = None  # the group and host series (store/series.py)
 
@@ -154,6 +144,7 @@ class StoreWriter:
         self._period: int | None = None
         self._last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
         self._last_mono: float | None = None
+        self._last_seq: int | None = None  # Snapshot.seq of the last snapshot written
         self._compact_failing = False
         self._closed = False
         self._series = SeriesWriter()
@@ -257,7 +248,7 @@ class StoreWriter:
         with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
             await self._db.execute("ROLLBACK")
 
-    async def _tx(self, fn: Any, *args: Any) -> Any:
+    async def _tx(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
         """Run ``fn`` inside one BEGIN IMMEDIATE transaction; StoreError on any database failure."""
         if self._closed:
             raise StoreError("database is closed")
@@ -288,8 +279,12 @@ class StoreWriter:
         period = ts_ms // self.period_ms
         kf = self._force_kf or period != self._period
         plan = _Plan(sid=self._next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=self._next_proc)
+        # Work in proportion to change: when this snapshot follows the last one written, only its fresh
+        # records can differ from what is stored (a keyframe writes every process, so it looks at all).
+        incremental = not kf and snap.fresh is not None and snap.base_seq == self._last_seq is not None
+        plan.full = not incremental
         state = plan.state
-        for p in snap.processes:
+        for p in snap.fresh if incremental and snap.fresh is not None else snap.processes:
             key = (p.pid, p.start_ticks)
             if key in state:  # a duplicate identity in one snapshot: keep the first
                 continue
@@ -312,8 +307,22 @@ class StoreWriter:
                 state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup)
             if p.exited:
                 plan.exited.append(key)
-        plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
+        if incremental:
+            live = self._state
+            plan.vanished = [(k, live[k].proc) for k in snap.gone if k in live and k not in state]
+            plan.vanished_keys = {k for k, _ in plan.vanished}
+            plan.nproc = len(live) - len(plan.vanished) + sum(1 for k in state if k not in live)
+        else:
+            plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
+            plan.nproc = len(state)
         return plan
+
+    def _live(self, plan: _Plan, key: tuple[int, int]) -> _Live | None:
+        """The identity's state after this plan (an incremental plan holds only what changed)."""
+        live = plan.state.get(key)
+        if live is None and not plan.full and key not in plan.vanished_keys:
+            live = self._state.get(key)
+        return live
 
     async def _apply(self, snap: Snapshot, plan: _Plan) -> None:
         db = self._db
@@ -332,7 +341,7 @@ class StoreWriter:
                 plan.ts_ms,
                 dt_ms,
                 int(plan.kf),
-                len(plan.state),
+                plan.nproc,
                 mi.mem_total_kb if mi else None,
                 mi.mem_available_kb if mi else None,
                 mi.swap_total_kb if mi else None,
@@ -381,7 +390,7 @@ class StoreWriter:
             ended_values = (exit_ms, e.exit_code, e.exit_signal, int(e.oom_killed))
             if e.start_ticks:  # the exact identity (BPF read the start time)
                 key = (e.pid, e.start_ticks)
-                live = plan.state.get(key)
+                live = self._live(plan, key)
                 proc = (
                     live.proc if live is not None else next((v for k, v in plan.vanished if k == key), None)
                 )
@@ -393,6 +402,11 @@ class StoreWriter:
                     continue
             else:
                 proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+                if proc is None and not plan.full:
+                    gone = plan.vanished_keys
+                    proc = next(
+                        (v.proc for k, v in self._state.items() if k[0] == e.pid and k not in gone), None
+                    )
                 if proc is None:
                     proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
             if proc is not None:
@@ -471,7 +485,16 @@ class StoreWriter:
     def _commit(self, snap: Snapshot, plan: _Plan) -> None:
         for key in plan.exited:
             plan.state.pop(key, None)
-        self._state = plan.state
+        if plan.full:
+            self._state = plan.state
+        else:
+            live = self._state
+            for k, _ in plan.vanished:
+                del live[k]
+            for key in plan.exited:
+                live.pop(key, None)
+            live.update(plan.state)
+        self._last_seq = snap.seq
         self._next_proc = plan.next_proc
         if plan.series is not None:
             self._series.commit(plan.series)
@@ -529,7 +552,7 @@ class StoreWriter:
             "SELECT id, last_snap FROM processes WHERE last_snap IS NULL OR last_snap > ?", (after,)
         ) as cur:
             ends = {r[0]: r[1] async for r in cur}
-        chunks = await asyncio.to_thread(_build_chunks, snaps, rows, ends, through)
+        chunks = await asyncio.to_thread(_build_chunks, snaps, list(rows), ends, through)
         if chunks:
             await db.executemany(
                 "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
@@ -666,6 +689,19 @@ class StoreWriter:
 
         async with self._lock:
             await self._tx(run)
+
+    async def save_triage(self, result: TriageResult, now: float) -> int:
+        """Store one triage result (and drop those older than [storage] retention); returns its id."""
+        from memwatchd.store import triage
+
+        async def run() -> int:
+            await self._db.execute(triage.PRUNE, (int((now - self.cfg.retention_s) * 1000),))
+            async with self._db.execute(triage.INSERT, triage.insert_params(result)) as cur:
+                return int(cur.lastrowid or 0)
+
+        async with self._lock:
+            row_id: int = await self._tx(run)
+        return row_id
 
 
 def _statements(script: str) -> list[str]:
