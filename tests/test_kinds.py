@@ -55,7 +55,7 @@ def test_rule_texts() -> None:
     assert kind_of("growth").rule_text(g) == "growth of rss ≥ 60M/h over 10s, held 2s"
     leak = RuleConfig(name="l", kind="leak", metric="mapped", window_s=1800.0)
     assert kind_of("leak").rule_text(leak) == (
-        "leak: mapped memory grows ≥ 1.0M/min over 30m while the process keeps allocating"
+        "leak: outstanding mapped memory (eBPF) grows ≥ 1.0M/min over 30m and resident memory with it"
     )
     t = RuleConfig(name="t", kind="threshold", threshold=2 << 30)
     assert kind_of("threshold").rule_text(t) == "rss ≥ 2.0G"

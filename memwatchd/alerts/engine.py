@@ -62,6 +62,7 @@ class Transition:
     limit_forecast_s: float | None = None  # seconds until the process's memory cgroup limit is reached
     limit_cgroup: str | None = None  # the cgroup level whose limit is tightest
     limit_bytes: float | None = None
+    cgroup: str | None = None  # OOM: the victim's memory cgroup as last seen by /proc
     oom_scope: str | None = None  # OOM kills: "cgroup-local: cgroup /x reached its limit (32M)" or host-wide
 
 
@@ -84,6 +85,7 @@ class _Track:
     record: AlertRecord | None = None  # the open (firing) episode
     pending_since: float | None = None  # mono: the fire condition has held since
     pending_wall: float = 0.0  # wall time the evidence starts (becomes record.since)
+    confirmed: bool = False  # strong evidence was seen while pending (growth and leak rules)
     clear_since: float | None = None  # mono: the clear condition has held since
     last_emit: float = 0.0  # mono of the last notification made due
     fit: Fit | None = None
@@ -97,6 +99,7 @@ class _Seen:
     window: Window
     comm: str
     unit: str | None
+    cgroup: str | None = None
     gone_at: float | None = None
     upto: float | None = None
 
@@ -370,13 +373,16 @@ class AlertEngine:
             return
         tr.fit = j.fit
         fire, clear, clear_hold, since_wall = j.fire, j.clear, j.clear_hold_s, j.since_wall
+        confirm = fire if j.confirm is None else j.confirm
         if tr.record is None:
             if not fire:
                 tr.pending_since = None
+                tr.confirmed = False
                 return
             if tr.pending_since is None:
                 tr.pending_since, tr.pending_wall = now, since_wall
-            if now - tr.pending_since >= rule.for_s:
+            tr.confirmed = tr.confirmed or confirm
+            if tr.confirmed and now - tr.pending_since >= rule.for_s:
                 self._fire(cyc, rule, tr, key)
             return
         if clear is True:
@@ -539,7 +545,7 @@ class AlertEngine:
                 sn = seen[key] = _Seen(
                     Window(OOM_HISTORY_S, compact=True, max_points=OOM_HISTORY_POINTS), p.comm, p.unit
                 )
-            sn.comm, sn.unit, sn.gone_at = p.comm, p.unit, None
+            sn.comm, sn.unit, sn.cgroup, sn.gone_at = p.comm, p.unit, p.cgroup, None
             self._add(sn.window, sn.upto, now, p.rss_kb * 1024.0, None)
             sn.upto = now
         q = self._gone_q
@@ -613,4 +619,7 @@ class AlertEngine:
         )
         cyc.changed.append(rec)
         avail = s.meminfo.mem_available_kb * 1024.0 if s.meminfo is not None else None
-        cyc.due.append(Transition(rec, "firing", series, at=s.ts, rule=rule, mem_available=avail))
+        cgroup = found[1].cgroup if found else None
+        cyc.due.append(
+            Transition(rec, "firing", series, at=s.ts, rule=rule, mem_available=avail, cgroup=cgroup)
+        )

@@ -87,8 +87,8 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
 def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup") -> Transition:
     """Add "its memory cgroup reaches the limit in ~N" to a growing alert (reads the cgroup files once)."""
     rate = t.record.rate
-    if t.reason == "resolved" or rate is None or rate <= 0:
-        return t
+    if t.reason == "resolved" or t.record.kind == "oom" or rate is None or rate <= 0:
+        return t  # no forecast for the dead
     key = (t.record.pid, t.record.start_ticks)
     proc = next((p for p in snap.processes if (p.pid, p.start_ticks) == key), None)
     if proc is None or not proc.cgroup:
@@ -107,8 +107,10 @@ def with_oom_scope(
     """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
     if t.record.kind != OomKind.name:
         return t
-    cgroup = None
-    for snap in snaps:  # the victim is gone: its cgroup comes from the last snapshots that saw it
+    cgroup = t.cgroup  # where the engine last saw the victim (its history outlives the last snapshots)
+    for snap in (
+        snaps if cgroup is None else ()
+    ):  # the victim is gone: its cgroup comes from the last snapshots that saw it
         if snap is None:
             continue
         cgroup = next((p.cgroup for p in snap.processes if p.pid == t.record.pid and p.cgroup), None)

@@ -147,7 +147,7 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
             lines += _history_table(t.series)
         else:
             lines.append("History:  none (the process was not seen before it was killed)")
-        if t.mem_available is not None:
+        if t.mem_available is not None and not (t.oom_scope or "").startswith("cgroup-local"):
             lines.append(f"Host:     MemAvailable {format_size(t.mem_available)} now")
     else:
         lines += [f"Process:  {_proc(r)}", f"Rule:     {_rule_text(t.rule)}"]
@@ -208,7 +208,11 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
         r = t.record
         unit = f", {r.unit}" if r.unit else ""
         head = f"  {r.comm} (pid {r.pid}{unit}): "
-        if t.reason == "resolved" and not kind_of(r.kind).instant:
+        if kind_of(r.kind).instant:
+            # each victim keeps its breakdown (OOM: anon/file/shmem at the kill) and its scope
+            where = f"; {t.oom_scope}" if t.oom_scope else ""
+            lines.append(head + f"{_headline(t)} ({r.summary.split(': ', 1)[-1]}){where}")
+        elif t.reason == "resolved":
             lines.append(head + f"RESOLVED, {r.summary}")
         else:
             spark = sparkline([v for _, v in t.series], 12)
@@ -219,7 +223,7 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     if len(ordered) > MAX_GROUP_LINES:
         lines.append(f"  ... and {len(ordered) - MAX_GROUP_LINES} more")
     fastest = ordered[0]
-    fc = _forecast(fastest)
+    fc = _forecast(fastest) if not k0.instant else ""  # no forecast for the dead
     if fc:
         lines += ["", f"Forecast: {fastest.record.comm} (pid {fastest.record.pid}): {fc}"]
     lines += [

@@ -31,6 +31,9 @@ class Judgement:
     clear_hold_s: float  # the clear condition must hold this long before the alert resolves
     since_wall: float  # wall time the evidence starts (becomes the episode's `since`)
     fit: Fit | None = None
+    # fire may rest on weaker evidence that only starts and keeps the `for` clock; the episode fires once
+    # `confirm` has also held while pending (None: fire is its own confirmation)
+    confirm: bool | None = None
 
 
 class RuleKind:
@@ -41,7 +44,7 @@ class RuleKind:
     scopes: ClassVar[frozenset[str]] = frozenset({"process"})
     instant: ClassVar[bool] = False  # an event (OOM kill): fires and resolves in one message, no window
     keeps_history: ClassVar[bool] = False  # the engine keeps every process's short rss history for it
-    counts_allocations: ClassVar[bool] = False  # windows also keep the eBPF allocation counter
+    keeps_counter: ClassVar[bool] = False  # windows also keep a second value per point (`counter`)
     shows_fit: ClassVar[bool] = True  # messages show the fit quality next to the rate
     event_label: ClassVar[str] = "EVENT"  # message label of instant kinds ("OOM KILL")
     event_group: ClassVar[str] = "processes"  # "N processes killed" in a grouped message of an instant kind
@@ -53,10 +56,11 @@ class RuleKind:
 
     # ---- evaluation ----
     def window(self, rule: RuleConfig) -> Window:
-        return Window(rule.window_s, with_counter=self.counts_allocations, compact=True)
+        return Window(rule.window_s, with_counter=self.keeps_counter, compact=True)
 
-    def counter(self, p: ProcessSnapshot) -> int | None:
-        """The allocation counter stored with each point (only for kinds that count allocations)."""
+    def counter(self, p: ProcessSnapshot) -> float | None:
+        """The second value stored with each point (only for kinds with keeps_counter; leak: resident
+        bytes)."""
         return None
 
     def worth_tracking(self, rule: RuleConfig, value: float) -> bool:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from memwatchd.alerts.fit import Window, could_grow, fit, growth_cleared, growth_verdict, window_ready
+from memwatchd.alerts.fit import (
+    Window,
+    could_grow,
+    fit,
+    growth_cleared,
+    growth_holds,
+    growth_stopped_recently,
+    growth_verdict,
+    window_ready,
+)
 from memwatchd.alerts.kinds.base import Judgement, RuleKind, held
 from memwatchd.units import format_duration, format_rate
 
@@ -26,8 +35,8 @@ class GrowthKind(RuleKind):
         """The slope that fires (bytes/s)."""
         return rule.min_rate
 
-    def evidence(self, w: Window) -> bool:
-        """Evidence required besides the slope (leak: allocations continue)."""
+    def evidence(self, w: Window, min_rate: float) -> bool:
+        """Evidence required besides the slope (leak: resident memory grows with the mappings)."""
         return True
 
     def judge(
@@ -48,9 +57,14 @@ class GrowthKind(RuleKind):
             # point (every window/MAX_POINTS), not at every sample
             return None
         f = fit(w.t, w.v) if ready else None
+        # weak evidence (two regular steps of a stair) starts and keeps the `for` clock; the full verdict must
+        # also hold once while it runs, so two jumps alone never fire (see alerts/fit.py)
+        confirm = f is not None and growth_verdict(f, min_rate)
+        fire = f is not None and (confirm or growth_holds(f, min_rate)) and self.evidence(w, min_rate)
         return Judgement(
-            fire=f is not None and growth_verdict(f, min_rate) and self.evidence(w),
-            clear=None if f is None else growth_cleared(f, min_rate),
+            fire=fire,
+            confirm=confirm and fire,
+            clear=None if f is None else growth_cleared(f, min_rate) or growth_stopped_recently(w, min_rate),
             clear_hold_s=max(rule.for_s, rule.window_s / 2),
             since_wall=wall - (now - w.t[0]),
             fit=f,

@@ -1,10 +1,17 @@
-"""`leak`: eBPF evidence. Mapped memory (mmap - munmap + brk growth) rises while allocations continue."""
+"""`leak`: eBPF evidence. Outstanding mapped memory rises, and resident memory with it.
+
+mapped_bytes is the process's address-space figure from eBPF (mmap, munmap, mremap growth and shrink, brk; a
+MAP_FIXED mapping that replaces one adds nothing), so a heap committed in place (JVM, Go) or mmap churn stays
+flat. Corroboration by resident memory (anon) keeps mappings that are reserved but never touched silent. How
+often the process allocates does not matter: a worker that allocates once per rare task is judged like any
+other.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from memwatchd.alerts.fit import Window, alloc_count, allocations_continue, leak_rate
+from memwatchd.alerts.fit import Window, leak_rate, resident_corroborates, resident_value
 from memwatchd.alerts.kinds.base import held
 from memwatchd.alerts.kinds.growth import GrowthKind
 from memwatchd.units import format_duration, format_rate
@@ -18,7 +25,7 @@ if TYPE_CHECKING:
 class LeakKind(GrowthKind):
     name: ClassVar[str] = "leak"
     default_metric: ClassVar[str] = "mapped"
-    counts_allocations: ClassVar[bool] = True
+    keeps_counter: ClassVar[bool] = True
     scopes: ClassVar[frozenset[str]] = frozenset({"process"})  # eBPF counters are per process
 
     def validate(self, rule: RuleConfig) -> tuple[str, str] | None:
@@ -27,18 +34,18 @@ class LeakKind(GrowthKind):
     def min_rate(self, rule: RuleConfig) -> float:
         return leak_rate(rule.min_rate)
 
-    def evidence(self, w: Window) -> bool:
-        return allocations_continue(w)
+    def evidence(self, w: Window, min_rate: float) -> bool:
+        return resident_corroborates(w, min_rate)
 
-    def counter(self, p: ProcessSnapshot) -> int | None:
-        return alloc_count(p)
+    def counter(self, p: ProcessSnapshot) -> float | None:
+        return resident_value(p)
 
     def fire_summary(self, rule: RuleConfig, value: float, rate: float | None, f: Fit | None) -> str:
-        return super().fire_summary(rule, value, rate, f) + "; allocations continue"
+        return super().fire_summary(rule, value, rate, f) + "; resident memory grows with it"
 
     def rule_text(self, rule: RuleConfig) -> str:
         rate = format_rate(rule.min_rate) if rule.min_rate > 0 else "1.0M/min"
         return (
-            f"leak: mapped memory grows ≥ {rate} over {format_duration(rule.window_s)}"
-            f" while the process keeps allocating{held(rule)}"
+            f"leak: outstanding mapped memory (eBPF) grows ≥ {rate} over {format_duration(rule.window_s)}"
+            f" and resident memory with it{held(rule)}"
         )
