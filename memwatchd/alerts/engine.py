@@ -277,8 +277,18 @@ class AlertEngine:
         return new
 
     def open_alerts(self) -> list[AlertRecord]:
-        """Firing episodes currently held (for status output)."""
-        return [t.record for ts in self._tracks.values() for t in ts.values() if t.record is not None]
+        """Firing episodes currently held (for status output, every cycle).
+
+        A track with an open episode is always in its rule's active set: only those are looked at.
+        """
+        out = []
+        for name, keys in self._active.items():
+            tracks = self._tracks.get(name, {})
+            for k in keys:
+                t = tracks.get(k)
+                if t is not None and t.record is not None:
+                    out.append(t.record)
+        return out
 
     # ----- evaluation -----
 
