@@ -18,6 +18,7 @@ from typing import Any
 
 from memwatchd.alerts.kinds import KIND_NAMES, kind_of
 from memwatchd.safefile import MAX_CONFIG_BYTES, UnsafeFile, read_small
+from memwatchd.secrets import mask_url
 from memwatchd.units import parse_duration, parse_rate, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/memwatchd/memwatchd.toml"
@@ -305,22 +306,6 @@ def _cut(v: Any) -> str:
     """repr of a value for an error message, cut so that a huge value cannot make a huge message."""
     r = repr(v)
     return r if len(r) <= 80 else r[:77] + "..."
-
-
-def mask_url(url: str) -> str:
-    """Hide credentials and tokens in an Apprise URL: keep scheme and host, mask the rest."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***"
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    hostpart = authority.rsplit("@", 1)[-1]
-    # many services put tokens where the host goes (tgram://TOKEN/chat, slack://A/B/C): show only real hosts
-    if not re.fullmatch(
-        r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(:\d{1,5})?", hostpart
-    ):
-        hostpart = "***"
-    masked_path = "/***" if "/" in rest or "@" in rest or "?" in rest else ""
-    return f"{scheme}://{hostpart}{masked_path}"
 
 
 def _rule(file: str, index: int, table: Any) -> RuleConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TypedDict
 
 from memwatchd.models import (
     BpfHealth,
@@ -53,23 +54,48 @@ def _with_deltas(
     )
 
 
-_BPF_FIELDS = (
-    "mmap_count",
-    "mmap_bytes",
-    "munmap_count",
-    "munmap_bytes",
-    "brk_count",
-    "brk_bytes",
-    "mremap_count",
-    "mremap_grow_bytes",
-    "mremap_shrink_bytes",
-    "mapped_bytes",
-)
+class _BpfCounters(TypedDict):
+    """The eBPF counter fields of a ProcessSnapshot, as keyword arguments."""
+
+    mmap_count: int | None
+    mmap_bytes: int | None
+    munmap_count: int | None
+    munmap_bytes: int | None
+    brk_count: int | None
+    brk_bytes: int | None
+    mremap_count: int | None
+    mremap_grow_bytes: int | None
+    mremap_shrink_bytes: int | None
+    mapped_bytes: int | None
 
 
-def _bpf_fields(stats: BpfStats | None) -> dict[str, int | None]:
+def _bpf_fields(stats: BpfStats | None) -> _BpfCounters:
     """The eBPF counters of a ProcessSnapshot (all None when BPF did not track the process)."""
-    return {f: getattr(stats, f) if stats is not None else None for f in _BPF_FIELDS}
+    if stats is None:
+        return _BpfCounters(
+            mmap_count=None,
+            mmap_bytes=None,
+            munmap_count=None,
+            munmap_bytes=None,
+            brk_count=None,
+            brk_bytes=None,
+            mremap_count=None,
+            mremap_grow_bytes=None,
+            mremap_shrink_bytes=None,
+            mapped_bytes=None,
+        )
+    return _BpfCounters(
+        mmap_count=stats.mmap_count,
+        mmap_bytes=stats.mmap_bytes,
+        munmap_count=stats.munmap_count,
+        munmap_bytes=stats.munmap_bytes,
+        brk_count=stats.brk_count,
+        brk_bytes=stats.brk_bytes,
+        mremap_count=stats.mremap_count,
+        mremap_grow_bytes=stats.mremap_grow_bytes,
+        mremap_shrink_bytes=stats.mremap_shrink_bytes,
+        mapped_bytes=stats.mapped_bytes,
+    )
 
 
 def _from_proc(

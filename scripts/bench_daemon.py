@@ -438,7 +438,7 @@ def main() -> int:
         " interleaved, as memwatchd-base",
     )
     args = ap.parse_args()
-    global BASE
+    global BASE  # noqa: PLW0603 - a command-line option of this script, set once before anything runs
     if args.base:
         BASE = Path(args.base).resolve()
     # SIGTERM ends the run through the finally blocks: populations and tools are stopped

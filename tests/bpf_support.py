@@ -10,27 +10,31 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
 from memwatchd.config import BpfConfig
 from memwatchd.merge import merge
 from memwatchd.models import BpfPoll, ProcessSnapshot, ProcScan
+from tests.helpers import bpf_possible
 
 WORKLOADS = Path(__file__).parent / "workloads"
 
 
-def load_collector(cfg: BpfConfig | None = None) -> Any:
-    """A loaded BpfCollector, or a skip with the reason BPF cannot load here."""
-    if os.geteuid() != 0:
-        pytest.skip("BPF tests need root")
-    from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable  # noqa: PLC0415 - after the root check
+def load_collector(cfg: BpfConfig | None = None) -> BpfCollector:
+    """A loaded BpfCollector; a skip only where BPF cannot work at all (not root, no bcc).
 
+    On a host where BPF works, a load failure (a compile error in memwatch.bpf.c, a probe that no longer
+    attaches) is a test FAILURE, never a skip.
+    """
+    reason = bpf_possible()
+    if reason is not None:
+        pytest.skip(reason)
     try:
         return BpfCollector.load(cfg or BpfConfig())
     except BpfUnavailable as e:
-        pytest.skip(f"BPF unavailable: {e}")
+        pytest.fail(f"BPF should load on this host (root, bcc present) but did not: {e}")
 
 
 def build(name: str, out_dir: Path) -> Path:

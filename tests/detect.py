@@ -139,8 +139,8 @@ class PatternResult:
 
 def _reader(r: _Running) -> None:
     assert r.proc.stdout is not None
-    for line in r.proc.stdout:
-        line = line.strip()
+    for raw in r.proc.stdout:
+        line = raw.strip()
         r.lines.append(line)
         if line.startswith("grow ") and r.grow_at is None:
             r.grow_at = float(line.split()[1])

@@ -139,7 +139,10 @@ def test_oom_kill_is_sigkill_and_marked(collector: Any, workloads: dict[str, Pat
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
 
-        hog = subprocess.Popen([str(workloads["alloc"]), "hog", "512"], preexec_fn=enter_cgroup)
+        hog = subprocess.Popen(
+            [str(workloads["alloc"]), "hog", "512"],
+            preexec_fn=enter_cgroup,  # noqa: PLW1509 - no threads touch the child state
+        )
         assert hog.wait(timeout=30) == -signal.SIGKILL
     (e,) = _exits_of(collector, {hog.pid})
     assert (e.exit_code, e.exit_signal, e.oom_killed) == (-9, 9, True)
@@ -190,6 +193,6 @@ def test_exit_carries_the_peak_rss_of_the_last_moments(collector: Any) -> None:
 
 
 def merged_exit(e: ProcessExit) -> Any:
-    from memwatchd.models import BpfHealth, BpfPoll  # noqa: PLC0415
+    from memwatchd.models import BpfHealth, BpfPoll
 
     return merged(BpfPoll(stats={}, exits=(e,), ooms=(), health=BpfHealth("active")))[e.pid]

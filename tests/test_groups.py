@@ -603,3 +603,29 @@ def test_live_top_c_switches_to_the_group_view_and_back(tmp_path: Path) -> None:
                 assert isinstance(app.screen, ProcessScreen)
 
     asyncio.run(go())
+
+
+def test_retention_prunes_series_chunks_per_tier(tmp_path: Path) -> None:
+    db = str(tmp_path / "r.db")
+    t0 = 1_700_000_000.0 - (1_700_000_000.0 % 3600)
+    cfg = StorageConfig(retention_s=4 * 3600.0, minute_retention_s=3600.0, raw_retention_s=3600.0)
+
+    async def run() -> None:
+        w = await StoreWriter.open(db, cfg)
+        for i in range(2400):  # two hours at 3 s; /gone lives only in the first hour
+            procs = [_proc(100, "/svc", None, 1000 + i // 50, 500)]
+            if i < 1200:
+                procs.append(_proc(200, "/gone", None, 10, 5))
+            await w.write(_snap(i, t0, procs, 10_000))
+        await w.compact(await w._scalar("SELECT max(id) FROM snapshots WHERE kf = 1") - 1)
+        await w.prune(t0 + 7800)  # the first hour's raw and minute chunks are past retention, not its hour
+        await w.close()
+
+    asyncio.run(run())
+    with StoreReader(db) as r:
+        tiers = dict(r.db.execute("SELECT tier, count(*) FROM series_chunks GROUP BY tier").fetchall())
+        assert 0 not in tiers and 1 not in tiers and tiers.get(2, 0) > 0
+        names = {n for (n,) in r.db.execute("SELECT name FROM series WHERE kind = 'cgroup'")}
+        assert names == {"/svc", "/gone"}  # /gone's hour rollup is still within retention
+        hours = r.series_history("cgroup", "/svc", t0, t0 + 7200, tier=2)
+        assert [h["rss_kb"] for h in hours] == [1000 + 1199 // 50, 1000 + 2399 // 50]

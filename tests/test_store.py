@@ -575,7 +575,7 @@ def test_a_late_exit_ends_its_own_identity_not_the_pids_next_process(tmp_path: P
 
 
 def test_a_schema_2_database_is_migrated_and_its_rows_read_without_the_new_fields(tmp_path: Path) -> None:
-    from memwatchd.store.schema import MIGRATIONS  # noqa: PLC0415
+    from memwatchd.store.schema import MIGRATIONS
 
     db = tmp_path / "m.db"
     c = sqlite3.connect(db)

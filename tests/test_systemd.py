@@ -37,8 +37,8 @@ def run(
 def unit_settings(text: str) -> dict[str, list[str]]:
     """Directive -> values in order (comments and sections dropped)."""
     out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line.startswith(("#", ";", "[")):
             continue
         key, _, value = line.partition("=")

@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, mask_url, notify_urls
+from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, notify_urls
 from memwatchd.notify.deliverer import send_sync
+from memwatchd.secrets import mask_url
 
 
 class _ConfigProblem(click.ClickException):

@@ -52,6 +52,7 @@ from typing import Any
 from memwatchd.collectors import bpfsys
 from memwatchd.config import BpfConfig
 from memwatchd.models import BpfHealth, BpfPoll, BpfStats, OomKill, ProcessExit
+from memwatchd.text import from_kernel
 
 log = logging.getLogger("memwatchd.bpf")
 
@@ -195,7 +196,7 @@ def _to_exit(k: Any, v: Any) -> ProcessExit:
 
 
 def _comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return from_kernel(raw.split(b"\0", 1)[0])
 
 
 def _tracefs() -> Path | None:

@@ -136,8 +136,8 @@ class Btf:
             raise BtfError(f"{path}: no member given")
         _, t = self._resolve(self.struct(struct_name))
         total = 0
-        for m in members:
-            index = None
+        for member in members:
+            m, index = member, None
             if m.endswith("]") and "[" in m:
                 m, _, idx = m[:-1].partition("[")
                 index = int(idx) if idx.isdigit() else self.enumerator(idx)

@@ -34,17 +34,19 @@ from memwatchd.config_check import check_usable
 from memwatchd.daemon import heap
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
+from memwatchd.daemon.failures import RepeatedFailure
 from memwatchd.daemon.logsetup import setup_logging
 from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
 from memwatchd.daemon.triage import TriageService
-from memwatchd.groups import aggregate_groups, charge_paths, host_memory
+from memwatchd.groups import charge_paths, summarize
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
 from memwatchd.store.writer import StoreWriter
+from memwatchd.text import shown
 
 if TYPE_CHECKING:
     from memwatchd.daemon.metrics import MetricsServer
@@ -73,7 +75,7 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     def target() -> None:
         try:
             r = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+        except BaseException as err:  # handed to the awaiting task
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
                 loop.call_soon_threadsafe(fail, err)
             return
@@ -179,6 +181,10 @@ class Daemon:
             ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
         )
         self._bpf_failing = False
+        self._status_failing = False
+        self._cycle_failure = RepeatedFailure("sampling cycle", log)
+        self._rule_failure = RepeatedFailure("rule evaluation", log)
+        self._scope_failure = RepeatedFailure("group and host rule evaluation", log)
         self._reload_wanted = False
         self._reload_task: asyncio.Task[None] | None = None
 
@@ -307,9 +313,7 @@ class Daemon:
         if self.charges is not None:
             t0 = time.perf_counter()
             try:
-                charges = self.charges.read(
-                    charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0)
-                )
+                charges = self.charges.read(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
             except Exception as e:  # an optional source: the cycle goes on without charges
                 log.debug("cgroup charges unreadable: %s", e)
             self.groups_ms = (time.perf_counter() - t0) * 1000
@@ -344,11 +348,8 @@ class Daemon:
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
-            snap = dataclasses.replace(
-                snap,
-                groups=aggregate_groups(snap.processes, charges),
-                host=host_memory(snap.meminfo, snap.processes),
-            )
+            groups, host = summarize(snap.processes, charges, snap.meminfo)
+            snap = dataclasses.replace(snap, groups=groups, host=host)
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
         self._older, self.prev = self.prev, snap
@@ -359,7 +360,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.update(snap, status)
         for oom in snap.ooms:
-            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, oom.comm, oom.anon_rss_kb)
+            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, shown(oom.comm), oom.anon_rss_kb)
         self.notifier.status(status.line())
         return snap
 
@@ -407,14 +408,18 @@ class Daemon:
         root = self.cfg.groups.cgroup_root
         try:
             changed, due = self.alerts.observe(snap)
-        except Exception:
-            log.exception("rule evaluation failed")
+        except Exception as e:
+            self._rule_failure.failed(e)
             changed, due = [], []
+        else:
+            self._rule_failure.ok()
         try:
             s_changed, s_due = self.scopes.observe(snap)
-        except Exception:
-            log.exception("group and host rule evaluation failed")
+        except Exception as e:
+            self._scope_failure.failed(e)
             s_changed, s_due = [], []
+        else:
+            self._scope_failure.ok()
         if changed or s_changed:
             asyncio.get_running_loop().create_task(self._save_alerts([*changed, *s_changed]))
         self.dispatch.offer(
@@ -433,8 +438,10 @@ class Daemon:
         while not self.stop_event.is_set():
             try:
                 await self.sample_once()
-            except Exception:
-                log.exception("sampling cycle failed")
+            except Exception as e:
+                self._cycle_failure.failed(e)
+            else:
+                self._cycle_failure.ok()
             self._tend_heap()
             interval = self.cfg.daemon.interval_s
             next_at += interval
@@ -453,8 +460,14 @@ class Daemon:
             fields.update(self.triage.status_fields())
         try:
             await self.store.set_status(**fields)
-        except Exception as e:
-            log.debug("status update failed: %s", e)
+        except Exception as e:  # the snapshot itself is committed; status catches up with the next one
+            if not self._status_failing:
+                log.warning("status update failed (memwatchctl status shows older values): %s", e)
+            self._status_failing = True
+        else:
+            if self._status_failing:
+                log.info("status updates work again")
+            self._status_failing = False
 
     async def watchdog(self) -> None:
         period = self.notifier.watchdog_interval_s
@@ -520,7 +533,7 @@ class Daemon:
             self.dispatch.urls = urls
             self.dispatch.group_wait_s = new.notify.group_wait_s
         if self.procfs is not None:
-            self.procfs.smaps = new_procfs.smaps
+            self.procfs.set_smaps(new_procfs.smaps)
         if self.alerts is not None:
             self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
         if self.scopes is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 
@@ -23,20 +24,17 @@ ARENA_MAX = 2
 # frozen out of the collector's sight, so a collection no longer walks every live record.
 GC_THRESHOLDS = (20_000, 20, 10)
 
-_libc: ctypes.CDLL | None = None
 
-
+@functools.cache
 def _c() -> ctypes.CDLL | None:
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        if name is None:
-            return None
-        try:
-            _libc = ctypes.CDLL(name)
-        except OSError:
-            return None
-    return _libc
+    """The C library, loaded once (None where there is none to load)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
 
 
 def limit_arenas(n: int = ARENA_MAX) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from memwatchd.config import mask_url
+from memwatchd.secrets import mask_url, showable_host
 
 
 class _Collect(logging.Handler):
@@ -52,8 +52,7 @@ def secrets_of(url: str) -> list[str]:
     except ValueError:
         return [rest]
     # the host is public only where mask_url shows it; many services put a token in the host position
-    shown = mask_url(url).partition("://")[2].split("/")[0]
-    if shown == "***":
+    if showable_host(url) is None:
         netloc = rest.split("/", 1)[0].split("?", 1)[0]
         parts += [netloc, *re.split(r"[:@]", netloc)]
         host = ""
@@ -119,9 +118,11 @@ def check_urls(urls: Sequence[str]) -> list[str]:
 
 def _known_schemes() -> set[str] | None:
     try:
-        from apprise.manager_plugins import NotificationManager
+        from apprise import manager_plugins
 
-        return {str(x).lower() for x in NotificationManager().schemas()}
+        factory: Any = manager_plugins.NotificationManager  # apprise ships no type hints for it
+        manager = factory()
+        return {str(x).lower() for x in manager.schemas()}
     except Exception:  # another Apprise version: fall back to "not usable" without the reason
         return None
 

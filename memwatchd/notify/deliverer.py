@@ -20,8 +20,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import memwatchd
-from memwatchd.config import mask_url
 from memwatchd.notify.render import Message
+from memwatchd.secrets import mask_url
 
 log = logging.getLogger("memwatchd.notify")
 

@@ -7,6 +7,7 @@ interface contract (``ts`` in unix seconds, sizes in KiB, eBPF counters in bytes
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from typing import Any
 from memwatchd.store import codec, series_read
 from memwatchd.store.rollup import Buckets, last_of, merge_sorted, rollup
 from memwatchd.store.schema import (
+    ALERT_COLS,
     BUCKET_MS,
     RAW_FIELDS,
     SCHEMA_VERSION,
@@ -90,7 +92,7 @@ class Proc:
     oom_killed: int | None
 
 
-_PROC_COLS = ", ".join(Proc.__slots__)  # type: ignore[attr-defined]
+_PROC_COLS = ", ".join(f.name for f in dataclasses.fields(Proc))
 
 
 def _s(ms: int | None) -> float | None:
@@ -429,9 +431,8 @@ class StoreReader:
 
     def alerts(self, since: float | None = None, state: str | None = None) -> list[dict[str, Any]]:
         """Alert episodes (newest last), optionally only those still open at or after ``since``."""
-        from memwatchd.store.writer import ALERT_COLS
-
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if since is not None:
             where.append("(resolved_at IS NULL OR resolved_at >= ?)")
             params.append(since)
@@ -570,7 +571,7 @@ class _Ctx:
                 o = 1 + 5 * _METRICS.index(m)
                 mn, mx, sm, cnt, _ = a[o : o + 5]
                 row[f"{m}_min_kb"], row[f"{m}_max_kb"] = mn, mx
-                row[f"{m}_avg_kb"] = round(sm / cnt, 3) if cnt else None
+                row[f"{m}_avg_kb"] = round(sm / cnt, 3) if cnt and sm is not None else None
             out.append({k: row[k] for k in HISTORY_FIELDS})
         return out
 

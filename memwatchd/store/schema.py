@@ -222,3 +222,23 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 def pending_migrations(user_version: int) -> list[tuple[int, str]]:
     """The (target_version, script) pairs still to apply to a database at ``user_version``."""
     return [(v + 1, MIGRATIONS[v]) for v in range(user_version, SCHEMA_VERSION)]
+
+
+# Columns of the alerts table in AlertRecord field order (writer and reader share them).
+ALERT_COLS = (
+    "rule",
+    "pid",
+    "start_ticks",
+    "since",
+    "kind",
+    "comm",
+    "unit",
+    "state",
+    "fired_at",
+    "resolved_at",
+    "notified_state",
+    "notified_at",
+    "value",
+    "rate",
+    "summary",
+)

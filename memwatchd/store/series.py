@@ -14,9 +14,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
-
-import aiosqlite
+from typing import TYPE_CHECKING, Any
 
 from memwatchd.models import GroupSample, HostMemory, Snapshot
 from memwatchd.store import codec
@@ -30,6 +28,9 @@ from memwatchd.store.schema import (
     TIER_MINUTE,
     TIER_RAW,
 )
+
+if TYPE_CHECKING:  # series_read (memwatchctl) imports this module's pure helpers: no aiosqlite at run time
+    import aiosqlite
 
 SKey = tuple[str, str]  # (kind, name)
 Vals = tuple[int | None, ...]

@@ -30,6 +30,7 @@ from memwatchd.models import AlertRecord, ProcessSnapshot, Snapshot
 from memwatchd.store import codec
 from memwatchd.store.rollup import Buckets, coarsen, rollup
 from memwatchd.store.schema import (
+    ALERT_COLS,
     BUCKET_MS,
     RAW_FIELDS,
     SCHEMA_VERSION,
@@ -47,23 +48,6 @@ log = logging.getLogger("memwatchd.store")
 FILE_MODE = 0o640
 _RAW_COLS = ", ".join(RAW_FIELDS)
 _RAW_QS = ", ".join("?" * len(RAW_FIELDS))
-ALERT_COLS = (
-    "rule",
-    "pid",
-    "start_ticks",
-    "since",
-    "kind",
-    "comm",
-    "unit",
-    "state",
-    "fired_at",
-    "resolved_at",
-    "notified_state",
-    "notified_at",
-    "value",
-    "rate",
-    "summary",
-)
 _MAX_PARAMS = 900
 _EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
 

@@ -227,7 +227,13 @@ def _attach(b: Any, req: Request, target: Target) -> None:
     for p in target.probes:
         entry, ret = _ENTRY_PROGRAMS[p.symbol]
         try:
-            b.attach_uprobe(name=p.path.encode(), sym=p.symbol.encode(), fn_name=entry.encode(), pid=req.pid)
+            b.attach_uprobe(
+                name=p.path.encode(),
+                sym=p.symbol.encode(),
+                fn_name=entry.encode(),
+                pid=req.pid,
+                sym_off=p.offset,
+            )
             if ret is not None:
                 b.attach_uretprobe(
                     name=p.path.encode(), sym=p.symbol.encode(), fn_name=ret.encode(), pid=req.pid

@@ -8,7 +8,10 @@
  *       line (another round of the same), exiting on end of input. No stdio: its buffers are not
  *       allocations of the measured window.
  *   leaky bench SECONDS
- *       malloc(64..1088)+free pairs for SECONDS in churn_here(); prints pairs per wall second.
+ *       malloc(64..1088)+free pairs for SECONDS; prints pairs per wall second.
+ *   leaky rate SECONDS
+ *       The same pairs for SECONDS, printing every 0.5 s "END_MS PAIRS CPU_US": the interval's end (unix
+ *       ms), the pairs made in it and the CPU time (user + system, us) it took (scripts/bench_triage.py).
  *   leaky mmap LEAKS
  *       Like steps, but leak_mmap_here() leaks LEAKS 256 KiB anonymous mmaps (for the syscall fallback).
  *   leaky run KB_PER_S SECONDS
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,6 +119,14 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+static unsigned long long cpu_us(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (unsigned long long)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ULL + ru.ru_utime.tv_usec +
+	       ru.ru_stime.tv_usec;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "bench") == 0) {
@@ -132,6 +144,33 @@ int main(int argc, char **argv)
 			pairs += 1000;
 		}
 		say_num("", (unsigned long long)(pairs / (now_s() - t0)));
+		return 0;
+	}
+	if (argc == 3 && strcmp(argv[1], "rate") == 0) {
+		double end = now_s() + atof(argv[2]), next = now_s() + 0.5;
+		unsigned long long pairs = 0, cpu0 = cpu_us();
+		while (now_s() < end) {
+			for (int i = 0; i < 1000; i++) {
+				char *p = malloc(64 + (next_rand() & 0x3ff));
+				if (!p)
+					_exit(4);
+				p[0] = 1;
+				sink = p;
+				free(sink);
+			}
+			pairs += 1000;
+			if (now_s() >= next) {
+				unsigned long long cpu = cpu_us();
+				struct timespec ts;
+				clock_gettime(CLOCK_REALTIME, &ts);
+				say_num("", (unsigned long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+				say_num("", pairs);
+				say_num("", cpu - cpu0);
+				pairs = 0;
+				cpu0 = cpu;
+				next += 0.5;
+			}
+		}
 		return 0;
 	}
 	if (argc == 3 && strcmp(argv[1], "mmap") == 0) {
