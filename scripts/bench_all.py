@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ORDER = ["probes", "scan", "memory", "store", "alerts", "triage"]
+ORDER = ["daemon", "probes", "scan", "memory", "store", "alerts", "triage"]
 
 
 def load(name: str):  # noqa: ANN201 - module
