@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,19 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     """The check itself: a graph with a cycle is caught."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_documents_cited_in_the_source_are_in_the_repository() -> None:
+    """memwatch.bpf.c once cited PLATFORM.md, a document that is not in the repository."""
+    root = PKG.parent
+    cited: dict[str, list[str]] = {}
+    for path in PKG.rglob("*"):
+        if path.suffix in (".py", ".c", ".h"):
+            for name in re.findall(r"[A-Za-z0-9_./-]+\.md\b", path.read_text()):
+                cited.setdefault(name, []).append(str(path.relative_to(root)))
+    missing = {
+        name: files
+        for name, files in cited.items()
+        if not (root / name).exists() and not list(root.glob(f"**/{Path(name).name}"))
+    }
+    assert cited and not missing, missing

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -138,6 +138,7 @@ class AlertEngine:
         self._active: dict[str, set[Key]] = {}
         self._recheck: set[str] = set()  # rules to evaluate over every present process at the next observe
         self._gone_q: deque[tuple[float, Key]] = deque()  # (gone_at, key) of vanished OOM histories
+        self._donated: dict[Key, _Track] = {}  # donor tracks of processes gone this snapshot
         self.update_rules(rules)
 
     # ----- public API -----
@@ -178,19 +179,23 @@ class AlertEngine:
         changed, gone = self._changes(snap)
         present = self._present
         assert present is not None
-        self._update_seen(snap, changed, gone)
         if self._restored is not None:
             self._restore(cyc, present)
         for rec in self._orphans:
             self._resolve_record(cyc, rec, None, "rule removed from the configuration")
         self._orphans = []
+        donor = self._donor
+        self._donated = {}
+        for rule in self._rules.values():
+            if not kind_of(rule.kind).instant:
+                items = list(present.items()) if rule.name in self._recheck else changed
+                self._evaluate_rule(cyc, rule, items, gone, rule.name == donor)
+        # OOM histories after the rules: a process the donor rule tracks needs none of its own
+        self._update_seen(snap, changed, gone)
         for rule in self._rules.values():
             if kind_of(rule.kind).instant:
                 for oom in snap.ooms:
                     self._oom(cyc, rule, oom)
-            else:
-                items = list(present.items()) if rule.name in self._recheck else changed
-                self._evaluate_rule(cyc, rule, items, gone)
         self._recheck.clear()
         return cyc.changed, cyc.due
 
@@ -275,13 +280,28 @@ class AlertEngine:
         return new
 
     def open_alerts(self) -> list[AlertRecord]:
-        """Firing episodes currently held (for status output)."""
-        return [t.record for ts in self._tracks.values() for t in ts.values() if t.record is not None]
+        """Firing episodes currently held (for status output, every cycle).
+
+        A track with an open episode is always in its rule's active set: only those are looked at.
+        """
+        out = []
+        for name, keys in self._active.items():
+            tracks = self._tracks.get(name, {})
+            for k in keys:
+                t = tracks.get(k)
+                if t is not None and t.record is not None:
+                    out.append(t.record)
+        return out
 
     # ----- evaluation -----
 
     def _evaluate_rule(
-        self, cyc: _Cycle, rule: RuleConfig, items: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
+        self,
+        cyc: _Cycle,
+        rule: RuleConfig,
+        items: list[tuple[Key, ProcessSnapshot]],
+        gone: list[Key],
+        donor: bool = False,
     ) -> None:
         tracks = self._tracks[rule.name]
         active = self._active[rule.name]
@@ -300,8 +320,11 @@ class AlertEngine:
         for key in dict.fromkeys(gone):
             tr = tracks.pop(key, None)
             active.discard(key)
-            if tr is not None and tr.record is not None:
+            if tr is not None and (tr.record is not None or donor):
                 self._catch_up(tr.window, tr.upto, len(self._axis) - 1)
+                if donor:
+                    self._donated[key] = tr  # its rss history outlives it a little, for an OOM message
+            if tr is not None and tr.record is not None:
                 self._resolve_record(cyc, tr.record, tr, "process exited")
 
     def _observe_one(
@@ -494,6 +517,27 @@ class AlertEngine:
 
     # ----- OOM -----
 
+    @property
+    def _donor(self) -> str | None:
+        """A rule whose windows already hold every process's rss history (OOM messages borrow it).
+
+        An rss rule over all processes with a window at least OOM_HISTORY_S long (the shipped rss-growth
+        rule): then the OOM kind keeps no history of its own for the processes it tracks.
+        """
+        if not any(kind_of(r.kind).keeps_history for r in self._rules.values()):
+            return None
+        for r in self._rules.values():
+            if (
+                r.metric == "rss"
+                and not kind_of(r.kind).instant
+                and r.kind != "threshold"  # keeps windows only near its threshold
+                and r.window_s >= OOM_HISTORY_S
+                and r.scope == "process"
+                and (r.match.comm, r.match.unit, r.match.cgroup) == (None, None, None)
+            ):
+                return r.name
+        return None
+
     def _update_seen(
         self, snap: Snapshot, changed: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
     ) -> None:
@@ -503,8 +547,14 @@ class AlertEngine:
             return
         now = snap.mono
         seen = self._seen
+        donor = self._donor
+        lent = self._tracks.get(donor, {}) if donor is not None else {}
         for key, p in changed:
             sn = seen.get(key)
+            if key in lent:
+                if sn is not None and sn.gone_at is None:
+                    del seen[key]  # the donor rule's window holds its history now
+                continue
             if not p.rss_kb:
                 if sn is not None:
                     sn.upto = None
@@ -520,11 +570,15 @@ class AlertEngine:
         q = self._gone_q
         for key in gone:
             sn = seen.get(key)
+            tr = self._donated.get(key)
+            if tr is not None and (sn is None or sn.gone_at is None):
+                sn = seen[key] = _Seen(tr.window, tr.comm, tr.unit)
             if sn is not None and sn.gone_at is None:
                 self._catch_up(sn.window, sn.upto, len(self._axis) - 1)  # it was last seen before now
                 sn.upto = None
                 sn.gone_at = now
                 q.append((now, key))
+        self._donated = {}
         while q and (now - q[0][0] > OOM_GRACE_S or len(q) > MAX_GONE):
             at, key = q.popleft()
             sn = seen.get(key)
@@ -536,6 +590,12 @@ class AlertEngine:
         for key, sn in self._seen.items():
             if key[0] == pid and (best is None or _recency(sn) > _recency(best[1])):
                 best = (key, sn)
+        donor = self._donor
+        if donor is not None and (best is None or best[1].gone_at is not None):
+            for key, tr in self._tracks.get(donor, {}).items():
+                if key[0] == pid:  # still here: its history is the donor rule's window
+                    best = (key, _Seen(tr.window, tr.comm, tr.unit, upto=tr.upto))
+                    break
         if best is not None and best[1].gone_at is None:
             self._catch_up(best[1].window, best[1].upto, len(self._axis))  # through this snapshot
             if self._axis:
@@ -554,8 +614,9 @@ class AlertEngine:
         rate = None
         if found is not None:
             w = found[1].window
-            series = w.series(s.ts, s.mono)
-            f = fit(w.t, w.v)
+            keep = bisect_left(w.t, s.mono - OOM_HISTORY_S)  # a borrowed window is longer
+            series = w.series(s.ts, s.mono)[keep:]
+            f = fit(w.t[keep:], w.v[keep:])
             rate = f.slope if f is not None else None
         k = 1024
         kind = kind_of(rule.kind)

@@ -13,7 +13,8 @@
  *                         statuses, OOM marks and peak RSS are reported as unknown
  *   -DMW_EMPTY_SYS_EXIT   scripts/bench_probes.py only: the sys_exit probe returns at once (the hook's floor)
  *
- * Hook choice (measured, see PLATFORM.md): one raw tracepoint on sys_exit. Attaching any syscall tracepoint
+ * Hook choice (measured with scripts/bench_probes.py; figures in README.md, "Benchmarks", and bench/results.md):
+ * one raw tracepoint on sys_exit. Attaching any syscall tracepoint
  * puts every task on the syscall slow path (the ~0.92 floor); a raw tracepoint adds almost nothing on top,
  * while sys_enter_* tracepoints build a record per call (~0.83). sys_exit also gives the return value, so
  * failed calls are not counted and brk's new break and mremap's success are known.

@@ -25,6 +25,7 @@ from memwatchd.cli import render as R
 from memwatchd.cli.outcome import OneLineGroup
 from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from memwatchd.safefile import not_regular
+from memwatchd.text import from_arg
 from memwatchd.units import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -171,14 +172,29 @@ def range_options(default_since: str) -> Callable[[F], F]:
     return deco
 
 
+def _kept(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A name as given on the command line, in the form memwatchd keeps names (text.from_arg): bytes that
+    are not UTF-8 match the same bytes in a process's name, a backslash matches a backslash."""
+    return None if value is None else from_arg(value)
+
+
 def select_options(fn: F) -> F:
     fn = click.option(
-        "--unit", help="Only processes of this systemd unit (exact match), e.g. nginx.service."
+        "--unit",
+        callback=_kept,
+        help="Only processes of this systemd unit (exact match), e.g. nginx.service.",
     )(fn)
     fn = click.option(
-        "--comm-glob", help="Only processes whose name matches this glob (* ? [..], case-sensitive)."
+        "--comm-glob",
+        callback=_kept,
+        help="Only processes whose name matches this glob (* ? [..], case-sensitive).",
     )(fn)
-    fn = click.option("--comm", help="Only processes with exactly this name (as in /proc/PID/comm).")(fn)
+    fn = click.option(
+        "--comm",
+        callback=_kept,
+        help="Only processes with exactly this name, byte for byte as in /proc/PID/comm"
+        ' (e.g. --comm "$(cat /proc/1234/comm)").',
+    )(fn)
     fn = click.option(
         "--pid",
         type=click.IntRange(0, PID_MAX),
@@ -389,6 +405,7 @@ TIER_HELP = (
 @click.option(
     "--cgroup",
     metavar="PATH",
+    callback=_kept,
     help="The series of this memory cgroup (charge, limit, sums of its processes) instead of processes.",
 )
 @click.option(

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from memwatchd.text import shown
 from memwatchd.units import format_duration, format_size
 
 # Sort orders of `top`, shared by the table and the live view.
@@ -37,10 +38,8 @@ def console() -> Console:
 
 
 def clean(s: str | None) -> str:
-    """A process name or unit made safe to print: control characters become '?'."""
-    if s is None:
-        return "-"
-    return "".join(c if c.isprintable() else "?" for c in s)
+    """A process name, unit or cgroup made safe to print (text.shown: controls escaped); None is '-'."""
+    return "-" if s is None else shown(s)
 
 
 def when(ts: float | None) -> str:

@@ -31,7 +31,8 @@ Decisions:
   unparseable stat) is skipped and counted in ProcScan.errors, never logged. An unreadable cgroup or
   smaps_rollup only leaves unit/cgroup or pss/uss as None. Errors that are not about one process (EMFILE,
   ENFILE, ENOMEM, an unreadable root) propagate.
-* comm is decoded as UTF-8 with backslashreplace, so arbitrary bytes survive.
+* comm and the cgroup file are decoded with text.from_kernel: UTF-8 as is, a backslash doubled, other bytes
+  as \\xHH, so arbitrary bytes survive and a name holding byte 0xff differs from one spelling "\\xff".
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import time
 from typing import NamedTuple
 
 from memwatchd.models import MemInfo, ProcSample, ProcScan
+from memwatchd.text import from_kernel
 
 PF_KTHREAD = 0x00200000
 _SYSTEMIC_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -90,7 +92,7 @@ def parse_stat(data: bytes) -> StatFields:
     # positional: the scan's slow path calls this for every changed process
     return StatFields(
         pid,
-        comm.decode("utf-8", "backslashreplace"),
+        from_kernel(comm),
         f[0].decode("ascii", "backslashreplace"),
         int(f[1]),
         int(f[6]),
@@ -487,7 +489,7 @@ class ProcfsCollector:
             if exc.errno in _SYSTEMIC_ERRNOS:
                 raise
             return None, None
-        return unit_from_cgroup(data.decode("utf-8", "backslashreplace"))
+        return unit_from_cgroup(from_kernel(data))
 
     def _read_smaps(self, name: str) -> tuple[int | None, int | None]:
         try:

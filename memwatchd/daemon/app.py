@@ -34,6 +34,7 @@ from memwatchd.config_check import check_usable
 from memwatchd.daemon import heap
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
+from memwatchd.daemon.failures import RepeatedFailure
 from memwatchd.daemon.logsetup import setup_logging
 from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
@@ -45,6 +46,7 @@ from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcS
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
 from memwatchd.store.writer import StoreWriter
+from memwatchd.text import shown
 
 if TYPE_CHECKING:
     from memwatchd.daemon.metrics import MetricsServer
@@ -179,6 +181,10 @@ class Daemon:
             ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
         )
         self._bpf_failing = False
+        self._status_failing = False
+        self._cycle_failure = RepeatedFailure("sampling cycle", log)
+        self._rule_failure = RepeatedFailure("rule evaluation", log)
+        self._scope_failure = RepeatedFailure("group and host rule evaluation", log)
         self._reload_wanted = False
         self._reload_task: asyncio.Task[None] | None = None
 
@@ -354,7 +360,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.update(snap, status)
         for oom in snap.ooms:
-            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, oom.comm, oom.anon_rss_kb)
+            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, shown(oom.comm), oom.anon_rss_kb)
         self.notifier.status(status.line())
         return snap
 
@@ -402,14 +408,18 @@ class Daemon:
         root = self.cfg.groups.cgroup_root
         try:
             changed, due = self.alerts.observe(snap)
-        except Exception:
-            log.exception("rule evaluation failed")
+        except Exception as e:
+            self._rule_failure.failed(e)
             changed, due = [], []
+        else:
+            self._rule_failure.ok()
         try:
             s_changed, s_due = self.scopes.observe(snap)
-        except Exception:
-            log.exception("group and host rule evaluation failed")
+        except Exception as e:
+            self._scope_failure.failed(e)
             s_changed, s_due = [], []
+        else:
+            self._scope_failure.ok()
         if changed or s_changed:
             asyncio.get_running_loop().create_task(self._save_alerts([*changed, *s_changed]))
         self.dispatch.offer(
@@ -428,8 +438,10 @@ class Daemon:
         while not self.stop_event.is_set():
             try:
                 await self.sample_once()
-            except Exception:
-                log.exception("sampling cycle failed")
+            except Exception as e:
+                self._cycle_failure.failed(e)
+            else:
+                self._cycle_failure.ok()
             self._tend_heap()
             interval = self.cfg.daemon.interval_s
             next_at += interval
@@ -448,8 +460,14 @@ class Daemon:
             fields.update(self.triage.status_fields())
         try:
             await self.store.set_status(**fields)
-        except Exception as e:
-            log.debug("status update failed: %s", e)
+        except Exception as e:  # the snapshot itself is committed; status catches up with the next one
+            if not self._status_failing:
+                log.warning("status update failed (memwatchctl status shows older values): %s", e)
+            self._status_failing = True
+        else:
+            if self._status_failing:
+                log.info("status updates work again")
+            self._status_failing = False
 
     async def watchdog(self) -> None:
         period = self.notifier.watchdog_interval_s

@@ -13,6 +13,7 @@ import os
 import sys
 
 from memwatchd.secrets import mask_secrets
+from memwatchd.text import shown
 
 # sd-daemon(3) / syslog priorities, highest logging level first.
 _PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
@@ -37,7 +38,9 @@ class SecretFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string must not lose the event
             message = f"{record.msg!r} {record.args!r}"
-        record.msg = mask_secrets(message)
+        # text.shown on every line: a process name in a message cannot colour the terminal or forge a line
+        # (the message's own newlines stay, and the formatter flattens them with a visible marker)
+        record.msg = "\n".join(shown(ln) for ln in mask_secrets(message).split("\n"))
         record.args = None
         return True
 

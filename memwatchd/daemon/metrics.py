@@ -47,6 +47,7 @@ from prometheus_client.core import (
 from memwatchd.config import PrometheusConfig
 from memwatchd.daemon.status import DaemonStatus
 from memwatchd.models import HOST_FIELDS, MemInfo, ProcessSnapshot, Snapshot
+from memwatchd.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,9 @@ class _Collector:
                 name, doc, labels=["group"], unit="bytes" if name.endswith("_bytes") else ""
             )
             for g in st.groups:
-                fam.add_metric([g.group], float((g.rss_bytes, g.anon_bytes, g.swap_bytes, g.processes)[i]))
+                fam.add_metric(
+                    [shown(g.group)], float((g.rss_bytes, g.anon_bytes, g.swap_bytes, g.processes)[i])
+                )
             yield fam
         if st.alloc is not None:
             for i, (name, doc) in enumerate(ALLOC_COUNTERS):
@@ -341,7 +344,7 @@ class _Collector:
                     name, doc, labels=["group"], unit="bytes" if "_bytes" in name else ""
                 )
                 for group, values in st.alloc:
-                    cfam.add_metric([group], float(values[i]))
+                    cfam.add_metric([shown(group)], float(values[i]))
                 yield cfam
         top = GaugeMetricFamily(
             "memwatchd_process_rss_bytes",
@@ -350,7 +353,7 @@ class _Collector:
             unit="bytes",
         )
         for t in st.top:
-            top.add_metric([str(t.rank), t.comm, t.unit], float(t.rss_bytes))
+            top.add_metric([str(t.rank), shown(t.comm), shown(t.unit)], float(t.rss_bytes))
         yield top
         if st.meminfo is not None:
             m = st.meminfo
@@ -371,11 +374,11 @@ class _Collector:
                 for name, doc, unit in CGROUP_GAUGES
             ]
             for cg, unit, charge, limit, rss, n in st.cgroups:
-                fams[0].add_metric([cg, unit], float(charge))
+                fams[0].add_metric([shown(cg), shown(unit)], float(charge))
                 if limit is not None:
-                    fams[1].add_metric([cg, unit], float(limit))
-                fams[2].add_metric([cg, unit], float(rss))
-                fams[3].add_metric([cg, unit], float(n))
+                    fams[1].add_metric([shown(cg), shown(unit)], float(limit))
+                fams[2].add_metric([shown(cg), shown(unit)], float(rss))
+                fams[3].add_metric([shown(cg), shown(unit)], float(n))
             yield from fams
         if st.host:
             hfam = GaugeMetricFamily(
@@ -393,7 +396,7 @@ class _Collector:
                 "memwatchd_alerts", "Open alert episodes per rule and state.", labels=["rule", "state"]
             )
             for rule, state, n in st.alerts:
-                alerts.add_metric([rule, state], float(n))
+                alerts.add_metric([shown(rule), state], float(n))
             yield alerts
         buckets = [(f"{b:g}", float(n)) for b, n in zip(SCAN_BUCKETS_S, st.scan_buckets, strict=False)]
         buckets.append(("+Inf", float(st.scan_buckets[-1])))

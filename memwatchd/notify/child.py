@@ -118,9 +118,11 @@ def check_urls(urls: Sequence[str]) -> list[str]:
 
 def _known_schemes() -> set[str] | None:
     try:
-        from apprise.manager_plugins import NotificationManager
+        from apprise import manager_plugins
 
-        return {str(x).lower() for x in NotificationManager().schemas()}
+        factory: Any = manager_plugins.NotificationManager  # apprise ships no type hints for it
+        manager = factory()
+        return {str(x).lower() for x in manager.schemas()}
     except Exception:  # another Apprise version: fall back to "not usable" without the reason
         return None
 

@@ -5,6 +5,7 @@ Delivery lives in memwatchd.notify.deliverer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from memwatchd.alerts.engine import Transition
 from memwatchd.alerts.kinds import kind_of
 from memwatchd.config import RuleConfig
 from memwatchd.models import AlertRecord
+from memwatchd.text import shown
 from memwatchd.units import format_duration, format_rate, format_size
 
 log = logging.getLogger("memwatchd.notify")
@@ -234,15 +236,45 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
+def shown_record(r: AlertRecord) -> AlertRecord:
+    """The record with its process-chosen text (comm, unit, summary) escaped for display (text.shown)."""
+    return dataclasses.replace(
+        r, comm=shown(r.comm), unit=None if r.unit is None else shown(r.unit), summary=shown(r.summary)
+    )
+
+
+def shown_lines(title: str, body: str) -> tuple[str, str]:
+    """Title and body with anything left unsafe escaped, line by line (the body's own newlines stay)."""
+    return shown(title), "\n".join(shown(ln) for ln in body.split("\n"))
+
+
+def _shown(t: Transition) -> Transition:
+    # every value a process or cgroup chose is escaped BEFORE it is placed in a line: a newline in a comm
+    # must not start a line of its own
+    return dataclasses.replace(
+        t,
+        record=shown_record(t.record),
+        limit_cgroup=None if t.limit_cgroup is None else shown(t.limit_cgroup),
+        oom_scope=None if t.oom_scope is None else shown(t.oom_scope),
+    )
+
+
 def render(transitions: Sequence[Transition], host: str, default_urls: tuple[str, ...]) -> list[Message]:
-    """One message per rule (and URL set) for the transitions of one call. Rules without URLs send nothing."""
+    """One message per rule (and URL set) for the transitions of one call. Rules without URLs send nothing.
+
+    Process names, units and cgroup paths are shown escaped (text.shown): no control character, ANSI
+    escape, bidi override or newline from a process reaches a title or a body raw.
+    """
     groups: dict[tuple[str, tuple[str, ...]], list[Transition]] = {}
     for t in transitions:
         urls = t.rule.notify if t.rule is not None and t.rule.notify is not None else default_urls
         if urls:
             groups.setdefault((t.record.rule, tuple(urls)), []).append(t)
     out = []
+    host = shown(host)
     for (_, urls), ts in groups.items():
-        title, body = _single(ts[0], host) if len(ts) == 1 else _group(ts, host)
+        safe = [_shown(t) for t in ts]
+        title, body = shown_lines(*(_single(safe[0], host) if len(ts) == 1 else _group(safe, host)))
+        # the records are the originals: they identify the episodes to mark as told
         out.append(Message(title, body, urls, tuple(t.record for t in ts), tuple(t.reason for t in ts)))
     return out

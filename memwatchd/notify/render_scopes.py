@@ -7,12 +7,14 @@ host breakdown (shmem, slab, page tables, unaccounted, available) and what it me
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
 from memwatchd.alerts.scopes import ScopeTransition, falls, largest_text
 from memwatchd.config import RuleConfig
-from memwatchd.notify.render import Message, sparkline
+from memwatchd.notify.render import Message, shown_lines, shown_record, sparkline
+from memwatchd.text import shown
 from memwatchd.units import format_duration, format_rate, format_size
 
 COMPONENTS = {
@@ -192,7 +194,25 @@ def render_scoped(
         if urls:
             groups.setdefault((t.record.rule, tuple(urls)), []).append(t)
     out = []
+    host = shown(host)
     for (_, urls), ts in groups.items():
-        title, body = _single(ts[0], host) if len(ts) == 1 else _group(ts, host)
+        safe = [_shown(t) for t in ts]
+        title, body = shown_lines(*(_single(safe[0], host) if len(ts) == 1 else _group(safe, host)))
+        # the records are the originals: they identify the episodes to mark as told
         out.append(Message(title, body, urls, tuple(t.record for t in ts), tuple(t.reason for t in ts)))
     return out
+
+
+def _shown(t: ScopeTransition) -> ScopeTransition:
+    """Cgroup paths, units and member names escaped before they are placed in lines (text.shown)."""
+    g = t.group
+    if g is not None:
+        g = dataclasses.replace(
+            g,
+            group=shown(g.group),
+            unit=None if g.unit is None else shown(g.unit),
+            cgroup=None if g.cgroup is None else shown(g.cgroup),
+            limit_cgroup=None if g.limit_cgroup is None else shown(g.limit_cgroup),
+            largest=tuple(dataclasses.replace(m, comm=shown(m.comm)) for m in g.largest),
+        )
+    return dataclasses.replace(t, record=shown_record(t.record), group=g)
