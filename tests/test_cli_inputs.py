@@ -176,6 +176,8 @@ PIPE_COMMANDS = [
     ["status", "--json"],
     ["alerts"],
     ["alerts", "--json"],
+    ["groups"],
+    ["groups", "--json"],
     ["completion", "bash"],
     ["--help"],
     ["top", "--help"],
