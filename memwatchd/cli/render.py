@@ -113,8 +113,7 @@ def top_summary(s: TopSummary) -> str:
         f"mem {kb(s.mem_total_kb)} total, {kb(s.mem_available_kb)} available",
         f"swap {kb(s.swap_used_kb)} used of {kb(s.swap_total_kb)}",
         f"{s.processes} processes",
-        f"alloc {num(s.mmaps_per_s)} mmaps/s {rate(s.mmap_bytes_per_s)} mmap"
-        f" {rate(s.brk_bytes_per_s)} brk",
+        f"alloc {num(s.mmaps_per_s)} mmaps/s {rate(s.mmap_bytes_per_s)} mmap {rate(s.brk_bytes_per_s)} brk",
     ]
     return "  ".join(parts)
 
