@@ -290,18 +290,19 @@ def measure(tool: Tool, measure_s: float, log: Path) -> dict[str, float]:
         time.sleep(tool.warm_s)
         if p.poll() is not None:
             raise RuntimeError(f"{tool.name} exited with {p.returncode}: {log.read_text()[-500:]}")
-        nprocs = host_processes()
+        counts = [host_processes()]  # the host is shared: its population is sampled, not assumed
         c0 = cpu_seconds(p.pid)
         t0 = time.monotonic()
         peak = 0
         while time.monotonic() - t0 < measure_s:
             time.sleep(min(INTERVAL_S, measure_s - (time.monotonic() - t0)))
             peak = max(peak, anon_kb([p.pid]))
+            counts.append(host_processes())
         c1 = cpu_seconds(p.pid)
         elapsed = time.monotonic() - t0
         pids = descendants(p.pid)
         anon_end = anon_kb(pids)
-        nprocs = (nprocs + host_processes()) // 2
+        nprocs = round(statistics.mean(counts))
         if p.poll() is not None:
             raise RuntimeError(f"{tool.name} exited with {p.returncode}: {log.read_text()[-500:]}")
     finally:
@@ -325,6 +326,7 @@ def measure(tool: Tool, measure_s: float, log: Path) -> dict[str, float]:
         "cpu_s": round(cpu, 3),
         "elapsed_s": round(elapsed, 1),
         "processes": nprocs,
+        "processes_min_max": [min(counts), max(counts)],
         "us_per_process_cycle": round(cpu * 1e6 / (nprocs * cycles), 2),
         "pct_core": round(100.0 * cpu / elapsed, 2),
         "anon_mb": round(anon_end / 1024.0, 1),

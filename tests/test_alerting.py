@@ -416,3 +416,21 @@ def test_metric_missing_for_a_moment_keeps_the_episode() -> None:
 
     ev = drive(AlertEngine([GROWTH], [], 0), sc, until=200)
     assert reasons(ev) == ["firing"]
+
+
+def test_oom_history_is_borrowed_from_the_rss_rule_and_outlives_the_process() -> None:
+    """With an rss rule over every process (the shipped rss-growth), the OOM kind keeps no history of its
+    own (memory at 10,000 processes); the victim's message still carries its last 5 minutes."""
+    growth = RuleConfig(
+        name="rss-growth", kind="growth", metric="rss", min_rate=50 * MB / 3600, window_s=1800.0
+    )
+    eng = AlertEngine([growth, RuleConfig(name="oom", kind="oom")], [], 0)
+    for t in range(0, 600, 2):
+        eng.observe(snap(float(t), [proc(10, 100 + t // 10, start=1000), proc(11, 10)]))
+    assert eng._seen == {}  # noqa: SLF001 - the point of the test: no second copy of every history
+    kill = OomKill(10, "leaker", 1 << 20, 400 << 10, 0, 0, 0, 0, int(599e9))
+    _, due = eng.observe(snap(600.0, [proc(11, 10)], ooms=(kill,)))  # gone from /proc in the same cycle
+    (tr,) = due
+    assert tr.record.kind == "oom" and tr.record.start_ticks == 1000
+    assert len(tr.series) >= 6 and tr.series[-1][1] == (100 + 598 // 10) * MB
+    assert all(WALL0 + 600 - 300 - 30 <= ts <= WALL0 + 600 for ts, _ in tr.series)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -86,6 +86,9 @@ class _Track:
     pending_since: float | None = None  # mono: the fire condition has held since
     pending_wall: float = 0.0  # wall time the evidence starts (becomes record.since)
     confirmed: bool = False  # strong evidence was seen while pending (growth and leak rules)
+    watch: bool = (
+        False  # the window could show growth: looked at every cycle even when its record is unchanged
+    )
     clear_since: float | None = None  # mono: the clear condition has held since
     last_emit: float = 0.0  # mono of the last notification made due
     fit: Fit | None = None
@@ -135,6 +138,7 @@ class AlertEngine:
         self._active: dict[str, set[Key]] = {}
         self._recheck: set[str] = set()  # rules to evaluate over every present process at the next observe
         self._gone_q: deque[tuple[float, Key]] = deque()  # (gone_at, key) of vanished OOM histories
+        self._donated: dict[Key, _Track] = {}  # donor tracks of processes gone this snapshot
         self.update_rules(rules)
 
     # ----- public API -----
@@ -175,19 +179,23 @@ class AlertEngine:
         changed, gone = self._changes(snap)
         present = self._present
         assert present is not None
-        self._update_seen(snap, changed, gone)
         if self._restored is not None:
             self._restore(cyc, present)
         for rec in self._orphans:
             self._resolve_record(cyc, rec, None, "rule removed from the configuration")
         self._orphans = []
+        donor = self._donor
+        self._donated = {}
+        for rule in self._rules.values():
+            if not kind_of(rule.kind).instant:
+                items = list(present.items()) if rule.name in self._recheck else changed
+                self._evaluate_rule(cyc, rule, items, gone, rule.name == donor)
+        # OOM histories after the rules: a process the donor rule tracks needs none of its own
+        self._update_seen(snap, changed, gone)
         for rule in self._rules.values():
             if kind_of(rule.kind).instant:
                 for oom in snap.ooms:
                     self._oom(cyc, rule, oom)
-            else:
-                items = list(present.items()) if rule.name in self._recheck else changed
-                self._evaluate_rule(cyc, rule, items, gone)
         self._recheck.clear()
         return cyc.changed, cyc.due
 
@@ -272,18 +280,33 @@ class AlertEngine:
         return new
 
     def open_alerts(self) -> list[AlertRecord]:
-        """Firing episodes currently held (for status output)."""
-        return [t.record for ts in self._tracks.values() for t in ts.values() if t.record is not None]
+        """Firing episodes currently held (for status output, every cycle).
+
+        A track with an open episode is always in its rule's active set: only those are looked at.
+        """
+        out = []
+        for name, keys in self._active.items():
+            tracks = self._tracks.get(name, {})
+            for k in keys:
+                t = tracks.get(k)
+                if t is not None and t.record is not None:
+                    out.append(t.record)
+        return out
 
     # ----- evaluation -----
 
     def _evaluate_rule(
-        self, cyc: _Cycle, rule: RuleConfig, items: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
+        self,
+        cyc: _Cycle,
+        rule: RuleConfig,
+        items: list[tuple[Key, ProcessSnapshot]],
+        gone: list[Key],
+        donor: bool = False,
     ) -> None:
         tracks = self._tracks[rule.name]
         active = self._active[rule.name]
         for key, p in items:
-            self._observe_one(cyc, rule, tracks, active, key, p)
+            self._observe_one(cyc, rule, tracks, active, key, p, fresh=True)
         if active:
             present = self._present
             assert present is not None
@@ -297,8 +320,11 @@ class AlertEngine:
         for key in dict.fromkeys(gone):
             tr = tracks.pop(key, None)
             active.discard(key)
-            if tr is not None and tr.record is not None:
+            if tr is not None and (tr.record is not None or donor):
                 self._catch_up(tr.window, tr.upto, len(self._axis) - 1)
+                if donor:
+                    self._donated[key] = tr  # its rss history outlives it a little, for an OOM message
+            if tr is not None and tr.record is not None:
                 self._resolve_record(cyc, tr.record, tr, "process exited")
 
     def _observe_one(
@@ -309,6 +335,7 @@ class AlertEngine:
         active: set[Key],
         key: Key,
         p: ProcessSnapshot,
+        fresh: bool = False,
     ) -> None:
         if not rule.match.matches(p.comm, p.unit):
             tr = tracks.pop(key, None)
@@ -336,8 +363,9 @@ class AlertEngine:
         now = cyc.snap.mono
         appended = self._add(tr.window, tr.upto, now, value, kind.counter(p))
         tr.upto = now
-        self._step(cyc, rule, tr, key, appended)
-        if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None:
+        # a changed record is always worth a look (the window's newest point may only have been replaced)
+        self._step(cyc, rule, tr, key, appended or fresh)
+        if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None or tr.watch:
             active.add(key)
         else:
             active.discard(key)
@@ -355,6 +383,10 @@ class AlertEngine:
             wall=cyc.snap.ts,
             current=tr.fit,
         )
+        # a window the kind looked at (it could show growth) is looked at next cycle even when the record
+        # does not change: a stair's last step shows in the slice medians only some seconds after it happened
+        # (a sample that only replaced the window's newest point says nothing new: the watch stays as it was)
+        tr.watch = j is not None or (tr.watch and not appended)
         if j is None:
             tr.fit = None
             return
@@ -485,6 +517,27 @@ class AlertEngine:
 
     # ----- OOM -----
 
+    @property
+    def _donor(self) -> str | None:
+        """A rule whose windows already hold every process's rss history (OOM messages borrow it).
+
+        An rss rule over all processes with a window at least OOM_HISTORY_S long (the shipped rss-growth
+        rule): then the OOM kind keeps no history of its own for the processes it tracks.
+        """
+        if not any(kind_of(r.kind).keeps_history for r in self._rules.values()):
+            return None
+        for r in self._rules.values():
+            if (
+                r.metric == "rss"
+                and not kind_of(r.kind).instant
+                and r.kind != "threshold"  # keeps windows only near its threshold
+                and r.window_s >= OOM_HISTORY_S
+                and r.scope == "process"
+                and (r.match.comm, r.match.unit, r.match.cgroup) == (None, None, None)
+            ):
+                return r.name
+        return None
+
     def _update_seen(
         self, snap: Snapshot, changed: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
     ) -> None:
@@ -494,8 +547,14 @@ class AlertEngine:
             return
         now = snap.mono
         seen = self._seen
+        donor = self._donor
+        lent = self._tracks.get(donor, {}) if donor is not None else {}
         for key, p in changed:
             sn = seen.get(key)
+            if key in lent:
+                if sn is not None and sn.gone_at is None:
+                    del seen[key]  # the donor rule's window holds its history now
+                continue
             if not p.rss_kb:
                 if sn is not None:
                     sn.upto = None
@@ -511,11 +570,15 @@ class AlertEngine:
         q = self._gone_q
         for key in gone:
             sn = seen.get(key)
+            tr = self._donated.get(key)
+            if tr is not None and (sn is None or sn.gone_at is None):
+                sn = seen[key] = _Seen(tr.window, tr.comm, tr.unit)
             if sn is not None and sn.gone_at is None:
                 self._catch_up(sn.window, sn.upto, len(self._axis) - 1)  # it was last seen before now
                 sn.upto = None
                 sn.gone_at = now
                 q.append((now, key))
+        self._donated = {}
         while q and (now - q[0][0] > OOM_GRACE_S or len(q) > MAX_GONE):
             at, key = q.popleft()
             sn = seen.get(key)
@@ -527,6 +590,12 @@ class AlertEngine:
         for key, sn in self._seen.items():
             if key[0] == pid and (best is None or _recency(sn) > _recency(best[1])):
                 best = (key, sn)
+        donor = self._donor
+        if donor is not None and (best is None or best[1].gone_at is not None):
+            for key, tr in self._tracks.get(donor, {}).items():
+                if key[0] == pid:  # still here: its history is the donor rule's window
+                    best = (key, _Seen(tr.window, tr.comm, tr.unit, upto=tr.upto))
+                    break
         if best is not None and best[1].gone_at is None:
             self._catch_up(best[1].window, best[1].upto, len(self._axis))  # through this snapshot
             if self._axis:
@@ -545,8 +614,9 @@ class AlertEngine:
         rate = None
         if found is not None:
             w = found[1].window
-            series = w.series(s.ts, s.mono)
-            f = fit(w.t, w.v)
+            keep = bisect_left(w.t, s.mono - OOM_HISTORY_S)  # a borrowed window is longer
+            series = w.series(s.ts, s.mono)[keep:]
+            f = fit(w.t[keep:], w.v[keep:])
             rate = f.slope if f is not None else None
         k = 1024
         kind = kind_of(rule.kind)
