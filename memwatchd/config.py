@@ -8,6 +8,7 @@ the two in step.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import re
 import tomllib
@@ -15,9 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memwatchd.alerts.kinds import KIND_NAMES, kind_of
+from memwatchd.safefile import MAX_CONFIG_BYTES, UnsafeFile, read_small
+from memwatchd.secrets import mask_url
 from memwatchd.units import parse_duration, parse_rate, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/memwatchd/memwatchd.toml"
+MAX_RULES = 100  # every rule is matched against every process every interval
+MAX_NESTING = 32  # tables and arrays inside each other; memwatchd's own keys need 4
+# 32 or more dotted key parts in a row (a.b.c...): tomllib takes quadratic time on such keys, so they are
+# refused before parsing. Possessive quantifiers keep this search linear.
+_DOTTED_CHAIN = re.compile(
+    r"(?<![\w\"'-])(?:[\w-]++|\"[^\"\n]*+\"|'[^'\n]*+')"
+    rf"(?:[ \t]*+\.[ \t]*+(?:[\w-]++|\"[^\"\n]*+\"|'[^'\n]*+')){{{MAX_NESTING}}}"
+)
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 class ConfigError(Exception):
@@ -74,21 +87,54 @@ class PrometheusConfig:
     listen: str = ""  # "127.0.0.1:9464" turns the endpoint on
     top_k: int = 20
     max_series: int = 2000
+    top_cgroups: int = 50  # memory cgroups exported by name (largest charge); the rest as cgroup="other"
+
+
+@dataclass(frozen=True, slots=True)
+class TriageConfig:
+    """[triage]: leak triage, a bounded sampled allocation trace of one process (memwatchd/triage)."""
+
+    enabled: bool = True  # trace a process when a growth or leak alert fires on it
+    duration_s: float = 30.0
+    sample_every: int = 65536  # bytes: an allocation of s bytes is sampled with probability min(1, s/this)
+    max_concurrent: int = 1  # traces at once (each runs in a child holding ~130 MB while it compiles)
+    max_stacks: int = 20  # stacks kept per result
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     comm: str | None = None  # glob
     unit: str | None = None  # glob
+    cgroup: str | None = None  # glob on the memory cgroup path (scope "cgroup" only)
 
     def matches(self, comm: str, unit: str | None) -> bool:
         if self.comm is not None and not fnmatch.fnmatchcase(comm, self.comm):
             return False
         return self.unit is None or fnmatch.fnmatchcase(unit or "", self.unit)
 
+    def matches_group(self, cgroup: str | None, unit: str | None) -> bool:
+        """A group (scope "cgroup") matches when every given glob matches its cgroup path and unit."""
+        if self.cgroup is not None and not fnmatch.fnmatchcase(cgroup or "", self.cgroup):
+            return False
+        return self.unit is None or fnmatch.fnmatchcase(unit or "", self.unit)
 
-RULE_KINDS = ("growth", "leak", "threshold", "oom")
+
+RULE_KINDS = KIND_NAMES  # one class per kind in memwatchd/alerts/kinds/
 RULE_METRICS = ("rss", "anon", "swap", "mapped")
+RULE_SCOPES = ("process", "cgroup", "host")
+# What each scope watches and which kinds apply there ("process" is today's per-process behaviour).
+SCOPE_METRICS = {
+    "process": RULE_METRICS,
+    "cgroup": (
+        "memory",
+        "rss",
+        "anon",
+        "swap",
+    ),  # memory = the cgroup's charge; the rest: its processes' sums
+    "host": ("shmem", "slab_unreclaimable", "page_tables", "unaccounted", "available"),
+}
+# each kind declares the scopes it can judge (RuleKind.scopes)
+SCOPE_KINDS = {scope: tuple(k for k in KIND_NAMES if scope in kind_of(k).scopes) for scope in RULE_SCOPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +148,7 @@ class RuleConfig:
     threshold: int = 0  # bytes
     match: Match = field(default_factory=Match)
     notify: tuple[str, ...] | None = None  # None: [notify] urls
+    scope: str = "process"  # "process" | "cgroup" | "host"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +160,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     rules: tuple[RuleConfig, ...] = ()
 
@@ -223,29 +271,41 @@ def _urls(v: Any) -> tuple[str, ...]:
 
 
 def _listen(v: Any) -> str:
+    """'HOST:PORT': HOST an IPv4 address, a bracketed IPv6 address or a host name; PORT 1-65535."""
     s = _str(v).strip()
     if not s:
         return ""
+    bad = ValueError(f"expected HOST:PORT like '127.0.0.1:9464' or '[::1]:9464', got {_cut(v)}")
     host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT like '127.0.0.1:9464', got {v!r}")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise bad from None
+        return s
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+        raise ValueError(f"an IPv6 address needs brackets ('[::1]:9464'), got {_cut(v)}")
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise bad from None
+        return s
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise bad
     return s
 
 
-def mask_url(url: str) -> str:
-    """Hide credentials and tokens in an Apprise URL: keep scheme and host, mask the rest."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***"
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    hostpart = authority.rsplit("@", 1)[-1]
-    # many services put tokens where the host goes (tgram://TOKEN/chat, slack://A/B/C): show only real hosts
-    if not re.fullmatch(
-        r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(:\d{1,5})?", hostpart
-    ):
-        hostpart = "***"
-    masked_path = "/***" if "/" in rest or "@" in rest or "?" in rest else ""
-    return f"{scheme}://{hostpart}{masked_path}"
+def _cut(v: Any) -> str:
+    """repr of a value for an error message, cut so that a huge value cannot make a huge message."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def _rule(file: str, index: int, table: Any) -> RuleConfig:
@@ -256,7 +316,13 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     kind = sec.get("kind", None, _choice(*RULE_KINDS))
     if kind is None:
         raise sec.err("kind", f"required (one of {', '.join(RULE_KINDS)})")
-    metric = sec.get("metric", "mapped" if kind == "leak" else "rss", _choice(*RULE_METRICS))
+    scope = sec.get("scope", "process", _choice(*RULE_SCOPES))
+    if kind not in SCOPE_KINDS[scope]:
+        raise sec.err("kind", f"scope {scope!r} takes kind {' or '.join(SCOPE_KINDS[scope])}, got {kind!r}")
+    if scope == "host" and "metric" not in sec.table:
+        raise sec.err("metric", f"required for scope 'host' (one of {', '.join(SCOPE_METRICS['host'])})")
+    default_metric = {"process": kind_of(kind).default_metric, "cgroup": "memory", "host": ""}[scope]
+    metric = sec.get("metric", default_metric, _choice(*SCOPE_METRICS[scope]))
     min_rate = sec.get("min_rate", 0.0, _rate)
     window = sec.get("window", 600.0, _duration(1.0))
     for_s = sec.get("for", 0.0, _duration())
@@ -264,16 +330,18 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     notify = sec.get("notify", None, _urls)
     match_tbl = sec.get("match", None, lambda v: v)
     sec.finish()
-    if kind == "growth" and min_rate <= 0:
-        raise sec.err("min_rate", "required for kind 'growth' (e.g. \"10MB/h\")")
-    if kind == "threshold" and threshold <= 0:
-        raise sec.err("threshold", "required for kind 'threshold' (e.g. \"2GB\")")
     match = Match()
     if match_tbl is not None:
+        if scope == "host":
+            raise sec.err("match", "scope 'host' watches the whole host: no match")
         ms = _Section(file, f"rules[{index}].match", match_tbl)
-        match = Match(comm=ms.get("comm", None, _str), unit=ms.get("unit", None, _str))
+        match = Match(
+            comm=ms.get("comm", None, _str) if scope == "process" else None,
+            unit=ms.get("unit", None, _str),
+            cgroup=ms.get("cgroup", None, _str) if scope == "cgroup" else None,
+        )
         ms.finish()
-    return RuleConfig(
+    rule = RuleConfig(
         name=name,
         kind=kind,
         metric=metric,
@@ -283,7 +351,32 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
         threshold=threshold,
         match=match,
         notify=notify,
+        scope=scope,
     )
+    problem = kind_of(kind).validate(rule)
+    if problem is not None:
+        raise sec.err(*problem)
+    return rule
+
+
+def _triage(t: _Section) -> TriageConfig:
+    def sample_size(v: Any) -> int:
+        n = parse_size(v)
+        if not 1 <= n <= 1 << 30:
+            raise ValueError(f"must be between 1B and 1GB, got {v!r}")
+        return n
+
+    cfg = TriageConfig(
+        enabled=t.get("enabled", True, _bool),
+        duration_s=t.get("duration", 30.0, _duration(1.0)),
+        sample_every=t.get("sample_every", 65536, sample_size),
+        max_concurrent=t.get("max_concurrent", 1, _int(1, 16)),
+        max_stacks=t.get("max_stacks", 20, _int(1, 1000)),
+    )
+    t.finish()
+    if cfg.duration_s > 3600:
+        raise t.err("duration", "must be at most 1h (a trace slows the process down while it runs)")
+    return cfg
 
 
 def parse_config(data: dict[str, Any], file: str) -> Config:
@@ -352,6 +445,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         listen=pr.get("listen", "", _listen),
         top_k=pr.get("top_k", 20, _int(0, 1000)),
         max_series=pr.get("max_series", 2000, _int(10, 1000000)),
+        top_cgroups=pr.get("top_cgroups", 50, _int(0, 10000)),
     )
     pr.finish()
 
@@ -361,10 +455,13 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         cgroup_root=g.get("cgroup_root", "/sys/fs/cgroup", path),
     )
     g.finish()
+    triage = _triage(_Section(file, "triage", top.get("triage", {}, lambda v: v)))
 
     raw_rules = top.get("rules", [], lambda v: v)
     if not isinstance(raw_rules, list):
         raise top.err("rules", "expected [[rules]] tables")
+    if len(raw_rules) > MAX_RULES:
+        raise top.err("rules", f"at most {MAX_RULES} rules, got {len(raw_rules)}")
     rules = tuple(_rule(file, i, r) for i, r in enumerate(raw_rules))
     names = [r.name for r in rules]
     for i, nm in enumerate(names):
@@ -379,28 +476,63 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         storage=storage,
         notify=notify,
         prometheus=prometheus,
+        triage=triage,
         groups=groups,
         rules=rules,
     )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file; ConfigError on any problem (including unreadable file)."""
+    """Read and validate a config file; ConfigError on any problem (including unreadable file).
+
+    Time and memory are bounded whatever the path names: a FIFO, a device or a directory is refused
+    without reading, at most 1 MB is read, and nesting deeper than MAX_NESTING is refused.
+    """
     file = str(path)
+    return parse_config(_read_toml(file), file)
+
+
+def _read_toml(file: str) -> dict[str, Any]:
     try:
-        with open(file, "rb") as f:
-            data = tomllib.load(f)
+        raw = read_small(file, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{file}: cannot read: no such file") from None
     except PermissionError:
         raise ConfigError(f"{file}: cannot read: permission denied") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{file}: cannot read: is a directory") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{file}: invalid TOML: {e}") from None
+    except UnsafeFile as e:
+        raise ConfigError(f"{file}: cannot read: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: invalid TOML: not UTF-8") from None
-    return parse_config(data, file)
+    too_deep = ConfigError(f"{file}: invalid TOML: nested deeper than {MAX_NESTING} levels")
+    if _DOTTED_CHAIN.search(text):
+        raise too_deep
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: invalid TOML: {e}") from None
+    except RecursionError:  # arrays or inline tables nested ~1000 deep
+        raise too_deep from None
+    if _depth(data) > MAX_NESTING:
+        raise too_deep
+    return data
+
+
+def _depth(doc: Any) -> int:
+    """How deeply tables and arrays nest in a parsed document (iterative: no recursion limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            stack.extend((c, d + 1) for c in v.values() if isinstance(c, dict | list))
+        elif isinstance(v, list):
+            stack.extend((c, d + 1) for c in v if isinstance(c, dict | list))
+    return deepest
 
 
 def notify_urls(cfg: Config) -> tuple[str, ...]:
@@ -409,10 +541,12 @@ def notify_urls(cfg: Config) -> tuple[str, ...]:
     # the systemd unit passes a credential (LoadCredential=apprise-urls) through MEMWATCHD_URLS_FILE
     urls_file = cfg.notify.urls_file or os.environ.get("MEMWATCHD_URLS_FILE", "")
     if urls_file:
+        key = "notify.urls_file" if cfg.notify.urls_file else "MEMWATCHD_URLS_FILE"
         try:
-            text = Path(urls_file).read_text()
+            text = read_small(urls_file).decode("utf-8", "replace")
+        except UnsafeFile as e:
+            raise ConfigError(f"{cfg.source}: {key}: cannot read {urls_file}: {e}") from None
         except OSError as e:
-            key = "notify.urls_file" if cfg.notify.urls_file else "MEMWATCHD_URLS_FILE"
             raise ConfigError(f"{cfg.source}: {key}: cannot read {urls_file}: {e.strerror}") from None
         for ln in text.splitlines():
             u = ln.strip()

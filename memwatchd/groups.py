@@ -6,7 +6,9 @@ the caller and passed in. Kernel threads (no address space) belong to no group.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 from memwatchd.models import (
     GroupCharge,
@@ -20,6 +22,7 @@ from memwatchd.models import (
 LARGEST_KEPT = 3  # members named in a group's alert message
 
 
+@lru_cache(maxsize=8192)  # pure; a host has few distinct (cgroup, unit) pairs and this runs per process
 def unit_cgroup(cgroup: str | None, unit: str | None) -> str | None:
     """The cgroup of a systemd unit: the prefix of the process's cgroup path ending at the unit's component.
 
@@ -36,10 +39,6 @@ def unit_cgroup(cgroup: str | None, unit: str | None) -> str | None:
     return None
 
 
-def _members(processes: Iterable[ProcessSnapshot]) -> list[ProcessSnapshot]:
-    return [p for p in processes if not p.exited and p.rss_kb is not None and (p.vm_kb or 0) > 0]
-
-
 def charge_paths(placements: Iterable[tuple[str | None, str | None]]) -> set[str]:
     """Every cgroup path whose charge the groups need: each (cgroup, unit) pair's cgroup and unit's cgroup."""
     out: set[str] = set()
@@ -52,15 +51,21 @@ def charge_paths(placements: Iterable[tuple[str | None, str | None]]) -> set[str
     return out
 
 
+class _Acc:
+    """Running sums of one group during the single pass."""
+
+    __slots__ = ("n", "rss", "anon", "swap", "procs", "places")
+
+    def __init__(self) -> None:
+        self.n = self.rss = self.anon = self.swap = 0
+        self.procs: list[ProcessSnapshot] = []
+        self.places: set[str | None] = set()  # units of a cgroup group; unit cgroups of a unit group
+
+
 def _sample(
-    by: str,
-    group: str,
-    unit: str | None,
-    cgroup: str | None,
-    procs: Sequence[ProcessSnapshot],
-    charge: GroupCharge | None,
+    by: str, group: str, a: _Acc, cgroup: str | None, unit: str | None, charge: GroupCharge | None
 ) -> GroupSample:
-    largest = sorted(procs, key=lambda p: (-(p.rss_kb or 0), p.pid))[:LARGEST_KEPT]
+    largest = heapq.nsmallest(LARGEST_KEPT, a.procs, key=lambda p: (-(p.rss_kb or 0), p.pid))
     cur = charge.current_bytes if charge is not None else None
     lim = charge.limit_bytes if charge is not None else None
     free = charge.free_bytes if charge is not None else None
@@ -69,10 +74,10 @@ def _sample(
         group=group,
         unit=unit,
         cgroup=cgroup,
-        processes=len(procs),
-        rss_kb=sum(p.rss_kb or 0 for p in procs),
-        anon_kb=sum(p.anon_kb or 0 for p in procs),
-        swap_kb=sum(p.swap_kb or 0 for p in procs),
+        processes=a.n,
+        rss_kb=a.rss,
+        anon_kb=a.anon,
+        swap_kb=a.swap,
         memory_current_kb=None if cur is None else cur // 1024,
         memory_limit_kb=None if lim is None else lim // 1024,
         limit_cgroup=charge.limit_cgroup if charge is not None else None,
@@ -81,33 +86,67 @@ def _sample(
     )
 
 
+def summarize(
+    processes: Iterable[ProcessSnapshot], charges: Mapping[str, GroupCharge], meminfo: MemInfo | None
+) -> tuple[tuple[GroupSample, ...], HostMemory | None]:
+    """The groups (one GroupSample per memory cgroup and per systemd unit holding a live process, cgroups
+    first) and the host breakdown, in one pass over the processes."""
+    by_cg: dict[str, _Acc] = {}
+    by_unit: dict[str, _Acc] = {}
+    rss_total = anon_total = 0
+    for p in processes:
+        rss = p.rss_kb
+        if p.exited or rss is None or not p.vm_kb:
+            continue  # kernel threads (no address space) and exited processes belong to no group
+        anon, swap = p.anon_kb or 0, p.swap_kb or 0
+        rss_total += rss
+        anon_total += anon
+        cg, unit = p.cgroup, p.unit
+        if cg:
+            a = by_cg.get(cg)
+            if a is None:
+                a = by_cg[cg] = _Acc()
+            a.n += 1
+            a.rss += rss
+            a.anon += anon
+            a.swap += swap
+            a.procs.append(p)
+            a.places.add(unit)
+        if unit:
+            a = by_unit.get(unit)
+            if a is None:
+                a = by_unit[unit] = _Acc()
+            a.n += 1
+            a.rss += rss
+            a.anon += anon
+            a.swap += swap
+            a.procs.append(p)
+            a.places.add(unit_cgroup(cg, unit))
+    out: list[GroupSample] = []
+    for cg in sorted(by_cg):
+        a = by_cg[cg]
+        unit = next(iter(a.places)) if len(a.places) == 1 else None
+        out.append(_sample("cgroup", cg, a, cg, unit, charges.get(cg)))
+    for unit in sorted(by_unit):
+        a = by_unit[unit]
+        ucg = next(iter(a.places)) if len(a.places) == 1 else None
+        out.append(_sample("unit", unit, a, ucg, unit, charges.get(ucg) if ucg else None))
+    return tuple(out), _host(meminfo, rss_total, anon_total)
+
+
 def aggregate_groups(
     processes: Iterable[ProcessSnapshot], charges: Mapping[str, GroupCharge]
 ) -> tuple[GroupSample, ...]:
     """One GroupSample per memory cgroup and per systemd unit holding a live process (cgroups first)."""
-    by_cg: dict[str, list[ProcessSnapshot]] = {}
-    by_unit: dict[str, list[ProcessSnapshot]] = {}
-    for p in _members(processes):
-        if p.cgroup:
-            by_cg.setdefault(p.cgroup, []).append(p)
-        if p.unit:
-            by_unit.setdefault(p.unit, []).append(p)
-    out: list[GroupSample] = []
-    for cg in sorted(by_cg):
-        procs = by_cg[cg]
-        units = {p.unit for p in procs}
-        unit = units.pop() if len(units) == 1 else None
-        out.append(_sample("cgroup", cg, unit, cg, procs, charges.get(cg)))
-    for unit in sorted(by_unit):
-        procs = by_unit[unit]
-        cgs = {unit_cgroup(p.cgroup, unit) for p in procs}
-        ucg = cgs.pop() if len(cgs) == 1 else None
-        out.append(_sample("unit", unit, unit, ucg, procs, charges.get(ucg) if ucg else None))
-    return tuple(out)
+    return summarize(processes, charges, None)[0]
 
 
 def host_memory(meminfo: MemInfo | None, processes: Iterable[ProcessSnapshot]) -> HostMemory | None:
     """The host breakdown (see HostMemory for the formula); None when /proc/meminfo lacks a needed line."""
+    return summarize(processes, {}, meminfo)[1]
+
+
+def _host(meminfo: MemInfo | None, rss: int, anon: int) -> HostMemory | None:
     if meminfo is None:
         return None
     mi = meminfo
@@ -124,10 +163,6 @@ def host_memory(meminfo: MemInfo | None, processes: Iterable[ProcessSnapshot]) -
     if any(v is None for v in parts):
         return None
     free, buffers, cached, shmem, sreclaim, sunreclaim, kstack, ptables = (int(v or 0) for v in parts)
-    rss = anon = 0
-    for p in _members(processes):
-        rss += p.rss_kb or 0
-        anon += p.anon_kb or 0
     anon_part = min(anon, mi.anon_pages_kb) if mi.anon_pages_kb is not None else anon
     page_cache = max(0, cached + buffers - shmem)
     used = mi.mem_total_kb - free

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TypedDict
 
 from memwatchd.models import (
     BpfHealth,
@@ -53,23 +54,48 @@ def _with_deltas(
     )
 
 
-_BPF_FIELDS = (
-    "mmap_count",
-    "mmap_bytes",
-    "munmap_count",
-    "munmap_bytes",
-    "brk_count",
-    "brk_bytes",
-    "mremap_count",
-    "mremap_grow_bytes",
-    "mremap_shrink_bytes",
-    "mapped_bytes",
-)
+class _BpfCounters(TypedDict):
+    """The eBPF counter fields of a ProcessSnapshot, as keyword arguments."""
+
+    mmap_count: int | None
+    mmap_bytes: int | None
+    munmap_count: int | None
+    munmap_bytes: int | None
+    brk_count: int | None
+    brk_bytes: int | None
+    mremap_count: int | None
+    mremap_grow_bytes: int | None
+    mremap_shrink_bytes: int | None
+    mapped_bytes: int | None
 
 
-def _bpf_fields(stats: BpfStats | None) -> dict[str, int | None]:
+def _bpf_fields(stats: BpfStats | None) -> _BpfCounters:
     """The eBPF counters of a ProcessSnapshot (all None when BPF did not track the process)."""
-    return {f: getattr(stats, f) if stats is not None else None for f in _BPF_FIELDS}
+    if stats is None:
+        return _BpfCounters(
+            mmap_count=None,
+            mmap_bytes=None,
+            munmap_count=None,
+            munmap_bytes=None,
+            brk_count=None,
+            brk_bytes=None,
+            mremap_count=None,
+            mremap_grow_bytes=None,
+            mremap_shrink_bytes=None,
+            mapped_bytes=None,
+        )
+    return _BpfCounters(
+        mmap_count=stats.mmap_count,
+        mmap_bytes=stats.mmap_bytes,
+        munmap_count=stats.munmap_count,
+        munmap_bytes=stats.munmap_bytes,
+        brk_count=stats.brk_count,
+        brk_bytes=stats.brk_bytes,
+        mremap_count=stats.mremap_count,
+        mremap_grow_bytes=stats.mremap_grow_bytes,
+        mremap_shrink_bytes=stats.mremap_shrink_bytes,
+        mapped_bytes=stats.mapped_bytes,
+    )
 
 
 def _from_proc(
@@ -97,14 +123,22 @@ def _from_proc(
 
 
 def _from_bpf(
-    stats: BpfStats, prev: ProcessSnapshot | None, comm: str | None = None, exited: bool = False
+    stats: BpfStats,
+    prev: ProcessSnapshot | None,
+    comm: str | None = None,
+    exited: bool = False,
+    boot: float = 0.0,
+    tck: int = 0,
 ) -> ProcessSnapshot:
     """A process only BPF saw this interval: /proc fields empty, identity from BPF's start time (or else
-    from its last sighting, if any)."""
+    from its last sighting, if any); boot and tck (the scan's btime and clock ticks) date that start."""
+    start_time = prev.start_time if prev else None
+    if start_time is None and stats.start_ticks and tck:
+        start_time = boot + stats.start_ticks / tck
     return ProcessSnapshot(
         pid=stats.tgid,
         start_ticks=stats.start_ticks or (prev.start_ticks if prev else 0),
-        start_time=prev.start_time if prev else None,
+        start_time=start_time,
         comm=comm or (prev.comm if prev else ""),
         unit=prev.unit if prev else None,
         cgroup=prev.cgroup if prev else None,
@@ -120,8 +154,26 @@ def _from_bpf(
     )
 
 
-def _bpf_fields_of(p: ProcessSnapshot) -> dict[str, int | None]:
-    return {f: getattr(p, f) for f in _BPF_FIELDS}
+def _ended(p: ProcessSnapshot, e: ProcessExit) -> ProcessSnapshot:
+    """p as the row of its exit: the final counters (when the exit has them), the exact start time (when
+    BPF read it) and the peak RSS at the exit (when known)."""
+    f = e.final
+    return replace(
+        p,
+        start_ticks=e.start_ticks or p.start_ticks,
+        hwm_kb=p.hwm_kb if e.hwm_kb is None else e.hwm_kb,
+        exited=True,
+        mmap_count=p.mmap_count if f is None else f.mmap_count,
+        mmap_bytes=p.mmap_bytes if f is None else f.mmap_bytes,
+        munmap_count=p.munmap_count if f is None else f.munmap_count,
+        munmap_bytes=p.munmap_bytes if f is None else f.munmap_bytes,
+        brk_count=p.brk_count if f is None else f.brk_count,
+        brk_bytes=p.brk_bytes if f is None else f.brk_bytes,
+        mremap_count=p.mremap_count if f is None else f.mremap_count,
+        mremap_grow_bytes=p.mremap_grow_bytes if f is None else f.mremap_grow_bytes,
+        mremap_shrink_bytes=p.mremap_shrink_bytes if f is None else f.mremap_shrink_bytes,
+        mapped_bytes=p.mapped_bytes if f is None else f.mapped_bytes,
+    )
 
 
 def _prev_of(
@@ -266,7 +318,7 @@ class Merger:
                 elif not src.snap.exited:
                     prev_p = src.snap
                 left.append((src.snap.pid, src.snap.start_ticks))
-            p = _with_deltas(_from_bpf(st, prev_p), prev_p, mono, prev_mono)
+            p = _with_deltas(_from_bpf(st, prev_p, boot=boot, tck=tck), prev_p, mono, prev_mono)
             new[tgid] = _Src(None, st, p, _is_quiet(p), len(out))
             out.append(p)
             fresh.append(p)
@@ -290,13 +342,10 @@ class Merger:
                 same = live is not None and live.snap.start_ticks == e.start_ticks
             else:
                 same = live is not None and (prev_p is None or prev_p.start_ticks == live.snap.start_ticks)
-            hwm = {} if e.hwm_kb is None else {"hwm_kb": e.hwm_kb}
             if same and live is not None:
                 # /proc still showed it this interval; it exited after the scan: one row, final counters
                 cur = out[live.idx]
-                merged = replace(cur, **_bpf_fields(e.final), **hwm, exited=True)
-                if e.final is None:  # keep what the live row had
-                    merged = replace(merged, **_bpf_fields_of(cur))
+                merged = _ended(cur, e)
                 merged = _with_deltas(merged, prev_by_key(e.pid, cur.start_ticks), mono, prev_mono)
                 replaced.add(id(cur))
                 out[live.idx] = merged
@@ -305,10 +354,10 @@ class Merger:
                 continue
             if e.final is None:
                 continue
-            p = _from_bpf(e.final, prev_p, comm=e.comm, exited=True)
-            if e.start_ticks:
-                p = replace(p, start_ticks=e.start_ticks)
-            p = _with_deltas(replace(p, **hwm), prev_p, mono, prev_mono)
+            p = _ended(_from_bpf(e.final, prev_p, comm=e.comm, boot=boot, tck=tck), e)
+            if p.start_time is None and p.start_ticks:
+                p = replace(p, start_time=boot + p.start_ticks / tck)
+            p = _with_deltas(p, prev_p, mono, prev_mono)
             key = (p.pid, p.start_ticks)
             if (live is not None and live.snap.start_ticks == p.start_ticks) or key in added:
                 continue

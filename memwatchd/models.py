@@ -7,7 +7,7 @@ A process is identified by (pid, start_ticks): start_ticks is field 22 of /proc/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -295,7 +295,6 @@ class Snapshot:
     ooms: tuple[OomKill, ...] = ()
     exits: tuple[ProcessExit, ...] = ()
     scan_errors: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
     # What changed since snapshot `base_seq` (the previous one), so consumers work in proportion to change:
     # `fresh` holds the records that are not the very objects of that snapshot (new identities, changed
     # values, exit rows); every other record of `processes` is that snapshot's object, unchanged. `gone`

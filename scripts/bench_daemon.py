@@ -16,7 +16,7 @@ CPU / (processes on the host x cycles in the period). Anonymous memory is RssAno
 interleaved (rotating order), 3 rounds, median.
 
 Usage: .venv/bin/python scripts/bench_daemon.py [--quick] [--sizes 2000,10000] [--tools memwatchd,atop,...]
-       [--rounds 3] [--measure 60] [--out bench/daemon.json]
+       [--rounds 3] [--measure 60] [--base CHECKOUT] [--out bench/daemon.json]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ BIN = Path(sys.executable).parent
 INTERVAL_S = 3.0
 TICK = os.sysconf("SC_CLK_TCK")
 TOOLS = ["memwatchd", "atop", "pidstat", "apps.plugin", "process-exporter"]
+BASE: Path | None = None  # --base CHECKOUT: that checkout's memwatchd also runs, as "memwatchd-base"
 APPS_PLUGIN = "/usr/lib/netdata/plugins.d/apps.plugin"
 
 SLEEPERS_C = r"""
@@ -172,15 +173,21 @@ class Tool:
     cleanup: Callable[[], None] | None = None
 
 
-def _memwatchd(tmp: Path) -> Tool:
-    shipped = (REPO / "etc" / "memwatchd.toml").read_text()
+def _memwatchd(tmp: Path, repo: Path = REPO, name: str = "memwatchd") -> Tool:
+    shipped = (repo / "etc" / "memwatchd.toml").read_text()
     d = Path(tempfile.mkdtemp(dir=tmp))
     text = shipped.replace('path = "/var/lib/memwatchd/memwatchd.db"', f'path = "{d}/m.db"')
     text = text.replace("interval = 3 ", f"interval = {INTERVAL_S:g} ")
     cfg = d / "memwatchd.toml"
     cfg.write_text(text)
     # warm-up: BPF compile, the first full read of every process and the windows' first points
-    return Tool("memwatchd", [str(BIN / "memwatchd"), "--config", str(cfg)], warm_s=20.0)
+    exe = BIN / "memwatchd" if repo == REPO else repo / ".venv" / "bin" / "memwatchd"
+    return Tool(name, [str(exe), "--config", str(cfg)], warm_s=20.0)
+
+
+def _memwatchd_base(tmp: Path) -> Tool:
+    assert BASE is not None
+    return _memwatchd(tmp, BASE, "memwatchd-base")
 
 
 def _atop(tmp: Path) -> Tool:
@@ -236,6 +243,7 @@ def _process_exporter(tmp: Path) -> Tool:
 
 MAKERS: dict[str, Callable[[Path], Tool]] = {
     "memwatchd": _memwatchd,
+    "memwatchd-base": _memwatchd_base,
     "atop": _atop,
     "pidstat": _pidstat,
     "apps.plugin": _apps_plugin,
@@ -245,8 +253,11 @@ MAKERS: dict[str, Callable[[Path], Tool]] = {
 
 def available(name: str) -> str | None:
     """None when the tool can run here, else why not."""
+    if name == "memwatchd-base" and BASE is None:
+        return "no --base checkout given"
     exe = {
         "memwatchd": str(BIN / "memwatchd"),
+        "memwatchd-base": str(BASE / ".venv" / "bin" / "memwatchd") if BASE else "",
         "atop": "atop",
         "pidstat": "pidstat",
         "apps.plugin": APPS_PLUGIN,
@@ -279,18 +290,19 @@ def measure(tool: Tool, measure_s: float, log: Path) -> dict[str, float]:
         time.sleep(tool.warm_s)
         if p.poll() is not None:
             raise RuntimeError(f"{tool.name} exited with {p.returncode}: {log.read_text()[-500:]}")
-        nprocs = host_processes()
+        counts = [host_processes()]  # the host is shared: its population is sampled, not assumed
         c0 = cpu_seconds(p.pid)
         t0 = time.monotonic()
         peak = 0
         while time.monotonic() - t0 < measure_s:
             time.sleep(min(INTERVAL_S, measure_s - (time.monotonic() - t0)))
             peak = max(peak, anon_kb([p.pid]))
+            counts.append(host_processes())
         c1 = cpu_seconds(p.pid)
         elapsed = time.monotonic() - t0
         pids = descendants(p.pid)
         anon_end = anon_kb(pids)
-        nprocs = (nprocs + host_processes()) // 2
+        nprocs = round(statistics.mean(counts))
         if p.poll() is not None:
             raise RuntimeError(f"{tool.name} exited with {p.returncode}: {log.read_text()[-500:]}")
     finally:
@@ -314,6 +326,7 @@ def measure(tool: Tool, measure_s: float, log: Path) -> dict[str, float]:
         "cpu_s": round(cpu, 3),
         "elapsed_s": round(elapsed, 1),
         "processes": nprocs,
+        "processes_min_max": [min(counts), max(counts)],
         "us_per_process_cycle": round(cpu * 1e6 / (nprocs * cycles), 2),
         "pct_core": round(100.0 * cpu / elapsed, 2),
         "anon_mb": round(anon_end / 1024.0, 1),
@@ -365,6 +378,7 @@ def summarize(raw: list[dict[str, object]]) -> list[dict[str, object]]:
 
 LABELS = {
     "memwatchd": "memwatchd (shipped rules, BPF on)",
+    "memwatchd-base": "memwatchd before (--base checkout, same config)",
     "atop": "atop -w FILE 3",
     "pidstat": "pidstat -r -h -p ALL 3",
     "apps.plugin": "Netdata apps.plugin 3",
@@ -380,7 +394,7 @@ def markdown(rows: list[dict[str, object]], skipped: dict[str, str]) -> str:
     ]
     for r in rows:
         out.append(
-            f"| {int(str(r['processes'])):,} | {LABELS.get(str(r['tool']), r['tool'])}"
+            f"| {round(float(str(r['processes']))):,} | {LABELS.get(str(r['tool']), r['tool'])}"
             f" | {r['us_per_process_cycle']}"
             f" | {r['pct_core']} | {r['anon_mb']} / {r['anon_peak_mb']} MB | {r['runs']} |"
         )
@@ -416,14 +430,28 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
     ap.add_argument("--measure", type=float, default=None, help="seconds measured per run (default 60)")
     ap.add_argument("--out", default=str(REPO / "bench" / "daemon.json"), help="JSON output")
+    ap.add_argument(
+        "--base",
+        default=None,
+        metavar="CHECKOUT",
+        help="another checkout with its own .venv (e.g. a worktree of an older main): its memwatchd runs too,"
+        " interleaved, as memwatchd-base",
+    )
     args = ap.parse_args()
+    global BASE  # noqa: PLW0603 - a command-line option of this script, set once before anything runs
+    if args.base:
+        BASE = Path(args.base).resolve()
+    # SIGTERM ends the run through the finally blocks: populations and tools are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [int(s) for s in (args.sizes or ("2000" if args.quick else "2000,10000")).split(",")]
     rounds = args.rounds or (1 if args.quick else 3)
     measure_s = args.measure or (30.0 if args.quick else 60.0)
     tools = [t for t in args.tools.split(",") if t]
+    if BASE is not None and "memwatchd-base" not in tools:
+        tools.insert(1, "memwatchd-base")
     for t in tools:
         if t not in MAKERS:
-            print(f"Error: unknown tool {t!r} (choose from {', '.join(TOOLS)})", file=sys.stderr)
+            print(f"Error: unknown tool {t!r} (choose from {', '.join(MAKERS)})", file=sys.stderr)
             return 2
     if os.geteuid() != 0:
         print("Error: run as root (memwatchd's BPF probes, atop, apps.plugin)", file=sys.stderr)

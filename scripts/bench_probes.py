@@ -146,7 +146,7 @@ def _rows(benchmark: str, unit: str, results: dict[str, list[Rates]], targets: d
             "runs": len(results["untraced"]),
         }
     ]
-    for name in results:
+    for name, runs in results.items():
         if name != "untraced":
             rows.append(
                 {
@@ -156,7 +156,7 @@ def _rows(benchmark: str, unit: str, results: dict[str, list[Rates]], targets: d
                     "value_wall": round(paired(name, 1), 3),
                     "unit": RATIO,
                     "target": targets.get(name, ""),
-                    "runs": len(results[name]),
+                    "runs": len(runs),
                 }
             )
     return rows

@@ -28,11 +28,16 @@ def bpf_possible() -> str | None:
     return None
 
 
-def write_config(tmp: Path, *, bpf: bool, interval: float = 0.5, extra: str = "") -> Path:
+def write_config(
+    tmp: Path, *, bpf: bool, interval: float = 0.5, extra: str = "", triage: str = "enabled = false\n"
+) -> Path:
+    """A daemon config in tmp; leak triage is off unless `triage` (the [triage] table's body) says otherwise,
+    so tests that count alert messages do not also receive "where it allocates" follow-ups."""
     cfg = tmp / "memwatchd.toml"
     cfg.write_text(
         f'[daemon]\ninterval = {interval}\nlog_level = "debug"\n'
         f"[bpf]\nenabled = {'true' if bpf else 'false'}\n"
+        f"[triage]\n{triage}"
         f'[storage]\npath = "{tmp / "db" / "memwatchd.db"}"\n{extra}'
     )
     return cfg

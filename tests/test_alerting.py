@@ -281,16 +281,16 @@ def test_match_filters_processes() -> None:
     assert [(tr.reason, tr.record.comm) for _, tr in ev] == [("firing", "javac")]
 
 
-def test_leak_needs_growing_mappings_and_continuing_allocations() -> None:
+def test_leak_needs_growing_mappings_and_resident_growth() -> None:
     rule = RuleConfig(name="leak", kind="leak", metric="mapped", window_s=60.0, for_s=0.0)
 
     def sc(t: float) -> list[ProcessSnapshot]:
         n = int(t)
         return [
-            # keeps allocating, never frees enough: a leak
+            # keeps allocating, never frees enough, and the pages become resident: a leak
             proc(
                 10,
-                100,
+                100 + 2 * t,
                 mmap_count=n,
                 mmap_bytes=n * 4 * MB,
                 munmap_bytes=n * 2 * MB,
@@ -298,7 +298,7 @@ def test_leak_needs_growing_mappings_and_continuing_allocations() -> None:
                 brk_bytes=0,
                 mapped_bytes=n * 2 * MB,
             ),
-            # one big mapping long ago, no further allocations, yet bytes "grow": not enough evidence
+            # mapped bytes grow but nothing becomes resident (address space reserved): no leak of memory
             proc(
                 11,
                 100,
@@ -309,12 +309,12 @@ def test_leak_needs_growing_mappings_and_continuing_allocations() -> None:
                 mapped_bytes=int(t * 2 * MB),
             ),
             # no BPF data at all
-            proc(12, 100, start=8),
+            proc(12, 100 + 2 * t, start=8),
         ]
 
     ev = drive(AlertEngine([rule], [], 0), sc, until=120)
     assert [(tr.reason, tr.record.pid) for _, tr in ev] == [("firing", 10)]
-    assert "allocations continue" in ev[0][1].record.summary
+    assert "resident memory grows with it" in ev[0][1].record.summary
 
 
 def test_oom_fires_at_once_with_the_victims_history() -> None:
@@ -416,3 +416,21 @@ def test_metric_missing_for_a_moment_keeps_the_episode() -> None:
 
     ev = drive(AlertEngine([GROWTH], [], 0), sc, until=200)
     assert reasons(ev) == ["firing"]
+
+
+def test_oom_history_is_borrowed_from_the_rss_rule_and_outlives_the_process() -> None:
+    """With an rss rule over every process (the shipped rss-growth), the OOM kind keeps no history of its
+    own (memory at 10,000 processes); the victim's message still carries its last 5 minutes."""
+    growth = RuleConfig(
+        name="rss-growth", kind="growth", metric="rss", min_rate=50 * MB / 3600, window_s=1800.0
+    )
+    eng = AlertEngine([growth, RuleConfig(name="oom", kind="oom")], [], 0)
+    for t in range(0, 600, 2):
+        eng.observe(snap(float(t), [proc(10, 100 + t // 10, start=1000), proc(11, 10)]))
+    assert eng._seen == {}  # noqa: SLF001 - the point of the test: no second copy of every history
+    kill = OomKill(10, "leaker", 1 << 20, 400 << 10, 0, 0, 0, 0, int(599e9))
+    _, due = eng.observe(snap(600.0, [proc(11, 10)], ooms=(kill,)))  # gone from /proc in the same cycle
+    (tr,) = due
+    assert tr.record.kind == "oom" and tr.record.start_ticks == 1000
+    assert len(tr.series) >= 6 and tr.series[-1][1] == (100 + 598 // 10) * MB
+    assert all(WALL0 + 600 - 300 - 30 <= ts <= WALL0 + 600 for ts, _ in tr.series)

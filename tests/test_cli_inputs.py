@@ -176,6 +176,8 @@ PIPE_COMMANDS = [
     ["status", "--json"],
     ["alerts"],
     ["alerts", "--json"],
+    ["groups"],
+    ["groups", "--json"],
     ["completion", "bash"],
     ["--help"],
     ["top", "--help"],
@@ -183,7 +185,7 @@ PIPE_COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("args", PIPE_COMMANDS, ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("args", PIPE_COMMANDS, ids=" ".join)
 def test_writing_to_a_closed_pipe_exits_quietly_with_status_0(db: Path, args: list[str]) -> None:
     r_fd, w_fd = os.pipe()
     os.close(r_fd)  # like `| head -1` once head has exited: every write gets EPIPE

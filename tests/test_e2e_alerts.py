@@ -136,6 +136,8 @@ def test_oom_kill_in_a_memory_cgroup_makes_one_message_naming_the_victim(tmp_pat
                 assert time.monotonic() - killed <= 2 * INTERVAL + SLACK
                 assert len(msgs) == 1 and f"oomvictim (pid {victim.pid})" in msgs[0]
                 body = next(b["message"] for b in hook.bodies if "OOM KILL" in b["title"])
+                # issue 16: the kill is cgroup-local, and the message names the cgroup and its limit
+                assert f"Scope:    cgroup-local: cgroup /{cg.name} reached its limit (32M)" in body, body
                 assert (
                     "History:" in body and "History:  none" not in body and "killed by the OOM killer" in body
                 )

@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,9 +118,10 @@ def v1_cgroup(name: str, limit: int | None = None, parent: Path | None = None) -
         _rmdir(cg)
 
 
-def spawn_in(cg: Path, code: str) -> subprocess.Popen[str]:
+def spawn_in(cg: Path, code: str, *args: str) -> subprocess.Popen[str]:
+    """A real python process started inside the cgroup (it joins before exec)."""
     return subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -304,3 +307,325 @@ def test_series_are_stored_change_only_and_survive_compaction(tmp_path: Path) ->
         assert unit and unit[-1]["rss_kb"] == 3011
         st = r.status()
         assert st["host_memory"]["shmem_kb"] == 2199 and st["host_memory"]["total_kb"] == 1_000_000
+
+
+# ---- rules of scope cgroup and host (pure engine and messages) ------------------------------------------
+
+
+def _cfg(extra: str) -> Any:
+    from memwatchd.config import parse_config
+
+    return parse_config(tomllib.loads(extra), "t.toml")
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ('scope = "cgroup"\nkind = "leak"', "rules[0].kind: scope 'cgroup' takes kind growth or threshold"),
+        ('scope = "host"\nkind = "growth"\nmin_rate = "1MB/h"', "rules[0].metric: required for scope 'host'"),
+        (
+            'scope = "host"\nkind = "threshold"\nmetric = "rss"\nthreshold = "1GB"',
+            "rules[0].metric: expected one of",
+        ),
+        ('scope = "cgroup"\nkind = "threshold"\nmetric = "mapped"\nthreshold = "1GB"', "rules[0].metric"),
+        ('scope = "galaxy"\nkind = "growth"', "rules[0].scope: expected one of process, cgroup, host"),
+        (
+            'scope = "host"\nkind = "threshold"\nmetric = "shmem"\nthreshold = "1GB"\nmatch = { unit = "x" }',
+            "rules[0].match: scope 'host' watches the whole host",
+        ),
+        (
+            'scope = "cgroup"\nkind = "threshold"\nthreshold = "1GB"\nmatch = { comm = "x" }',
+            "rules[0].match.comm: unknown key",
+        ),
+        (
+            'kind = "threshold"\nthreshold = "1GB"\nmatch = { cgroup = "/x" }',
+            "rules[0].match.cgroup: unknown key",
+        ),
+    ],
+)
+def test_scope_config_is_validated(rule: str, problem: str) -> None:
+    from memwatchd.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _cfg(f'[[rules]]\nname = "r"\n{rule}\n')
+    assert str(e.value).startswith(f"t.toml: {problem}"), str(e.value)
+
+
+def test_scope_defaults() -> None:
+    c = _cfg(
+        '[[rules]]\nname = "a"\nkind = "growth"\nmin_rate = "1MB/h"\n'
+        '[[rules]]\nname = "b"\nkind = "growth"\nscope = "cgroup"\nmin_rate = "1MB/h"\n'
+        'match = { cgroup = "/system.slice/*", unit = "api*" }\n'
+    )
+    a, b = c.rules
+    assert (a.scope, a.metric) == ("process", "rss")
+    assert (b.scope, b.metric, b.match.cgroup, b.match.unit) == (
+        "cgroup",
+        "memory",
+        "/system.slice/*",
+        "api*",
+    )
+    assert b.match.matches_group("/system.slice/api.service", "api.service")
+    assert not b.match.matches_group("/user.slice/api.service", "api.service")
+
+
+def _host_snap(mono: float, available_kb: int, shmem_kb: int = 1000) -> Snapshot:
+    from memwatchd.models import HostMemory
+
+    h = HostMemory(8_000_000, available_kb, 1, 1, 1, shmem_kb, 1, 1, 1, 1, 1)
+    return Snapshot(ts=1e9 + mono, mono=mono, processes=(), meminfo=None, bpf=BpfHealth("x"), host=h)
+
+
+def test_available_threshold_fires_below_and_clears_above_with_hysteresis() -> None:
+    from memwatchd.alerts.scopes import ScopeEngine
+    from memwatchd.notify.render_scopes import render_scoped
+
+    (rule,) = _cfg(
+        '[[rules]]\nname = "low"\nkind = "threshold"\nscope = "host"\nmetric = "available"\n'
+        'threshold = "1GB"\nfor = "2s"\n'
+    ).rules
+    eng = ScopeEngine([rule], [], 3600.0)
+    gb = 1024 * 1024
+    states = []
+    for i, avail in enumerate([2 * gb, gb // 2, gb // 2, gb // 2, gb + gb // 20, 2 * gb, 2 * gb, 2 * gb]):
+        _, due = eng.observe(_host_snap(i * 1.0, avail))
+        states += [(i, t.reason) for t in due]
+    # below from t=1, held 2 s: fires at t=3; 1.05 GB is above the threshold but inside the hysteresis
+    # band (clears above 1 GB / 0.9); clear from t=5, held 2 s: resolves at t=7
+    assert states == [(3, "firing"), (7, "resolved")]
+    _, due = ScopeEngine([rule], [], 3600.0).observe(_host_snap(0, gb // 2))
+    assert due == []  # `for` holds
+    eng2 = ScopeEngine([rule], [], 3600.0)
+    eng2.observe(_host_snap(0, gb // 2))
+    _, due = eng2.observe(_host_snap(3, gb // 2))
+    (msg,) = render_scoped(due, "h", ("json://127.0.0.1:9/",))
+    assert msg.title == "[memwatchd] FIRING low: host available available 512M ≤ 1.0G on h"
+    assert "Component: available: host MemAvailable" in msg.body
+
+
+def test_restored_firing_cgroup_episode_is_not_resent() -> None:
+    from memwatchd.alerts.scopes import ScopeEngine, group_number
+    from memwatchd.models import AlertRecord
+
+    (rule,) = _cfg('[[rules]]\nname = "big"\nkind = "threshold"\nscope = "cgroup"\nthreshold = "1MB"\n').rules
+    rec = AlertRecord(
+        rule="big",
+        kind="threshold",
+        pid=0,
+        start_ticks=group_number("/svc"),
+        comm="/svc",
+        unit=None,
+        state="firing",
+        since=1e9,
+        fired_at=1e9,
+        notified_state="firing",
+        notified_at=1e9,
+    )
+    procs = [_proc(100, "/svc", None, 5000, 4000)]
+    charges = {"/svc": GroupCharge("/svc", 8 * MB, None, None, None)}
+    snap = Snapshot(
+        ts=1e9 + 10,
+        mono=10.0,
+        processes=tuple(procs),  # type: ignore[arg-type]
+        meminfo=None,
+        bpf=BpfHealth("x"),
+        groups=aggregate_groups(procs, charges),  # type: ignore[arg-type]
+    )
+    eng = ScopeEngine([rule], [rec], 3600.0)
+    changed, due = eng.observe(snap)
+    assert due == [] and changed == []
+
+
+def test_a_unit_that_is_its_own_cgroup_is_stored_once_and_read_back_whole(tmp_path: Path) -> None:
+    """One cgroup per service (the usual systemd layout): the unit's series costs nothing per change."""
+    db = str(tmp_path / "a.db")
+    t0 = 1_700_000_000.0
+
+    async def run() -> None:
+        w = await StoreWriter.open(db, StorageConfig())
+        for i in range(60):
+            procs = [_proc(7, "/system.slice/api.service", "api.service", 1000 + i, 500)]
+            await w.write(_snap(i, t0, procs, 10_000))
+        # from now on the unit spans a second cgroup: no longer an alias
+        for i in range(60, 70):
+            procs = [
+                _proc(7, "/system.slice/api.service", "api.service", 1000 + i, 500),
+                _proc(8, "/system.slice/api.service/extra", "api.service", 50, 10),
+            ]
+            await w.write(_snap(i, t0, procs, 10_000))
+        await w.close()
+
+    asyncio.run(run())
+    with StoreReader(db) as r:
+        (uid,) = r.db.execute("SELECT id FROM series WHERE kind = 'unit'").fetchone()
+        # 60 alias snapshots: one marker row; then 10 changing snapshots of its own
+        assert r.db.execute("SELECT count(*) FROM series_head WHERE series = ?", (uid,)).fetchone()[0] == 11
+        rows = r.series_history("unit", "api.service", t0, t0 + 300, tier=0)
+        assert [x["rss_kb"] for x in rows] == [
+            *range(1000, 1070 - 10),
+            *(1000 + i + 50 for i in range(60, 70)),
+        ]
+        assert rows[0]["processes"] == 1 and rows[-1]["processes"] == 2
+        (g,) = r.groups("unit", 60)
+        assert g["group"] == "api.service" and g["rss_kb"] == 1069 + 50 and g["processes"] == 2
+
+
+# ---- OOM kills: cgroup-local or host-wide --------------------------------------------------------------
+
+
+def test_oom_scope_v2_fixture_counts_only_memcg_ooms(tmp_path: Path) -> None:
+    from memwatchd.collectors.cgroupfs import oom_scope
+
+    v2_tree(tmp_path)
+    ev = "low 0\nhigh 0\nmax 12\noom {n}\noom_kill {k}\n"
+    _write(tmp_path / "system.slice/api.service/memory.events", ev.format(n=0, k=1))
+    _write(tmp_path / "system.slice/api.service/worker/memory.events", ev.format(n=0, k=1))
+    s = oom_scope("/system.slice/api.service/worker", str(tmp_path))
+    assert not s.local and s.describe().startswith("host-wide: ")  # oom_kill alone: a host-wide victim
+    _write(tmp_path / "system.slice/api.service/memory.events", ev.format(n=1, k=1))
+    s = oom_scope("/system.slice/api.service/worker", str(tmp_path))
+    assert (s.local, s.cgroup, s.limit_bytes) == (True, "/system.slice/api.service", 512 * MB)
+    assert s.describe() == "cgroup-local: cgroup /system.slice/api.service reached its limit (512M)"
+    assert oom_scope(None, str(tmp_path)).describe().startswith("unknown: ")
+
+
+def test_oom_scope_of_a_real_v1_kill_is_cgroup_local_and_names_the_limit() -> None:
+    from memwatchd.collectors.cgroupfs import oom_scope
+
+    with v1_cgroup(f"memwatchd-test-i16-{os.getpid()}-oom", limit=32 * MB) as cg:
+        if (cg / "memory.memsw.limit_in_bytes").exists():
+            (cg / "memory.memsw.limit_in_bytes").write_text(str(32 * MB))
+        (cg / "memory.swappiness").write_text("0")
+        victim = spawn_in(cg, "keep = []\nwhile True: keep.append(b'1' * (2 << 20))")
+        assert victim.wait(timeout=60) == -9  # the kernel's OOM killer, inside the cgroup
+        s = oom_scope(f"/{cg.name}")
+        assert s.describe() == f"cgroup-local: cgroup /{cg.name} reached its limit (32M)"
+    with v1_cgroup(f"memwatchd-test-i16-{os.getpid()}-nolimit") as cg2:
+        assert oom_scope(f"/{cg2.name}").describe().startswith("host-wide: ")
+
+
+def test_oom_message_says_the_scope() -> None:
+    from memwatchd.alerts.engine import Transition
+    from memwatchd.models import AlertRecord
+    from memwatchd.notify.render import render
+
+    rec = AlertRecord("oom", "oom", 42, 7, "victim", None, "resolved", 1e9, 1e9, 1e9, value=30.0 * MB)
+    t = Transition(rec, "firing", at=1e9, oom_scope="cgroup-local: cgroup /x reached its limit (32M)")
+    (msg,) = render([t], "h", ("json://127.0.0.1:9/",))
+    assert "\nScope:    cgroup-local: cgroup /x reached its limit (32M)\n" in msg.body
+
+
+# ---- Prometheus: per-cgroup gauges with bounded cardinality, host breakdown gauges ---------------------
+
+
+def test_prometheus_cgroup_gauges_are_bounded_and_host_parts_exported() -> None:
+    from memwatchd.config import PrometheusConfig
+    from memwatchd.daemon.metrics import MetricsServer
+    from tests.test_metrics import scrape, snapshot
+
+    procs = [_proc(100 + i, f"/ns/c{i:03d}", None, 1000 * (i + 1), 500) for i in range(80)]
+    charges = {
+        f"/ns/c{i:03d}": GroupCharge(
+            f"/ns/c{i:03d}", 2000 * (i + 1) * 1024, 64 * MB if i == 79 else None, None, None
+        )
+        for i in range(80)
+    }
+    mi = read_meminfo("/proc")
+    snap = snapshot(
+        procs,  # type: ignore[arg-type]
+        meminfo=mi,
+        groups=aggregate_groups(procs, charges),  # type: ignore[arg-type]
+        host=host_memory(mi, procs),  # type: ignore[arg-type]
+    )
+    server = MetricsServer(PrometheusConfig(listen="127.0.0.1:0", top_cgroups=10))
+    server.start()
+    try:
+        server.update(snap)
+        fams = scrape(server)
+    finally:
+        server.stop()
+    mem = {s.labels["cgroup"]: s.value for s in fams["memwatchd_cgroup_memory_bytes"].samples}
+    assert len(mem) == 11 and "other" in mem  # the 10 largest charges, the other 70 folded
+    assert mem["/ns/c079"] == 2000 * 80 * 1024.0  # the charge, in bytes
+    assert mem["other"] == sum(2000 * (i + 1) for i in range(70)) * 1024.0
+    limits = {s.labels["cgroup"]: s.value for s in fams["memwatchd_cgroup_memory_limit_bytes"].samples}
+    assert limits == {"/ns/c079": 64.0 * MB}  # unlimited cgroups have no limit series
+    parts = {s.labels["part"]: s.value for s in fams["memwatchd_host_memory_bytes"].samples}
+    assert set(parts) == {
+        "total", "available", "processes_rss", "processes_anon", "page_cache", "shmem",
+        "slab_reclaimable", "slab_unreclaimable", "kernel_stack", "page_tables", "unaccounted",
+    }  # fmt: skip
+    assert mi is not None and parts["shmem"] == mi.shmem_kb * 1024.0  # type: ignore[operator]
+
+
+# ---- the live view's group screen ----------------------------------------------------------------------
+
+
+def test_live_top_c_switches_to_the_group_view_and_back(tmp_path: Path) -> None:
+    from memwatchd.cli.tui import GroupScreen, ProcessScreen, TopApp
+    from tests.test_tui import SIZE
+
+    db = str(tmp_path / "t.db")
+    t0 = 1_700_000_000.0
+
+    async def write() -> None:
+        w = await StoreWriter.open(db, StorageConfig())
+        for i in range(5):
+            procs = [
+                _proc(7, "/system.slice/api.service", "api.service", 1000 + i, 500),
+                _proc(8, "/batch", None, 9000, 100),
+            ]
+            await w.write(_snap(i, t0, procs, 10_000))
+        await w.close()
+
+    asyncio.run(write())
+
+    async def go() -> None:
+        with StoreReader(db) as reader:
+            app = TopApp(reader)
+            async with app.run_test(size=SIZE) as pilot:
+                await pilot.pause()
+                await pilot.press("c")
+                await pilot.pause()
+                screen = app.screen
+                assert isinstance(screen, GroupScreen)
+                table = screen.query_one("#groups")
+                rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+                # _snap charges only /svc: both groups here fall back to their RSS sum for the order
+                assert [r[0] for r in rows] == ["/batch", "/system.slice/api.service"]
+                assert rows[1][1] == "api.service" and rows[1][2] == "1"
+                await pilot.press("b")
+                await pilot.pause()
+                table = screen.query_one("#groups")
+                assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["api.service"]
+                await pilot.press("escape")
+                await pilot.pause()
+                assert isinstance(app.screen, ProcessScreen)
+
+    asyncio.run(go())
+
+
+def test_retention_prunes_series_chunks_per_tier(tmp_path: Path) -> None:
+    db = str(tmp_path / "r.db")
+    t0 = 1_700_000_000.0 - (1_700_000_000.0 % 3600)
+    cfg = StorageConfig(retention_s=4 * 3600.0, minute_retention_s=3600.0, raw_retention_s=3600.0)
+
+    async def run() -> None:
+        w = await StoreWriter.open(db, cfg)
+        for i in range(2400):  # two hours at 3 s; /gone lives only in the first hour
+            procs = [_proc(100, "/svc", None, 1000 + i // 50, 500)]
+            if i < 1200:
+                procs.append(_proc(200, "/gone", None, 10, 5))
+            await w.write(_snap(i, t0, procs, 10_000))
+        await w.compact(await w._scalar("SELECT max(id) FROM snapshots WHERE kf = 1") - 1)
+        await w.prune(t0 + 7800)  # the first hour's raw and minute chunks are past retention, not its hour
+        await w.close()
+
+    asyncio.run(run())
+    with StoreReader(db) as r:
+        tiers = dict(r.db.execute("SELECT tier, count(*) FROM series_chunks GROUP BY tier").fetchall())
+        assert 0 not in tiers and 1 not in tiers and tiers.get(2, 0) > 0
+        names = {n for (n,) in r.db.execute("SELECT name FROM series WHERE kind = 'cgroup'")}
+        assert names == {"/svc", "/gone"}  # /gone's hour rollup is still within retention
+        hours = r.series_history("cgroup", "/svc", t0, t0 + 7200, tier=2)
+        assert [h["rss_kb"] for h in hours] == [1000 + 1199 // 50, 1000 + 2399 // 50]

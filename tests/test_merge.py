@@ -137,6 +137,35 @@ def test_exit_of_old_identity_while_pid_reused() -> None:
     assert keys == [(100, True), (500, False)]
 
 
+def test_exits_with_a_start_time_join_only_their_own_identity() -> None:
+    # seen only at exit, pid reused within the interval, and no previous snapshot to go by: the start
+    # time alone keeps the three processes apart, and the live one is not marked exited
+    ex = (
+        ProcessExit(10, "a", 0, stats(10, 1), 2, start_ticks=300, hwm_kb=5000),
+        ProcessExit(10, "b", 1, stats(10, 2), 3, start_ticks=400, hwm_kb=6000),
+    )
+    b = merge(scan(sample(10, start=500)), poll(exits=ex), None, ts=4.0, mono=4.0)
+    rows = sorted((p.start_ticks, p.start_time, p.exited, p.hwm_kb, p.comm) for p in b.processes)
+    assert rows == [
+        (300, 1_700_000_003.0, True, 5000, "a"),
+        (400, 1_700_000_004.0, True, 6000, "b"),
+        (500, 1_700_000_005.0, False, 1200, "app"),
+    ]
+
+
+def test_exit_after_scan_keeps_the_peak_rss_at_the_exit() -> None:
+    a = merge(scan(sample(10)), poll(stats(10, 2)), None, ts=1.0, mono=1.0)
+    e = ProcessExit(10, "app", -9, None, 2, start_ticks=100, exit_signal=9, oom_killed=True, hwm_kb=9999)
+    (p,) = merge(scan(sample(10)), poll(stats(10, 2), exits=(e,)), a, ts=4.0, mono=4.0).processes
+    assert p.exited and p.hwm_kb == 9999 and p.mmap_count == 2  # counters kept when the exit has none
+
+
+def test_a_stats_entry_with_another_start_time_is_not_attached() -> None:
+    other = BpfStats(10, 5, 5 * 4096, 0, 0, 0, 0, 1, start_ticks=77)
+    (p,) = merge(scan(sample(10, start=100)), poll(other), None, ts=1.0, mono=1.0).processes
+    assert p.start_ticks == 100 and p.mmap_count is None
+
+
 def test_missing_hwm_carries_forward_from_same_identity() -> None:
     a = merge(scan(sample(10, hwm=2000)), None, None, ts=1.0, mono=1.0)
     b = merge(scan(sample(10, hwm=None)), None, a, ts=4.0, mono=4.0)

@@ -337,7 +337,9 @@ def test_send_sync_and_url_check_in_a_child() -> None:
         assert send_sync("t", "b", [hook.url()], 3) == [(True, "")]
         assert hook.wait_for(1, 2)[0]["title"] == "t"
     problems = check_urls_child(["json://127.0.0.1:1/", "nosuchscheme://user:PW123@host.example.com/x"])
-    assert problems == ["not a usable Apprise URL: nosuchscheme://host.example.com/***"]
+    assert problems == [
+        "Apprise does not know the scheme 'nosuchscheme': nosuchscheme://host.example.com/***"
+    ]
     assert check_urls_child([]) == []
 
 

@@ -24,7 +24,8 @@ from memwatchd.collectors.procfs import (
     read_meminfo,
     unit_from_cgroup,
 )
-from memwatchd.models import ProcScan
+from memwatchd.models import ProcSample, ProcScan
+from memwatchd.text import from_kernel, to_kernel
 
 MIB = 1024 * 1024
 
@@ -83,7 +84,7 @@ def child() -> Iterator[Child]:
         c.stop()
 
 
-def sample_of(scan: ProcScan, pid: int):  # type: ignore[no-untyped-def]
+def sample_of(scan: ProcScan, pid: int) -> ProcSample:
     found = [s for s in scan.samples if s.pid == pid]
     assert len(found) == 1, f"pid {pid} in scan {len(found)} times"
     return found[0]
@@ -453,7 +454,7 @@ def test_parse_stat_any_comm(comm: bytes, pid: int, ppid: int, start: int, state
     s = parse_stat(
         stat_line(pid, comm, state=state, ppid=ppid, start=start, flags=flags, vsize_kb=8, rss_pages=3)
     )
-    assert s.comm == comm.decode("utf-8", "backslashreplace")
+    assert s.comm == from_kernel(comm) and to_kernel(s.comm) == comm  # lossless (memwatchd.text)
     assert (s.pid, s.state, s.ppid, s.flags, s.start_ticks, s.vsize, s.rss_pages) == (
         pid, state, ppid, flags, start, 8192, 3)  # fmt: skip
 

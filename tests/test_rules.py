@@ -12,14 +12,16 @@ from hypothesis import strategies as st
 from memwatchd.alerts.fit import (
     MAX_POINTS,
     Window,
-    alloc_count,
-    allocations_continue,
     could_grow,
     fit,
     forecast_s,
     growth_cleared,
+    growth_holds,
+    growth_stopped_recently,
     growth_verdict,
     metric_value,
+    resident_corroborates,
+    resident_value,
     slice_medians,
     threshold_cleared,
     threshold_fired,
@@ -250,19 +252,45 @@ def test_metric_value_units() -> None:
         metric_value(p, "bogus")
 
 
-def test_alloc_count() -> None:
-    assert alloc_count(proc()) is None
-    assert alloc_count(proc(mmap_count=5, brk_count=7)) == 12
+def test_resident_value_prefers_anon() -> None:
+    assert resident_value(proc()) == 800 * 1024
+    assert resident_value(proc(anon_kb=None)) == 1000 * 1024
+    assert resident_value(proc(anon_kb=None, rss_kb=None)) is None
 
 
-def test_allocations_continue() -> None:
-    busy, idle = Window(100.0, with_counter=True), Window(100.0, with_counter=True)
-    for t in range(0, 100, 5):
-        busy.add(float(t), 1.0, float(t))
-        idle.add(float(t), 1.0, 7.0)
-    assert allocations_continue(busy)
-    assert not allocations_continue(idle)
-    assert not allocations_continue(Window(100.0))
+def test_resident_corroborates_only_steady_resident_growth() -> None:
+    grows, flat, saw = (Window(100.0, with_counter=True) for _ in range(3))
+    for t in range(0, 100, 2):
+        grows.add(float(t), 1.0, BASE + MIN_RATE * t)
+        flat.add(float(t), 1.0, BASE)
+        saw.add(float(t), 1.0, BASE + 50 * MIN_RATE * (t % 20))  # a GC or commit/uncommit sawtooth
+    assert resident_corroborates(grows, MIN_RATE)
+    assert not resident_corroborates(flat, MIN_RATE)
+    assert not resident_corroborates(saw, MIN_RATE)
+    assert not resident_corroborates(Window(100.0), MIN_RATE)
+
+
+def test_two_regular_steps_hold_but_do_not_start() -> None:
+    # a window whose slice medians see two steps of a stair: each carries half the rise
+    ts = [float(t) for t in range(0, 60)]
+    f = fit(ts, [BASE + 1e6 * ((t >= 10) + (t >= 35)) for t in ts])
+    assert f is not None and not growth_verdict(f, MIN_RATE) and growth_holds(f, MIN_RATE)
+    # one jump, even smeared over two neighbouring slices, neither starts nor holds
+    g = fit(ts, [BASE + 1e6 * ((t >= 30) + (t >= 33)) for t in ts])
+    assert g is not None and not growth_verdict(g, MIN_RATE) and not growth_holds(g, MIN_RATE)
+
+
+def test_growth_stopped_recently_sees_a_plateau_before_the_whole_window_does() -> None:
+    w = Window(60.0)
+    for t in range(0, 60):
+        w.add(float(t), BASE + 1e6 * min(t, 35))  # a ramp, then flat for the newest 24 s
+    f = fit(w.t, w.v)
+    assert f is not None and not growth_cleared(f, MIN_RATE)
+    assert growth_stopped_recently(w, MIN_RATE)
+    v = Window(60.0)
+    for t in range(0, 60):
+        v.add(float(t), BASE + MIN_RATE * 3 * t)
+    assert not growth_stopped_recently(v, MIN_RATE)
 
 
 def test_forecast() -> None:

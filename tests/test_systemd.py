@@ -37,8 +37,8 @@ def run(
 def unit_settings(text: str) -> dict[str, list[str]]:
     """Directive -> values in order (comments and sections dropped)."""
     out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line.startswith(("#", ";", "[")):
             continue
         key, _, value = line.partition("=")
@@ -269,15 +269,20 @@ def test_uninstall_refuses_foreign_prefix(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["install", "uninstall"])
-def test_scripts_help_and_bad_arguments(script: str) -> None:
+def test_scripts_help_and_bad_arguments(script: str, tmp_path: Path) -> None:
     path = REPO / "scripts" / script
     helped = run(path, "--help")
     assert helped.stdout.startswith(f"Usage: scripts/{script} [--root DIR]")
     bad = run(path, "--bogus", check=False)
     assert bad.returncode != 0
     assert "unknown argument: --bogus" in bad.stderr
-    rel = run(path, "--root", "/nonexistent-dir-memwatchd", check=False)
+    afile = tmp_path / "a-file"  # (install creates a missing --root, so a file is what it refuses)
+    afile.write_text("")
+    rel = run(path, "--root", afile, check=False)
     assert rel.returncode != 0 and "not a directory" in rel.stderr
+    if script == "uninstall":  # nothing to uninstall in a tree that does not exist
+        missing = run(path, "--root", tmp_path / "missing", check=False)
+        assert missing.returncode != 0 and "not a directory" in missing.stderr
 
 
 def test_install_rejects_relative_or_shared_prefix(tmp_path: Path) -> None:

@@ -14,38 +14,21 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from memwatchd.alerts.fit import (
-    CLEAR_RATE_SHARE,
-    THRESHOLD_CLEAR_SHARE,
-    Fit,
-    Window,
-    alloc_count,
-    allocations_continue,
-    could_grow,
-    fit,
-    forecast_s,
-    growth_cleared,
-    growth_verdict,
-    leak_rate,
-    metric_value,
-    threshold_cleared,
-    threshold_fired,
-    window_ready,
-)
+from memwatchd.alerts.fit import Fit, Window, fit, forecast_s, metric_value
+from memwatchd.alerts.kinds import kind_of
+from memwatchd.alerts.kinds.oom import OomKind
 from memwatchd.config import RuleConfig
 from memwatchd.models import AlertRecord, OomKill, ProcessSnapshot, Snapshot
-from memwatchd.units import format_duration, format_rate, format_size
 
 OOM_HISTORY_S = 300.0  # rss history kept per process for OOM messages
 OOM_HISTORY_POINTS = 30  # at 10 s resolution: enough for the message, small for 10,000 processes
-THRESHOLD_TRACK_SHARE = 0.5  # threshold rules keep a window only for processes above half the threshold
-OOM_GRACE_S = 120.0  # history of a vanished process is kept this long: the OOM event may arrive a cycle later
-MAX_GONE = 4096  # cap on vanished histories kept (process churn)
+OOM_GRACE_S = 30.0  # history of a vanished process is kept this long: the OOM event may arrive a cycle later
+MAX_GONE = 1024  # cap on vanished histories kept (process churn)
 MAX_CLOSING = 10000  # resolved episodes waiting for their notification to be confirmed
 _ORDER = {None: 0, "pending": 0, "firing": 1, "resolved": 2}
 
@@ -79,6 +62,8 @@ class Transition:
     limit_forecast_s: float | None = None  # seconds until the process's memory cgroup limit is reached
     limit_cgroup: str | None = None  # the cgroup level whose limit is tightest
     limit_bytes: float | None = None
+    cgroup: str | None = None  # OOM: the victim's memory cgroup as last seen by /proc
+    oom_scope: str | None = None  # OOM kills: "cgroup-local: cgroup /x reached its limit (32M)" or host-wide
 
 
 def _recency(sn: _Seen) -> float:
@@ -87,7 +72,7 @@ def _recency(sn: _Seen) -> float:
 
 
 def _window(rule: RuleConfig) -> Window:
-    return Window(rule.window_s, with_counter=rule.kind == "leak", compact=True)
+    return kind_of(rule.kind).window(rule)
 
 
 @dataclass(slots=True)
@@ -100,6 +85,10 @@ class _Track:
     record: AlertRecord | None = None  # the open (firing) episode
     pending_since: float | None = None  # mono: the fire condition has held since
     pending_wall: float = 0.0  # wall time the evidence starts (becomes record.since)
+    confirmed: bool = False  # strong evidence was seen while pending (growth and leak rules)
+    watch: bool = (
+        False  # the window could show growth: looked at every cycle even when its record is unchanged
+    )
     clear_since: float | None = None  # mono: the clear condition has held since
     last_emit: float = 0.0  # mono of the last notification made due
     fit: Fit | None = None
@@ -113,6 +102,7 @@ class _Seen:
     window: Window
     comm: str
     unit: str | None
+    cgroup: str | None = None
     gone_at: float | None = None
     upto: float | None = None
 
@@ -148,6 +138,7 @@ class AlertEngine:
         self._active: dict[str, set[Key]] = {}
         self._recheck: set[str] = set()  # rules to evaluate over every present process at the next observe
         self._gone_q: deque[tuple[float, Key]] = deque()  # (gone_at, key) of vanished OOM histories
+        self._donated: dict[Key, _Track] = {}  # donor tracks of processes gone this snapshot
         self.update_rules(rules)
 
     # ----- public API -----
@@ -188,19 +179,23 @@ class AlertEngine:
         changed, gone = self._changes(snap)
         present = self._present
         assert present is not None
-        self._update_seen(snap, changed, gone)
         if self._restored is not None:
             self._restore(cyc, present)
         for rec in self._orphans:
             self._resolve_record(cyc, rec, None, "rule removed from the configuration")
         self._orphans = []
+        donor = self._donor
+        self._donated = {}
         for rule in self._rules.values():
-            if rule.kind == "oom":
+            if not kind_of(rule.kind).instant:
+                items = list(present.items()) if rule.name in self._recheck else changed
+                self._evaluate_rule(cyc, rule, items, gone, rule.name == donor)
+        # OOM histories after the rules: a process the donor rule tracks needs none of its own
+        self._update_seen(snap, changed, gone)
+        for rule in self._rules.values():
+            if kind_of(rule.kind).instant:
                 for oom in snap.ooms:
                     self._oom(cyc, rule, oom)
-            else:
-                items = list(present.items()) if rule.name in self._recheck else changed
-                self._evaluate_rule(cyc, rule, items, gone)
         self._recheck.clear()
         return cyc.changed, cyc.due
 
@@ -263,7 +258,7 @@ class AlertEngine:
         Pass record.state. Returns the engine's current version of the episode to persist; a late confirmation
         of an older state (firing confirmed after the episode resolved) never moves notified_state backwards.
         """
-        if record.kind == "oom":
+        if kind_of(record.kind).instant:
             state = record.state  # fired and resolved at once: one message covers both
         ep = episode(record)
         tr = self._tracks.get(record.rule, {}).get((record.pid, record.start_ticks))
@@ -285,33 +280,51 @@ class AlertEngine:
         return new
 
     def open_alerts(self) -> list[AlertRecord]:
-        """Firing episodes currently held (for status output)."""
-        return [t.record for ts in self._tracks.values() for t in ts.values() if t.record is not None]
+        """Firing episodes currently held (for status output, every cycle).
+
+        A track with an open episode is always in its rule's active set: only those are looked at.
+        """
+        out = []
+        for name, keys in self._active.items():
+            tracks = self._tracks.get(name, {})
+            for k in keys:
+                t = tracks.get(k)
+                if t is not None and t.record is not None:
+                    out.append(t.record)
+        return out
 
     # ----- evaluation -----
 
     def _evaluate_rule(
-        self, cyc: _Cycle, rule: RuleConfig, items: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
+        self,
+        cyc: _Cycle,
+        rule: RuleConfig,
+        items: list[tuple[Key, ProcessSnapshot]],
+        gone: list[Key],
+        donor: bool = False,
     ) -> None:
         tracks = self._tracks[rule.name]
         active = self._active[rule.name]
         for key, p in items:
-            self._observe_one(cyc, rule, tracks, active, key, p)
+            self._observe_one(cyc, rule, tracks, active, key, p, fresh=True)
         if active:
             present = self._present
             assert present is not None
             done = {k for k, _ in items} if len(items) < len(present) else present.keys()
             for key in [k for k in active if k not in done]:
-                p = present.get(key)
-                if p is not None:
-                    self._observe_one(cyc, rule, tracks, active, key, p)
+                cur = present.get(key)
+                if cur is not None:
+                    self._observe_one(cyc, rule, tracks, active, key, cur)
                 else:  # an episode restored from the store whose process is not here
                     gone.append(key)
         for key in dict.fromkeys(gone):
             tr = tracks.pop(key, None)
             active.discard(key)
-            if tr is not None and tr.record is not None:
+            if tr is not None and (tr.record is not None or donor):
                 self._catch_up(tr.window, tr.upto, len(self._axis) - 1)
+                if donor:
+                    self._donated[key] = tr  # its rss history outlives it a little, for an OOM message
+            if tr is not None and tr.record is not None:
                 self._resolve_record(cyc, tr.record, tr, "process exited")
 
     def _observe_one(
@@ -322,6 +335,7 @@ class AlertEngine:
         active: set[Key],
         key: Key,
         p: ProcessSnapshot,
+        fresh: bool = False,
     ) -> None:
         if not rule.match.matches(p.comm, p.unit):
             tr = tracks.pop(key, None)
@@ -329,20 +343,16 @@ class AlertEngine:
             if tr is not None and tr.record is not None:
                 self._resolve_record(cyc, tr.record, tr, "process no longer matches the rule")
             return
+        kind = kind_of(rule.kind)
         value = metric_value(p, rule.metric)
         tr = tracks.get(key)
         if tr is None:
             if value is None or value <= 0:
                 return  # kernel threads, no BPF data: nothing to watch yet
-            if rule.kind == "threshold" and value < THRESHOLD_TRACK_SHARE * rule.threshold:
-                return  # far below: no state needed
-            tr = tracks[key] = _Track(_window(rule), p.comm, p.unit)
-        elif (
-            rule.kind == "threshold"
-            and value is not None
-            and value < THRESHOLD_TRACK_SHARE * rule.threshold
-            and tr.record is None
-        ):
+            if not kind.worth_tracking(rule, value):
+                return  # far from firing: no state needed
+            tr = tracks[key] = _Track(kind.window(rule), p.comm, p.unit)
+        elif value is not None and tr.record is None and not kind.worth_tracking(rule, value):
             del tracks[key]
             active.discard(key)
             return
@@ -351,10 +361,11 @@ class AlertEngine:
             tr.upto = None  # a source missing for a moment does not end an episode; no points meanwhile
             return
         now = cyc.snap.mono
-        appended = self._add(tr.window, tr.upto, now, value, alloc_count(p) if rule.kind == "leak" else None)
+        appended = self._add(tr.window, tr.upto, now, value, kind.counter(p))
         tr.upto = now
-        self._step(cyc, rule, tr, key, appended)
-        if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None:
+        # a changed record is always worth a look (the window's newest point may only have been replaced)
+        self._step(cyc, rule, tr, key, appended or fresh)
+        if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None or tr.watch:
             active.add(key)
         else:
             active.discard(key)
@@ -363,41 +374,34 @@ class AlertEngine:
         w, now = tr.window, cyc.snap.mono
         value = w.last
         assert value is not None
-        fire: bool
-        clear: bool | None
-        if rule.kind in ("growth", "leak"):
-            min_rate = rule.min_rate if rule.kind == "growth" else leak_rate(rule.min_rate)
-            ready = window_ready(w)
-            if (
-                tr.record is None
-                and tr.pending_since is None
-                and not (appended and ready and could_grow(w, min_rate))
-            ):
-                # fast path: most processes are not growing; a quiet one is looked at again when its window
-                # gains a point (every window/MAX_POINTS), not at every sample
-                tr.fit = None
-                return
-            f = tr.fit = fit(w.t, w.v) if ready else None
-            fire = (
-                f is not None
-                and growth_verdict(f, min_rate)
-                and (rule.kind == "growth" or allocations_continue(w))
-            )
-            clear = None if f is None else growth_cleared(f, min_rate)
-            clear_hold = max(rule.for_s, rule.window_s / 2)
-            since_wall = cyc.snap.ts - (now - w.t[0])
-        else:  # threshold
-            fire = threshold_fired(value, rule.threshold)
-            clear = threshold_cleared(value, rule.threshold)
-            clear_hold = rule.for_s
-            since_wall = cyc.snap.ts
+        j = kind_of(rule.kind).judge(
+            rule,
+            w,
+            idle=tr.record is None and tr.pending_since is None,
+            appended=appended,
+            now=now,
+            wall=cyc.snap.ts,
+            current=tr.fit,
+        )
+        # a window the kind looked at (it could show growth) is looked at next cycle even when the record
+        # does not change: a stair's last step shows in the slice medians only some seconds after it happened
+        # (a sample that only replaced the window's newest point says nothing new: the watch stays as it was)
+        tr.watch = j is not None or (tr.watch and not appended)
+        if j is None:
+            tr.fit = None
+            return
+        tr.fit = j.fit
+        fire, clear, clear_hold, since_wall = j.fire, j.clear, j.clear_hold_s, j.since_wall
+        confirm = fire if j.confirm is None else j.confirm
         if tr.record is None:
             if not fire:
                 tr.pending_since = None
+                tr.confirmed = False
                 return
             if tr.pending_since is None:
                 tr.pending_since, tr.pending_wall = now, since_wall
-            if now - tr.pending_since >= rule.for_s:
+            tr.confirmed = tr.confirmed or confirm
+            if tr.confirmed and now - tr.pending_since >= rule.for_s:
                 self._fire(cyc, rule, tr, key)
             return
         if clear is True:
@@ -416,24 +420,15 @@ class AlertEngine:
             tr.last_emit = now
 
     def _rate(self, rule: RuleConfig, tr: _Track) -> float | None:
-        if tr.fit is None and rule.kind == "threshold" and window_ready(tr.window):
-            tr.fit = fit(tr.window.t, tr.window.v)
+        tr.fit = kind_of(rule.kind).rate_fit(tr.window, tr.fit)
         return tr.fit.slope if tr.fit is not None else None
 
     def _fire(self, cyc: _Cycle, rule: RuleConfig, tr: _Track, key: Key) -> None:
         s = cyc.snap
         value = tr.window.last
         rate = self._rate(rule, tr)
-        if rule.kind == "threshold":
-            summary = f"{rule.metric} {format_size(value)} ≥ {format_size(rule.threshold)}"
-        else:
-            assert tr.fit is not None and rate is not None
-            summary = (
-                f"{rule.metric} +{format_rate(rate)} over {format_duration(tr.fit.span_s)}"
-                f" ({tr.fit.describe()})"
-            )
-            if rule.kind == "leak":
-                summary += "; allocations continue"
+        assert value is not None
+        summary = kind_of(rule.kind).fire_summary(rule, value, rate, tr.fit)
         rec = AlertRecord(
             rule=rule.name,
             kind=rule.kind,
@@ -455,15 +450,7 @@ class AlertEngine:
         cyc.due.append(self._transition(cyc, rule, tr, rec, "firing"))
 
     def _clear_summary(self, rule: RuleConfig, tr: _Track) -> str:
-        if rule.kind == "threshold":
-            v = tr.window.last
-            return f"{rule.metric} {format_size(v)} < {format_size(THRESHOLD_CLEAR_SHARE * rule.threshold)}"
-        slope = tr.fit.slope if tr.fit is not None else 0.0
-        min_rate = rule.min_rate if rule.kind == "growth" else leak_rate(rule.min_rate)
-        return (
-            f"growth stopped: {rule.metric} {format_rate(slope)}"
-            f" (< {format_rate(CLEAR_RATE_SHARE * min_rate)})"
-        )
+        return kind_of(rule.kind).clear_summary(rule, tr.window.last, tr.fit)
 
     def _resolve_record(self, cyc: _Cycle, rec: AlertRecord, tr: _Track | None, why: str) -> None:
         s = cyc.snap
@@ -530,17 +517,44 @@ class AlertEngine:
 
     # ----- OOM -----
 
+    @property
+    def _donor(self) -> str | None:
+        """A rule whose windows already hold every process's rss history (OOM messages borrow it).
+
+        An rss rule over all processes with a window at least OOM_HISTORY_S long (the shipped rss-growth
+        rule): then the OOM kind keeps no history of its own for the processes it tracks.
+        """
+        if not any(kind_of(r.kind).keeps_history for r in self._rules.values()):
+            return None
+        for r in self._rules.values():
+            if (
+                r.metric == "rss"
+                and not kind_of(r.kind).instant
+                and r.kind != "threshold"  # keeps windows only near its threshold
+                and r.window_s >= OOM_HISTORY_S
+                and r.scope == "process"
+                and (r.match.comm, r.match.unit, r.match.cgroup) == (None, None, None)
+            ):
+                return r.name
+        return None
+
     def _update_seen(
         self, snap: Snapshot, changed: list[tuple[Key, ProcessSnapshot]], gone: list[Key]
     ) -> None:
-        if not any(r.kind == "oom" for r in self._rules.values()):
+        if not any(kind_of(r.kind).keeps_history for r in self._rules.values()):
             self._seen.clear()
             self._gone_q.clear()
             return
         now = snap.mono
         seen = self._seen
+        donor = self._donor
+        lent = self._tracks.get(donor, {}) if donor is not None else {}
         for key, p in changed:
             sn = seen.get(key)
+            if key in lent:
+                if sn is not None and sn.gone_at is None:
+                    del seen[key]  # the donor rule's window holds its history now
+                continue
             if not p.rss_kb:
                 if sn is not None:
                     sn.upto = None
@@ -550,17 +564,21 @@ class AlertEngine:
                 sn = seen[key] = _Seen(
                     Window(OOM_HISTORY_S, compact=True, max_points=OOM_HISTORY_POINTS), p.comm, p.unit
                 )
-            sn.comm, sn.unit, sn.gone_at = p.comm, p.unit, None
+            sn.comm, sn.unit, sn.cgroup, sn.gone_at = p.comm, p.unit, p.cgroup, None
             self._add(sn.window, sn.upto, now, p.rss_kb * 1024.0, None)
             sn.upto = now
         q = self._gone_q
         for key in gone:
             sn = seen.get(key)
+            tr = self._donated.get(key)
+            if tr is not None and (sn is None or sn.gone_at is None):
+                sn = seen[key] = _Seen(tr.window, tr.comm, tr.unit)
             if sn is not None and sn.gone_at is None:
                 self._catch_up(sn.window, sn.upto, len(self._axis) - 1)  # it was last seen before now
                 sn.upto = None
                 sn.gone_at = now
                 q.append((now, key))
+        self._donated = {}
         while q and (now - q[0][0] > OOM_GRACE_S or len(q) > MAX_GONE):
             at, key = q.popleft()
             sn = seen.get(key)
@@ -572,6 +590,12 @@ class AlertEngine:
         for key, sn in self._seen.items():
             if key[0] == pid and (best is None or _recency(sn) > _recency(best[1])):
                 best = (key, sn)
+        donor = self._donor
+        if donor is not None and (best is None or best[1].gone_at is not None):
+            for key, tr in self._tracks.get(donor, {}).items():
+                if key[0] == pid:  # still here: its history is the donor rule's window
+                    best = (key, _Seen(tr.window, tr.comm, tr.unit, upto=tr.upto))
+                    break
         if best is not None and best[1].gone_at is None:
             self._catch_up(best[1].window, best[1].upto, len(self._axis))  # through this snapshot
             if self._axis:
@@ -590,13 +614,16 @@ class AlertEngine:
         rate = None
         if found is not None:
             w = found[1].window
-            series = w.series(s.ts, s.mono)
-            f = fit(w.t, w.v)
+            keep = bisect_left(w.t, s.mono - OOM_HISTORY_S)  # a borrowed window is longer
+            series = w.series(s.ts, s.mono)[keep:]
+            f = fit(w.t[keep:], w.v[keep:])
             rate = f.slope if f is not None else None
         k = 1024
+        kind = kind_of(rule.kind)
+        assert isinstance(kind, OomKind)
         rec = AlertRecord(
             rule=rule.name,
-            kind="oom",
+            kind=rule.kind,
             pid=oom.pid,
             start_ticks=found[0][1] if found else 0,
             comm=oom.comm,
@@ -607,13 +634,11 @@ class AlertEngine:
             resolved_at=s.ts,
             value=float((oom.anon_rss_kb + oom.file_rss_kb + oom.shmem_rss_kb) * k),
             rate=rate,
-            summary=(
-                f"killed by the OOM killer: anon {format_size(oom.anon_rss_kb * k)},"
-                f" file {format_size(oom.file_rss_kb * k)}, shmem {format_size(oom.shmem_rss_kb * k)},"
-                f" total-vm {format_size(oom.total_vm_kb * k)}, oom_score_adj {oom.oom_score_adj},"
-                f" uid {oom.uid}"
-            ),
+            summary=kind.kill_summary(oom),
         )
         cyc.changed.append(rec)
         avail = s.meminfo.mem_available_kb * 1024.0 if s.meminfo is not None else None
-        cyc.due.append(Transition(rec, "firing", series, at=s.ts, rule=rule, mem_available=avail))
+        cgroup = found[1].cgroup if found else None
+        cyc.due.append(
+            Transition(rec, "firing", series, at=s.ts, rule=rule, mem_available=avail, cgroup=cgroup)
+        )

@@ -12,6 +12,14 @@ collector) can produce a steep slope over a window. A window fires only when all
 - no single slice step carries MAX_STEP_SHARE or more of the net rise (a one-off jump carries all of it);
 - the net rise (last slice median - first) is at least half of min_rate x span.
 
+Stepped leaks (1 MiB kept every 20 s): while the window holds three steps each carries a third of the rise;
+when the window slides so that its slice medians see only two, each carries half and the test above fails for
+part of every step period, which reset `for`. So there is weaker evidence (`growth_holds`) that starts and
+keeps the `for` clock of a pending condition: the largest step may carry up to HOLD_STEP_SHARE of the rise as
+long as the middle half of the rise is spread over at least MIN_RISE_SPREAD of the slices (two steps a period
+apart; a jump smeared over two neighbouring slices is still one jump). The engine fires only once the full
+verdict has also held while pending, so two jumps alone never fire.
+
 Slice medians (not single points) make the shape tests robust to per-sample noise, so slow leaks under noisy
 RSS still pass while the line fit keeps the rate honest.
 """
@@ -33,11 +41,15 @@ MIN_R2 = 0.8
 SLICES = 10
 MIN_NONFALLING = 0.7
 MAX_STEP_SHARE = 0.5
+HOLD_STEP_SHARE = 0.65  # holding: two equal steps carry 0.5 each; one jump with noise ~0.8 or more
+MIN_RISE_SPREAD = 0.2  # holding: share of the slice steps between 25 % and 75 % of the rise
 MIN_RISE_SHARE = 0.5
 CLEAR_RATE_SHARE = 0.5  # hysteresis: a growth alert clears only when the slope is below half of min_rate
+RECENT_SHARE = 1 / 3  # ... over the whole window, or over its newest third (a plateau after a warm-up)
 THRESHOLD_CLEAR_SHARE = 0.9  # a threshold alert clears only below 90% of the threshold
 DEFAULT_LEAK_RATE = 1024 * 1024 / 60.0  # 1MB/min, for leak rules without min_rate
-MIN_ALLOC_SHARE = 0.6  # leak: allocation counters rose in at least this share of slice steps
+RESIDENT_SHARE = 0.5  # leak: resident memory grows at >= this share of the leak rate (pages fault in late)
+RESIDENT_R2 = 0.5  # leak: ... along a line that explains at least this much (a sawtooth does not)
 
 
 def metric_value(p: ProcessSnapshot, metric: str) -> float | None:
@@ -56,18 +68,17 @@ def metric_value(p: ProcessSnapshot, metric: str) -> float | None:
     return None if kb is None else kb * 1024.0
 
 
-def alloc_count(p: ProcessSnapshot) -> int | None:
-    """Cumulative allocation calls seen by eBPF (mmap + brk), or None without BPF."""
-    if p.mmap_count is None:
-        return None
-    return p.mmap_count + (p.brk_count or 0)
+def resident_value(p: ProcessSnapshot) -> float | None:
+    """Resident memory that a leak makes grow, in bytes: anonymous RSS, or RSS when anon is unknown."""
+    kb = p.anon_kb if p.anon_kb is not None else p.rss_kb
+    return None if kb is None else kb * 1024.0
 
 
 class Window:
     """The last window_s seconds (monotonic) of one metric of one process, thinned to about MAX_POINTS.
 
     The newest point always holds the newest sample: it is overwritten until it is at least `step` after the
-    point before it, then kept. Optional third column: a cumulative counter (allocations) for leak rules.
+    point before it, then kept. Optional third column: a second metric (leak rules: resident bytes).
     compact stores values as float32 (4 bytes, ~1e-7 relative precision: 64 bytes in 1 GB), which is what
     the engine uses to stay small with thousands of processes.
     """
@@ -172,6 +183,7 @@ class Fit:
     nonfalling: int  # slice steps that did not fall
     max_step: float  # largest rise between consecutive slice medians
     rise: float  # last slice median - first slice median
+    spread: float = 0.0  # share of the slice steps between reaching 25 % and 75 % of the rise
 
     @property
     def nonfalling_share(self) -> float:
@@ -229,7 +241,22 @@ def fit(t: Sequence[float], v: Sequence[float]) -> Fit | None:
         nonfalling=sum(1 for d in deltas if d >= 0),
         max_step=max(deltas, default=0.0),
         rise=(med[-1] - med[0]) if med else 0.0,
+        spread=rise_spread(med),
     )
+
+
+def rise_spread(med: Sequence[float]) -> float:
+    """How spread out in time the rise of the slice medians is: the share of slice steps between the first
+    slice at >= 25 % of the net rise and the first at >= 75 % (0 for one jump, about 0.5 for a straight line,
+    1/3 for two equal steps a third of the window apart)."""
+    if len(med) < 3:
+        return 0.0
+    rise = med[-1] - med[0]
+    if rise <= 0:
+        return 0.0
+    q1 = next(i for i, m in enumerate(med) if m - med[0] >= 0.25 * rise)
+    q3 = next(i for i, m in enumerate(med) if m - med[0] >= 0.75 * rise)
+    return (q3 - q1) / (len(med) - 1)
 
 
 def window_ready(w: Window) -> bool:
@@ -244,6 +271,16 @@ def could_grow(w: Window, min_rate: float) -> bool:
 
 def growth_verdict(f: Fit, min_rate: float) -> bool:
     """True when the fit shows steady growth at >= min_rate (see the module docstring)."""
+    return _grows(f, min_rate) and f.max_step < MAX_STEP_SHARE * f.rise
+
+
+def growth_holds(f: Fit, min_rate: float) -> bool:
+    """The weaker evidence that starts and keeps a pending condition: as growth_verdict, but two regular
+    steps (each carrying half of the rise, a step period apart) are enough (see the module docstring)."""
+    return _grows(f, min_rate) and f.max_step < HOLD_STEP_SHARE * f.rise and f.spread >= MIN_RISE_SPREAD
+
+
+def _grows(f: Fit, min_rate: float) -> bool:
     return (
         f.n >= MIN_POINTS
         and f.slope >= min_rate
@@ -252,7 +289,6 @@ def growth_verdict(f: Fit, min_rate: float) -> bool:
         and f.nonfalling_share >= MIN_NONFALLING
         and f.rise > 0
         and f.rise >= MIN_RISE_SHARE * min_rate * f.span_s
-        and f.max_step < MAX_STEP_SHARE * f.rise
     )
 
 
@@ -261,16 +297,43 @@ def growth_cleared(f: Fit, min_rate: float) -> bool:
     return f.slope < CLEAR_RATE_SHARE * min_rate
 
 
-def allocations_continue(w: Window) -> bool:
-    """Leak evidence: the allocation counter rose in most slice steps of the window."""
+def growth_stopped_recently(w: Window, min_rate: float) -> bool:
+    """The newest RECENT_SHARE of the window is flat (slope below CLEAR_RATE_SHARE of min_rate).
+
+    Lets a warm-up that plateaued resolve within a window: the whole-window slope stays high until the
+    ramp has left the window. A stepped leak keeps a step in its newest third most of the time, and the
+    engine holds the clear condition for at least half a window before resolving, so it does not resolve.
+    """
+    cutoff = w.t[-1] - RECENT_SHARE * w.window_s if w.t else 0.0
+    n = sum(1 for t in w.t if t >= cutoff)
+    if n < MIN_POINTS // 2:
+        return False
+    f = fit(w.t[-n:], w.v[-n:])
+    return f is not None and f.slope < CLEAR_RATE_SHARE * min_rate
+
+
+def resident_corroborates(w: Window, min_rate: float) -> bool:
+    """Leak evidence from /proc: resident memory (the window's second column) grows with the mappings.
+
+    Mapped bytes alone can grow with nothing behind them (address space reserved, a raw figure that
+    counts in-place recommits); a leak also makes pages resident. Resident memory must rise at
+    >= RESIDENT_SHARE of the leak rate, mostly without falling, along a line (RESIDENT_R2): a GC or
+    commit/uncommit sawtooth does not. Rare allocators pass: nothing here asks how often they allocate.
+    """
     if w.c is None:
         return False
     pts = [(t, c) for t, c in zip(w.t, w.c, strict=True) if not math.isnan(c)]
     if len(pts) < MIN_POINTS:
         return False
-    med = slice_medians([p[0] for p in pts], [p[1] for p in pts])
-    steps = [b - a for a, b in zip(med, med[1:], strict=False)]
-    return bool(steps) and sum(1 for s in steps if s > 0) >= MIN_ALLOC_SHARE * len(steps)
+    f = fit([p[0] for p in pts], [p[1] for p in pts])
+    rate = RESIDENT_SHARE * min_rate
+    return (
+        f is not None
+        and f.slope >= rate
+        and f.r2 >= RESIDENT_R2
+        and f.nonfalling_share >= MIN_NONFALLING
+        and f.rise >= MIN_RISE_SHARE * rate * f.span_s
+    )
 
 
 def leak_rate(min_rate: float) -> float:

@@ -2,7 +2,8 @@
  * processes in a second hash map drained at each poll, and rare events (OOM kill) through a ring buffer.
  *
  * Compiled by bcc from collectors/bpf.py with:
- *   -DMAX_PIDS=N          entries in the stats map and in the exits map
+ *   -DMAX_PIDS=N          entries in the stats map
+ *   -DMAX_EXITS=N         entries in the exits map (exit records waiting for the next poll)
  *   -DRINGBUF_PAGES=N     ring buffer size in pages (power of two)
  *   -DMW_PAGE_SIZE=N      the page size (mapped_bytes rounds lengths up to pages, as the kernel does)
  *   -DMW_HAVE_GROUP_DEAD  when sched:sched_process_exit has the group_dead field
@@ -12,7 +13,8 @@
  *                         statuses, OOM marks and peak RSS are reported as unknown
  *   -DMW_EMPTY_SYS_EXIT   scripts/bench_probes.py only: the sys_exit probe returns at once (the hook's floor)
  *
- * Hook choice (measured, see PLATFORM.md): one raw tracepoint on sys_exit. Attaching any syscall tracepoint
+ * Hook choice (measured with scripts/bench_probes.py; figures in README.md, "Benchmarks", and bench/results.md):
+ * one raw tracepoint on sys_exit. Attaching any syscall tracepoint
  * puts every task on the syscall slow path (the ~0.92 floor); a raw tracepoint adds almost nothing on top,
  * while sys_enter_* tracepoints build a record per call (~0.83). sys_exit also gives the return value, so
  * failed calls are not counted and brk's new break and mremap's success are known.
@@ -35,6 +37,9 @@
 
 #ifndef MAX_PIDS
 #define MAX_PIDS 65536
+#endif
+#ifndef MAX_EXITS
+#define MAX_EXITS 32768
 #endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 64
@@ -119,8 +124,9 @@ static __always_inline void read_regs(struct pt_regs *regs, struct mw_regs_windo
 #define MW_EEXIST 17
 
 BPF_HASH(stats, u32, struct mw_stats, MAX_PIDS);
-/* Not preallocated: memory only for exits not yet drained (a burst of 10,000 exits is ~2 MB). */
-BPF_F_TABLE("hash", struct mw_exit_key, struct mw_exit, exits, MAX_PIDS, BPF_F_NO_PREALLOC);
+/* Preallocated (~7 MB for 32768 records): an allocating map (BPF_F_NO_PREALLOC) draws from a per-CPU cache
+ * refilled asynchronously, which a fast run of exits on one CPU can empty (a record lost). */
+BPF_HASH(exits, struct mw_exit_key, struct mw_exit, MAX_EXITS);
 BPF_PERCPU_ARRAY(counters, u64, MW_CTR_COUNT);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -249,7 +255,8 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 }
 
 /* exec replaces the address space: the next brk must set a new baseline instead of counting the jump, and
- * mapped_bytes starts again from zero (what the old image had mapped is gone). */
+ * mapped_bytes starts again from zero (what the old image had mapped is gone). The timestamp moves too: the
+ * collector reuses an entry's previous record while its call counters and timestamp stand still. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -258,6 +265,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		s->last_brk = 0;
 		s->mapped_net = 0;
 		s->mapped_low = 0;
+		s->last_update_ns = bpf_ktime_get_ns();
 	}
 	return 0;
 }

@@ -7,6 +7,7 @@ decorators defined once. Errors reach the user as one line "Error: ..." with exi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import importlib
 import json
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,7 +26,11 @@ from memwatchd.cli import render as R
 from memwatchd.cli.outcome import OneLineGroup
 from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from memwatchd.safefile import not_regular
+from memwatchd.text import from_arg
 from memwatchd.units import parse_duration
+
+if TYPE_CHECKING:
+    from memwatchd.store.rows import HistoryRow
 
 F = TypeVar("F", bound=Callable[..., Any])
 NOW_ENV = "MEMWATCHCTL_NOW"  # fixes "now" (unix seconds) for reproducible output
@@ -47,7 +52,7 @@ def now() -> float:
     return time.time()
 
 
-class TimeSpec(click.ParamType):
+class TimeSpec(click.ParamType[float, object]):
     """A point in time: a duration ago ("2h", "1d12h"), "now", an ISO time (local unless it has a zone),
     or "@UNIXSECONDS"."""
 
@@ -171,14 +176,29 @@ def range_options(default_since: str) -> Callable[[F], F]:
     return deco
 
 
+def _kept(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A name as given on the command line, in the form memwatchd keeps names (text.from_arg): bytes that
+    are not UTF-8 match the same bytes in a process's name, a backslash matches a backslash."""
+    return None if value is None else from_arg(value)
+
+
 def select_options(fn: F) -> F:
     fn = click.option(
-        "--unit", help="Only processes of this systemd unit (exact match), e.g. nginx.service."
+        "--unit",
+        callback=_kept,
+        help="Only processes of this systemd unit (exact match), e.g. nginx.service.",
     )(fn)
     fn = click.option(
-        "--comm-glob", help="Only processes whose name matches this glob (* ? [..], case-sensitive)."
+        "--comm-glob",
+        callback=_kept,
+        help="Only processes whose name matches this glob (* ? [..], case-sensitive).",
     )(fn)
-    fn = click.option("--comm", help="Only processes with exactly this name (as in /proc/PID/comm).")(fn)
+    fn = click.option(
+        "--comm",
+        callback=_kept,
+        help="Only processes with exactly this name, byte for byte as in /proc/PID/comm"
+        ' (e.g. --comm "$(cat /proc/1234/comm)").',
+    )(fn)
     fn = click.option(
         "--pid",
         type=click.IntRange(0, PID_MAX),
@@ -187,8 +207,15 @@ def select_options(fn: F) -> F:
     return fn
 
 
+def _as_json(o: object) -> object:
+    """Typed rows (frozen dataclasses) print as objects with their field names."""
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
+    click.echo(json.dumps(data, indent=2, default=_as_json))
 
 
 def _check_range(since: float, until: float) -> None:
@@ -201,6 +228,7 @@ class LazyGroup(OneLineGroup):
 
     lazy = {
         "notify-test": ("memwatchd.cli.notify_test", "notify_test"),
+        "triage": ("memwatchd.cli.triage", "triage"),
         "groups": ("memwatchd.cli.groups", "groups"),
     }
 
@@ -301,7 +329,8 @@ def top(
 
     On a terminal this is a live view, re-read every --refresh: keys r a s g m sort by RSS, anon, swap,
     growth or mmap (again: reverse), / filters by name, unit or PID (Esc clears), Enter charts the
-    selected process's history, q quits. With --once or --json, or when output is not a terminal, the
+    selected process's history, c switches to the group view (memory cgroups; b: by unit, m/g: sort by
+    memory/growth, Esc: back), q quits. With --once or --json, or when output is not a terminal, the
     table is printed once.
 
     \b
@@ -330,17 +359,17 @@ def top(
         run_top(reader, window_s=window_s, sort_by=sort_by, limit=limit if given else 0, refresh_s=refresh_s)
         return
     data = obj.reader().top(window_s)
-    rows = sorted(data["processes"], key=lambda r: (R.SORT_KEYS[sort_by](r), -r["pid"]), reverse=True)
+    rows = sorted(data.processes, key=lambda r: (R.SORT_KEYS[sort_by](r), -r.pid), reverse=True)
     if limit:
         rows = rows[:limit]
     if as_json:
-        _print_json({"summary": data["summary"], "processes": rows})
+        _print_json({"summary": data.summary, "processes": rows})
         return
     con = R.console()
-    if data["summary"] is None:
+    if data.summary is None:
         con.print("(no snapshots yet)")
         return
-    con.print(R.top_summary(data["summary"]))
+    con.print(R.top_summary(data.summary))
     headers = list(R.TOP_HEADERS)
     body = [R.top_cells(r) for r in rows]
     con.print(
@@ -387,6 +416,7 @@ TIER_HELP = (
 @click.option(
     "--cgroup",
     metavar="PATH",
+    callback=_kept,
     help="The series of this memory cgroup (charge, limit, sums of its processes) instead of processes.",
 )
 @click.option(
@@ -456,13 +486,13 @@ def history(
     if as_csv:
         w = csv.DictWriter(sys.stdout, fieldnames=list(HISTORY_FIELDS), lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(dataclasses.asdict(r) for r in rows)
         return
     con = R.console()
     if not rows:
         con.print("(no data in range)")
         return
-    rolled = rows[0]["tier"] != "raw"
+    rolled = rows[0].tier != "raw"
     headers = [
         "TIME",
         "PID",
@@ -482,23 +512,23 @@ def history(
     body = []
     for r in rows:
         line = [
-            R.when(r["ts"]),
-            str(r["pid"]),
-            R.clean(r["comm"]),
-            R.kb(r["rss_kb"]),
-            R.kb(r["anon_kb"]),
-            R.kb(r["swap_kb"]),
-            R.kb(r["vm_kb"]),
-            R.kb(r["hwm_kb"]),
-            R.num(r["mmap_count"]),
-            R.size(r["mmap_bytes"]),
-            R.size(r["munmap_bytes"]),
-            R.size(r["brk_bytes"]),
+            R.when(r.ts),
+            str(r.pid),
+            R.clean(r.comm),
+            R.kb(r.rss_kb),
+            R.kb(r.anon_kb),
+            R.kb(r.swap_kb),
+            R.kb(r.vm_kb),
+            R.kb(r.hwm_kb),
+            R.num(r.mmap_count),
+            R.size(r.mmap_bytes),
+            R.size(r.munmap_bytes),
+            R.size(r.brk_bytes),
         ]
         if rolled:
-            line[4:4] = [R.kb(r["rss_min_kb"]), R.kb(r["rss_max_kb"])]
+            line[4:4] = [R.kb(r.rss_min_kb), R.kb(r.rss_max_kb)]
         body.append(line)
-    con.print(f"tier: {rows[0]['tier']}")
+    con.print(f"tier: {rows[0].tier}")
     con.print(R.table(headers, body, right=set(headers) - {"TIME", "COMM"}))
 
 
@@ -596,14 +626,14 @@ def processes(
     headers = ["PID", "COMM", "UNIT", "STARTED", "FIRST SEEN", "LAST SEEN", "EXITED", "CODE"]
     body = [
         [
-            str(r["pid"]),
-            R.clean(r["comm"]),
-            R.clean(r["unit"]),
-            R.when(r["start_time"]),
-            R.when(r["first_seen"]),
-            "live" if r["live"] else R.when(r["last_seen"]),
-            R.when(r["exit_time"]),
-            "-" if r["exit_code"] is None else str(r["exit_code"]),
+            str(r.pid),
+            R.clean(r.comm),
+            R.clean(r.unit),
+            R.when(r.start_time),
+            R.when(r.first_seen),
+            "live" if r.live else R.when(r.last_seen),
+            R.when(r.exit_time),
+            "-" if r.exit_code is None else str(r.exit_code),
         ]
         for r in rows
     ]
@@ -673,7 +703,7 @@ def plot(
         else f"unit {unit}"
     )
     con = R.console()
-    tier_name = rows[0]["tier"] if rows else "-"
+    tier_name = rows[0].tier if rows else "-"
     con.print(
         f"{metric} of {R.clean(what)} ({len(procs)} process{'es' if len(procs) != 1 else ''},"
         f" tier {tier_name})"
@@ -682,12 +712,12 @@ def plot(
         con.print(line)
 
 
-def _summed(rows: list[dict[str, Any]], field: str) -> list[tuple[float, int]]:
+def _summed(rows: list[HistoryRow], field: str) -> list[tuple[float, int]]:
     """Sum a field over processes at every row time, each process's value held between its rows."""
-    times = sorted({r["ts"] for r in rows})
+    times = sorted({r.ts for r in rows})
     per: dict[tuple[int, int], list[tuple[float, int | None]]] = {}
     for r in rows:
-        per.setdefault((r["pid"], r["start_ticks"]), []).append((r["ts"], r[field]))
+        per.setdefault((r.pid, r.start_ticks), []).append((r.ts, getattr(r, field)))
     out = []
     idx = {k: 0 for k in per}
     cur: dict[tuple[int, int], int | None] = {}
@@ -699,8 +729,9 @@ def _summed(rows: list[dict[str, Any]], field: str) -> list[tuple[float, int]]:
                 cur[k] = pts[i][1]
                 i += 1
             idx[k] = i
-            if pts[0][0] <= t <= pts[-1][0] and cur.get(k) is not None:
-                total += cur[k]  # type: ignore[operator]
+            v = cur.get(k)
+            if pts[0][0] <= t <= pts[-1][0] and v is not None:
+                total += v
                 any_value = True
         if any_value:
             out.append((t, total))
@@ -782,7 +813,7 @@ def status(obj: Obj, as_json: bool) -> None:
             )
     w = max(len(k) for k, _ in lines)
     for k, v in lines:
-        con.print(f"{k:<{w}}  {v}")
+        con.print(f"{k:<{w}}  {R.clean(v)}")  # status values quote errors and paths: shown escaped
 
 
 # ---- alerts ------------------------------------------------------------------------------------------
@@ -833,17 +864,17 @@ def alerts(obj: Obj, since: float | None, state: str | None, as_json: bool) -> N
     ]
     body = [
         [
-            R.when(r["since"]),
-            R.clean(r["rule"]),
-            r["kind"],
-            str(r["pid"]),
-            R.clean(r["comm"]),
-            r["state"],
-            R.when(r["fired_at"]),
-            R.when(r["resolved_at"]),
-            R.size(r["value"]),
-            "-" if r["rate"] is None else R.rate(r["rate"] * 3600, "/h"),
-            R.clean(r["summary"]),
+            R.when(r.since),
+            R.clean(r.rule),
+            r.kind,
+            str(r.pid),
+            R.clean(r.comm),
+            r.state,
+            R.when(r.fired_at),
+            R.when(r.resolved_at),
+            R.size(r.value),
+            "-" if r.rate is None else R.rate(r.rate * 3600, "/h"),
+            R.clean(r.summary),
         ]
         for r in rows
     ]

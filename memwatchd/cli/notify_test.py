@@ -13,15 +13,16 @@ from typing import Any
 
 import click
 
-from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, mask_url, notify_urls
+from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, notify_urls
 from memwatchd.notify.deliverer import send_sync
+from memwatchd.secrets import mask_url
 
 
 class _ConfigProblem(click.ClickException):
     exit_code = 2
 
 
-class _Timeout(click.ParamType):
+class _Timeout(click.ParamType[float, object]):
     """Seconds per URL: a finite number from 0.1 to 3600 (nan, inf and 1e9 are refused, not passed on)."""
 
     name = "SECONDS"

@@ -23,7 +23,8 @@ Counter semantics (all cumulative since the process was first seen by the probes
 
 Exits: the kernel keeps one record per ended process (final counters, start time, exit status, OOM mark,
 VmHWM at the exit) in a hash map that poll() drains, so a burst of exits waits there instead of
-overflowing a ring buffer; a record is lost only when the map (max_pids entries) is full, and counted.
+overflowing a ring buffer; a record is lost only when the map (_MAX_EXITS records between two polls:
+~10,000 exits a second at a 3 s interval) is full, and counted.
 Kernel struct fields are read at offsets taken from the running kernel's BTF (btf.py); without BTF, start
 times, exit statuses, OOM marks and peak RSS are unknown (0/None) and only exits of tracked processes are
 reported.
@@ -51,6 +52,7 @@ from typing import Any
 from memwatchd.collectors import bpfsys
 from memwatchd.config import BpfConfig
 from memwatchd.models import BpfHealth, BpfPoll, BpfStats, OomKill, ProcessExit
+from memwatchd.text import from_kernel
 
 log = logging.getLogger("memwatchd.bpf")
 
@@ -65,6 +67,7 @@ _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
 _BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
+_MAX_EXITS = 32768  # exit records the kernel holds until the next poll
 _MAPS = ("stats", "counters", "events", "exits")  # handed over by the loader in this order
 # Kernel struct fields the probes read, resolved from BTF by the loader (see memwatch.bpf.c).
 _BTF_FIELDS = {
@@ -193,7 +196,7 @@ def _to_exit(k: Any, v: Any) -> ProcessExit:
 
 
 def _comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return from_kernel(raw.split(b"\0", 1)[0])
 
 
 def _tracefs() -> Path | None:
@@ -248,6 +251,7 @@ def _cflags(
     cflags = [
         f"-I{include_dir}",
         f"-DMAX_PIDS={cfg.max_pids}",
+        f"-DMAX_EXITS={_MAX_EXITS}",
         f"-DRINGBUF_PAGES={pages}",
         f"-DMW_PAGE_SIZE={mmap.PAGESIZE}",
         f"-DMW_STATS_SIZE={ctypes.sizeof(_Stats)}",
@@ -362,10 +366,11 @@ class BpfCollector:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def load(cls, cfg: BpfConfig, *, extra_cflags: tuple[str, ...] = ()) -> BpfCollector:
+    def load(cls, cfg: BpfConfig, *, extra_cflags: tuple[str, ...] = (), btf: bool = True) -> BpfCollector:
         """Compile and attach the probes (in a child); BpfUnavailable(reason) when that cannot be done here.
 
-        extra_cflags is for benchmarks (e.g. -DMW_EMPTY_SYS_EXIT to measure the hook's floor).
+        extra_cflags is for benchmarks (e.g. -DMW_EMPTY_SYS_EXIT to measure the hook's floor); btf=False
+        builds the probes as on a kernel without BTF (tests of that fallback).
         """
         tracefs = _check_environment()
         pages = max(1, cfg.ringbuf_kb * 1024 // _PAGE)
@@ -378,7 +383,7 @@ class BpfCollector:
                 "cflags": _cflags(cfg, pages, path.parent, tracefs, extra_cflags),
                 "tracepoints": _TRACEPOINTS,
                 "maps": _MAPS,
-                "btf": _BTF_FIELDS,
+                "btf": _BTF_FIELDS if btf else {},
             }
             reply, fds = _run_loader(request)
         try:

@@ -47,7 +47,7 @@ class LoadError(Exception):
 def load(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     """Compile and attach per the request; returns the reply message and the fds to send with it."""
     try:
-        import bcc  # noqa: PLC0415 - only this child process ever imports bcc
+        import bcc  # only this child process ever imports bcc
     except ImportError as e:
         raise LoadError(f"bcc Python module not found (install python3-bpfcc): {e}") from None
     for category, event in request["tracepoints"]:
@@ -56,7 +56,7 @@ def load(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     cflags = list(request["cflags"])
     btf_error = None
     if request.get("btf"):
-        from memwatchd.collectors import btf  # noqa: PLC0415 - parsing vmlinux BTF is this child's job
+        from memwatchd.collectors import btf  # parsing vmlinux BTF is this child's job
 
         try:
             cflags += [f"-D{k}={v}" for k, v in btf.resolve(request["btf"]).items()]
@@ -88,7 +88,7 @@ def _compile(bcc: Any, path: str, cflags: list[str]) -> Any:
         os.dup2(err.fileno(), 2)
         try:
             return bcc.BPF(src_file=path.encode(), cflags=cflags)
-        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception for compile and attach failures
+        except Exception as e:  # bcc raises bare Exception for compile and attach failures
             os.dup2(saved, 2)
             err.seek(0)
             raise LoadError(f"{_first_line(e)}: {_compile_error_summary(err.read())}") from None
@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
     except LoadError as e:
         sock.send(json.dumps({"error": str(e)}).encode())
         return 1
-    except Exception as e:  # noqa: BLE001 - any failure must reach the daemon as one line, not a traceback
+    except Exception as e:  # any failure must reach the daemon as one line, not a traceback
         sock.send(json.dumps({"error": f"BPF loader failed: {type(e).__name__}: {_first_line(e)}"}).encode())
         return 1
     socket.send_fds(sock, [json.dumps(reply).encode()], fds)

@@ -136,8 +136,8 @@ class Btf:
             raise BtfError(f"{path}: no member given")
         _, t = self._resolve(self.struct(struct_name))
         total = 0
-        for m in members:
-            index = None
+        for member in members:
+            m, index = member, None
             if m.endswith("]") and "[" in m:
                 m, _, idx = m[:-1].partition("[")
                 index = int(idx) if idx.isdigit() else self.enumerator(idx)
@@ -165,7 +165,7 @@ class Btf:
             return 8
         if t.kind == _ARRAY_K:
             elem, _, nelems = _ARRAY.unpack_from(self._data, t.extra)
-            return nelems * self.size_of(self._resolve(elem)[1])
+            return int(nelems) * self.size_of(self._resolve(elem)[1])
         raise BtfError(f"no size for BTF kind {t.kind}")
 
     def enumerator(self, name: str) -> int:
@@ -176,7 +176,7 @@ class Btf:
             for i in range(t.vlen):
                 name_off, val = _ENUM.unpack_from(self._data, t.extra + i * _ENUM.size)
                 if self._str(name_off) == name:
-                    return val
+                    return int(val)
         raise BtfError(f"no enumerator {name} in BTF")
 
 

@@ -149,3 +149,65 @@ def _read_text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+# ---- OOM kills: cgroup-local or host-wide ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OomScope:
+    """Where an OOM kill came from: a memory cgroup that hit its limit (local), or the whole host."""
+
+    local: bool
+    cgroup: str | None = None  # the level whose limit was hit (local kills)
+    limit_bytes: int | None = None
+    known: bool = True  # False: the victim's memory cgroup was never seen
+
+    def describe(self) -> str:
+        """The message line: "cgroup-local: cgroup /x reached its limit (32M)" or "host-wide: ..."."""
+        from memwatchd.units import format_size
+
+        if not self.known:
+            return "unknown: the victim's memory cgroup was not seen before the kill"
+        if self.local and self.cgroup is not None and self.limit_bytes is not None:
+            return f"cgroup-local: cgroup {self.cgroup} reached its limit ({format_size(self.limit_bytes)})"
+        return "host-wide: no memory cgroup of the victim was at its limit (the host ran out of memory)"
+
+
+def _oom_events(path: Path) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == "oom":
+                return int(v)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def oom_scope(cgroup: str | None, root: str = "/sys/fs/cgroup") -> OomScope:
+    """Whether a kill of a process in `cgroup` was cgroup-local, and which level's limit it hit.
+
+    The oom:mark_victim tracepoint does not say, so cgroupfs is asked, innermost level first: on v2 a level
+    whose memory.events counts an "oom" (only memory-cgroup OOMs count there); on v1 a limited level whose
+    peak charge (memory.max_usage_in_bytes) reached its limit (within 1 %). Otherwise the kill was host-wide.
+    """
+    if not cgroup or ".." in cgroup.split("/"):
+        return OomScope(False, known=False)
+    base = Path(root)
+    parts = [p for p in cgroup.split("/") if p]
+    v1 = (base / "memory" / "memory.usage_in_bytes").exists()
+    for depth in range(len(parts), 0, -1):
+        rel = "/".join(parts[:depth])
+        if v1:
+            d = base / "memory" / rel
+            limit = _read_int(d / "memory.limit_in_bytes")
+            peak = _read_int(d / "memory.max_usage_in_bytes")
+            if limit is not None and limit < _V1_UNLIMITED and peak is not None and peak >= 0.99 * limit:
+                return OomScope(True, "/" + rel, limit)
+        else:
+            d = base / rel
+            limit = _read_int(d / "memory.max")
+            if limit is not None and (_oom_events(d / "memory.events") or 0) > 0:
+                return OomScope(True, "/" + rel, limit)
+    return OomScope(False)

@@ -31,7 +31,8 @@ Decisions:
   unparseable stat) is skipped and counted in ProcScan.errors, never logged. An unreadable cgroup or
   smaps_rollup only leaves unit/cgroup or pss/uss as None. Errors that are not about one process (EMFILE,
   ENFILE, ENOMEM, an unreadable root) propagate.
-* comm is decoded as UTF-8 with backslashreplace, so arbitrary bytes survive.
+* comm and the cgroup file are decoded with text.from_kernel: UTF-8 as is, a backslash doubled, other bytes
+  as \\xHH, so arbitrary bytes survive and a name holding byte 0xff differs from one spelling "\\xff".
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ import errno
 import os
 import resource
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from memwatchd.models import MemInfo, ProcSample, ProcScan
+from memwatchd.text import from_kernel
 
 PF_KTHREAD = 0x00200000
 _SYSTEMIC_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -55,9 +57,12 @@ class _Unparseable(Exception):
     """A per-process file whose content does not have the expected shape."""
 
 
-@dataclass(frozen=True, slots=True)
-class StatFields:
-    """The fields of /proc/PID/stat the collector uses (sizes as the kernel gives them)."""
+class StatFields(NamedTuple):
+    """The fields of /proc/PID/stat the collector uses (sizes as the kernel gives them).
+
+    A NamedTuple, not a frozen dataclass: it is built on the scan's slow path, where a frozen dataclass's
+    __init__ (object.__setattr__ per field) cost as much as parsing the line.
+    """
 
     pid: int
     comm: str
@@ -84,15 +89,16 @@ def _split_stat(data: bytes) -> tuple[int, bytes, list[bytes]]:
 def parse_stat(data: bytes) -> StatFields:
     """Parse /proc/PID/stat content; raises ValueError when it does not have the shape of a stat line."""
     pid, comm, f = _split_stat(data)
+    # positional: the scan's slow path calls this for every changed process
     return StatFields(
-        pid=pid,
-        comm=comm.decode("utf-8", "backslashreplace"),
-        state=f[0].decode("ascii", "backslashreplace"),
-        ppid=int(f[1]),
-        flags=int(f[6]),
-        start_ticks=int(f[19]),
-        vsize=int(f[20]),
-        rss_pages=int(f[21]),
+        pid,
+        from_kernel(comm),
+        f[0].decode("ascii", "backslashreplace"),
+        int(f[1]),
+        int(f[6]),
+        int(f[19]),
+        int(f[20]),
+        int(f[21]),
     )
 
 
@@ -129,9 +135,9 @@ def parse_smaps_rollup(data: bytes) -> tuple[int | None, int | None]:
 def _unit_from_path(path: str) -> str | None:
     # The innermost unit: for "user@1000.service/app.slice/foo.scope" that is foo.scope, the unit a user
     # would name in a rule; the enclosing user@1000.service remains visible in the cgroup path.
-    for comp in reversed(path.split("/")):
-        if comp.startswith("_"):  # systemd escapes names that could clash with cgroupfs files
-            comp = comp[1:]
+    for part in reversed(path.split("/")):
+        # systemd escapes names that could clash with cgroupfs files
+        comp = part[1:] if part.startswith("_") else part
         if comp.endswith(_UNIT_SUFFIXES):
             return comp
     return None
@@ -293,6 +299,21 @@ class ProcfsCollector:
         self._boot_time_read = time.monotonic()
 
     @property
+    def smaps(self) -> bool:
+        """Whether PSS/USS are read from smaps_rollup ([procfs] smaps)."""
+        return self._smaps
+
+    def set_smaps(self, on: bool) -> None:
+        """Turn PSS/USS reading on or off (reload): every identity gets a full re-read at the next scan."""
+        if on == self._smaps:
+            return
+        self._smaps = on
+        for e in self._cache.values():
+            e.next_full = 0.0
+            if not on:
+                e.pss = e.uss = None
+
+    @property
     def live_pids(self) -> set[int]:
         """TGIDs read successfully in the last scan, kernel threads and zombies included."""
         return set(self._cache)
@@ -392,9 +413,8 @@ class ProcfsCollector:
         try:
             stat = raw if e.fd < 0 and raw is not None else _read_all(f"{base}/stat")
             try:
-                _pid, comm_b, f = _split_stat(stat)
-                state = f[0].decode("ascii", "backslashreplace")
-                ppid, flags, start = int(f[1]), int(f[6]), int(f[19])
+                st = parse_stat(stat)
+                state, ppid, flags, start = st.state, st.ppid, st.flags, st.start_ticks
                 if e.fd >= 0:
                     # Read after stat: the statm fd was opened first, so a successful read proves the process
                     # behind it was alive all along and the stat just read is its own.
@@ -403,7 +423,7 @@ class ProcfsCollector:
                     vm_kb, rss_kb = int(m[0]) * self._page_kb, int(m[1]) * self._page_kb
                     e.raw = statm
                 else:
-                    vm_kb, rss_kb = int(f[20]) // 1024, int(f[21]) * self._page_kb
+                    vm_kb, rss_kb = st.vsize // 1024, st.rss_pages * self._page_kb
                     e.raw = stat
             except (ValueError, IndexError) as exc:
                 raise _Unparseable(f"{base}: stat or statm") from exc
@@ -429,7 +449,7 @@ class ProcfsCollector:
                     e.pss, e.uss = self._read_smaps(name)
             if full:
                 e.unit, e.cgroup = self._read_cgroup(name)
-            comm = comm_b.decode("utf-8", "backslashreplace")
+            comm = st.comm
             old = e.sample
             if (
                 old is None
@@ -469,7 +489,7 @@ class ProcfsCollector:
             if exc.errno in _SYSTEMIC_ERRNOS:
                 raise
             return None, None
-        return unit_from_cgroup(data.decode("utf-8", "backslashreplace"))
+        return unit_from_cgroup(from_kernel(data))
 
     def _read_smaps(self, name: str) -> tuple[int | None, int | None]:
         try:

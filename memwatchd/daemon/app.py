@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import resource
@@ -25,23 +24,31 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from memwatchd.alerts.engine import AlertEngine, Transition
+from memwatchd.alerts.kinds.oom import OomKind
+from memwatchd.alerts.scopes import ScopeEngine, is_scoped
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
-from memwatchd.collectors.cgroupfs import ChargeReader, headroom
+from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
 from memwatchd.collectors.procfs import ProcfsCollector
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
+from memwatchd.config_check import check_usable
+from memwatchd.daemon import heap
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
+from memwatchd.daemon.failures import RepeatedFailure
 from memwatchd.daemon.logsetup import setup_logging
 from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
-from memwatchd.groups import aggregate_groups, charge_paths, host_memory
+from memwatchd.daemon.triage import TriageService
+from memwatchd.groups import charge_paths, summarize
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
 from memwatchd.store.files import DatabaseInUse, StoreError, WriterLock, acquire_lock
 from memwatchd.store.writer import StoreWriter
+from memwatchd.text import shown
+from memwatchd.triage.report import TriageResult
 
 if TYPE_CHECKING:
     from memwatchd.daemon.metrics import MetricsServer
@@ -50,17 +57,8 @@ log = logging.getLogger("memwatchd")
 T = TypeVar("T")
 
 BPF_GC_EVERY_S = 10.0  # the map sweep for entries that outlived their process (exits remove them)
-# Cyclic GC: young collections after this many new container objects instead of 700. The steady cycle
-# allocates little (unchanged processes reuse their records) and what is alive after the first cycle is
-# frozen out of the collector's sight, so a collection no longer walks every live record.
-GC_THRESHOLDS = (20_000, 20, 10)
-
-
-def _freeze_heap() -> None:
-    """Move what is alive now out of the cyclic collector's generations (it is never scanned again)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+TRIM_AFTER_GONE = 1000  # processes gone since the last malloc_trim that make the next one due ...
+TRIM_EVERY_S = 10.0  # ... at most this often
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -79,7 +77,7 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     def target() -> None:
         try:
             r = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+        except BaseException as err:  # handed to the awaiting task
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
                 loop.call_soon_threadsafe(fail, err)
             return
@@ -93,8 +91,8 @@ def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
 def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/fs/cgroup") -> Transition:
     """Add "its memory cgroup reaches the limit in ~N" to a growing alert (reads the cgroup files once)."""
     rate = t.record.rate
-    if t.reason == "resolved" or rate is None or rate <= 0:
-        return t
+    if t.reason == "resolved" or t.record.kind == "oom" or rate is None or rate <= 0:
+        return t  # no forecast for the dead
     key = (t.record.pid, t.record.start_ticks)
     proc = next((p for p in snap.processes if (p.pid, p.start_ticks) == key), None)
     if proc is None or not proc.cgroup:
@@ -105,6 +103,24 @@ def with_limit_forecast(t: Transition, snap: Snapshot, cgroup_root: str = "/sys/
     return dataclasses.replace(
         t, limit_forecast_s=h.free_bytes / rate, limit_cgroup=h.cgroup, limit_bytes=float(h.limit_bytes)
     )
+
+
+def with_oom_scope(
+    t: Transition, snaps: tuple[Snapshot | None, ...], cgroup_root: str = "/sys/fs/cgroup"
+) -> Transition:
+    """Say whether an OOM kill was cgroup-local or host-wide (reads the victim's cgroup files once)."""
+    if t.record.kind != OomKind.name:
+        return t
+    cgroup = t.cgroup  # where the engine last saw the victim (its history outlives the last snapshots)
+    for snap in (
+        snaps if cgroup is None else ()
+    ):  # the victim is gone: its cgroup comes from the last snapshots that saw it
+        if snap is None:
+            continue
+        cgroup = next((p.cgroup for p in snap.processes if p.pid == t.record.pid and p.cgroup), None)
+        if cgroup:
+            break
+    return dataclasses.replace(t, oom_scope=oom_scope(cgroup, cgroup_root).describe())
 
 
 def _raise_nofile_limit() -> None:
@@ -128,6 +144,19 @@ COMMIT_WINDOW_MAX_S = 30.0  # ... and at least every 30 s (a kill -9 loses at mo
 def commit_window_s(interval_s: float) -> float:
     """How long snapshots may wait in memory before they are committed (together)."""
     return min(COMMIT_WINDOW_INTERVALS * interval_s, COMMIT_WINDOW_MAX_S)
+
+
+class _CurrentStore:
+    """The daemon's store as it is now, for parts started before the database could be opened."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def save_triage(self, result: TriageResult, now: float) -> int:
+        store = self._daemon.store
+        if store is None:
+            raise StoreError("the database is not open yet (it could not be opened at start)")
+        return await store.save_triage(result, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +188,10 @@ class Daemon:
         self.cycles = 0
         self._pinged_cycles = -1
         self.prev: Snapshot | None = None
+        self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.merger = Merger()
+        self._gone_since_trim = 0
+        self._trimmed_at = float("-inf")
         self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
@@ -167,9 +199,11 @@ class Daemon:
         self.store: StoreWriter | None = None
         self.pump: WritePump | None = None
         self.alerts: AlertEngine | None = None
+        self.scopes: ScopeEngine | None = None  # rules of scope cgroup and host (alerts/scopes.py)
         self.deliverer: Deliverer | None = None
         self.dispatch: AlertDispatch | None = None
         self.metrics: MetricsServer | None = None
+        self.triage: TriageService | None = None
         self.status = DaemonStatus()
         self.groups_ms = 0.0  # reading cgroup charges, per cycle (written by the scan thread)
         self.charges: ChargeReader | None = (
@@ -179,6 +213,12 @@ class Daemon:
         self.lock: WriterLock | None = None
         self.started_at = clock.wall()
         self._watchdog_withheld = False
+        self._status_failing = False
+        self._cycle_failure = RepeatedFailure("sampling cycle", log)
+        self._rule_failure = RepeatedFailure("rule evaluation", log)
+        self._scope_failure = RepeatedFailure("group and host rule evaluation", log)
+        self._reload_wanted = False
+        self._reload_task: asyncio.Task[None] | None = None
 
     # ---- setup -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -214,6 +254,7 @@ class Daemon:
         )
         self._load_bpf()
         await self._open_alerting(store)
+        await self._open_triage(store)
         self._open_metrics()
         self.status = DaemonStatus(bpf_state=self.bpf_state, write_failing=self.pump.write_failing)
         if store is not None:
@@ -245,6 +286,8 @@ class Daemon:
             dropped_snapshots=pump.dropped if pump is not None else 0,
             poisoned_snapshots=pump.poisoned if pump is not None else 0,
         )
+        if self.triage is not None:
+            fields.update(self.triage.status_fields())
         return fields
 
     def _load_bpf(self) -> None:
@@ -265,7 +308,15 @@ class Daemon:
     async def _open_alerting(self, store: StoreWriter | None) -> None:
         # without a database at start (full disk) alerting starts afresh; see docs/reliability.md
         open_alerts = await store.load_open_alerts() if store is not None else []
-        self.alerts = AlertEngine(self.cfg.rules, open_alerts, self.cfg.notify.repeat_interval_s)
+        scoped = {r.name for r in self.cfg.rules if is_scoped(r)}
+        self.alerts = AlertEngine(
+            [r for r in self.cfg.rules if not is_scoped(r)],
+            [a for a in open_alerts if a.rule not in scoped],
+            self.cfg.notify.repeat_interval_s,
+        )
+        self.scopes = ScopeEngine(
+            self.cfg.rules, [a for a in open_alerts if a.rule in scoped], self.cfg.notify.repeat_interval_s
+        )
         self.deliverer = deliverer = Deliverer(
             self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered
         )
@@ -275,6 +326,19 @@ class Daemon:
             urls=notify_urls(self.cfg),
             group_wait_s=self.cfg.notify.group_wait_s,
         )
+
+    async def _open_triage(self, store: StoreWriter | None) -> None:
+        assert self.deliverer is not None
+        self.triage = TriageService(
+            self.cfg.triage,
+            _CurrentStore(self),  # the database may open later (full disk at start)
+            self.deliverer.submit,
+            self.host,
+            notify_urls(self.cfg),
+            self.cfg.storage.path,
+            self.cfg.procfs.root,
+        )
+        await self.triage.start()
 
     def _open_metrics(self) -> None:
         if not self.cfg.prometheus.listen:
@@ -291,9 +355,13 @@ class Daemon:
         log.info("prometheus metrics on http://%s/metrics", self.cfg.prometheus.listen)
 
     async def _delivered(self, msg: Message) -> None:
-        assert self.alerts is not None
+        assert self.alerts is not None and self.scopes is not None
         now = self.clock.wall()
-        updated = [self.alerts.mark_notified(r, r.state, now) for r in msg.records]
+        names = self.scopes.rule_names
+        updated = [
+            (self.scopes.mark_notified if r.rule in names else self.alerts.mark_notified)(r, r.state, now)
+            for r in msg.records
+        ]
         await self._save_alerts(updated)
 
     async def _save_alerts(self, records: list[AlertRecord]) -> None:
@@ -314,9 +382,7 @@ class Daemon:
         if self.charges is not None:
             t0 = time.perf_counter()
             try:
-                charges = self.charges.read(
-                    charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0)
-                )
+                charges = self.charges.read(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
             except Exception as e:  # an optional source: the cycle goes on without charges
                 log.debug("cgroup charges unreadable: %s", e)
             self.groups_ms = (time.perf_counter() - t0) * 1000
@@ -351,14 +417,11 @@ class Daemon:
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
-            snap = dataclasses.replace(
-                snap,
-                groups=aggregate_groups(snap.processes, charges),
-                host=host_memory(snap.meminfo, snap.processes),
-            )
+            groups, host = summarize(snap.processes, charges, snap.meminfo)
+            snap = dataclasses.replace(snap, groups=groups, host=host)
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
-        self.prev = snap
+        self._older, self.prev = self.prev, snap
         self.cycles += 1
         pump.put(snap)
         self._judge(snap)
@@ -366,9 +429,24 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.update(snap, status)
         for oom in snap.ooms:
-            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, oom.comm, oom.anon_rss_kb)
+            log.warning("OOM kill: pid %d (%s), anon-rss %d kB", oom.pid, shown(oom.comm), oom.anon_rss_kb)
         self.notifier.status(status.line())
         return snap
+
+    def _tend_heap(self) -> None:
+        """After the first cycle freeze the long-lived heap; after a burst of exits hand free pages back."""
+        if self.cycles == 1:
+            heap.freeze()  # the first snapshot's records, windows and caches are long-lived
+            heap.trim()
+            return
+        snap = self.prev
+        if snap is not None:
+            self._gone_since_trim += len(snap.gone)
+        mono = self.clock.mono()
+        if self._gone_since_trim >= TRIM_AFTER_GONE and mono - self._trimmed_at >= TRIM_EVERY_S:
+            self._gone_since_trim = 0
+            self._trimmed_at = mono
+            heap.trim()
 
     def _build_status(self, snap: Snapshot, scan_ms: float) -> DaemonStatus:
         pump = self.pump
@@ -395,15 +473,30 @@ class Daemon:
         )
 
     def _judge(self, snap: Snapshot) -> None:
-        assert self.alerts is not None and self.dispatch is not None
+        assert self.alerts is not None and self.scopes is not None and self.dispatch is not None
+        root = self.cfg.groups.cgroup_root
         try:
             changed, due = self.alerts.observe(snap)
-        except Exception:
-            log.exception("rule evaluation failed")
-            return
-        if changed:
-            asyncio.get_running_loop().create_task(self._save_alerts(list(changed)))
-        self.dispatch.offer([with_limit_forecast(t, snap) for t in due], snap.mono)
+        except Exception as e:
+            self._rule_failure.failed(e)
+            changed, due = [], []
+        else:
+            self._rule_failure.ok()
+        try:
+            s_changed, s_due = self.scopes.observe(snap)
+        except Exception as e:
+            self._scope_failure.failed(e)
+            s_changed, s_due = [], []
+        else:
+            self._scope_failure.ok()
+        if changed or s_changed:
+            asyncio.get_running_loop().create_task(self._save_alerts([*changed, *s_changed]))
+        self.dispatch.offer(
+            [*(with_oom_scope(with_limit_forecast(t, snap), (snap, self._older), root) for t in due), *s_due],
+            snap.mono,
+        )
+        if self.triage is not None:
+            self.triage.on_transitions(due)  # growth/leak alerts that just fired: where does it allocate?
 
     def status_line(self) -> str:
         return self.status.line()
@@ -414,10 +507,11 @@ class Daemon:
         while not self.stop_event.is_set():
             try:
                 await self.sample_once()
-            except Exception:
-                log.exception("sampling cycle failed")
-            if self.cycles == 1:
-                _freeze_heap()  # the first snapshot's records, windows and caches are long-lived
+            except Exception as e:
+                self._cycle_failure.failed(e)
+            else:
+                self._cycle_failure.ok()
+            self._tend_heap()
             interval = self.cfg.daemon.interval_s
             next_at += interval
             now = self.clock.mono()
@@ -460,14 +554,38 @@ class Daemon:
 
     # ---- reload / stop -----------------------------------------------------------------------
     def reload(self, path: str) -> None:
+        """SIGHUP: RELOADING=1 now, READY=1 once the new configuration is applied or refused.
+
+        The file is read and checked in a thread (checking notification URLs starts an Apprise child), so
+        sampling goes on meanwhile; SIGHUPs during a reload are folded into one more reload after it.
+        """
         self.notifier.reloading()
-        try:
-            new = load_config(path)
-            urls = notify_urls(new)
-        except ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
-            self.notifier.ready(self.status_line())
-            return
+        self._reload_wanted = True
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.get_running_loop().create_task(self._reloads(path))
+
+    @staticmethod
+    def _load_checked(path: str) -> tuple[Config, tuple[str, ...]]:
+        new = load_config(path)
+        check_usable(new)
+        return new, notify_urls(new)
+
+    async def _reloads(self, path: str) -> None:
+        while self._reload_wanted:
+            self._reload_wanted = False
+            try:
+                new, urls = await _in_daemon_thread(lambda: self._load_checked(path))
+            except ConfigError as e:
+                log.error("reload failed, keeping the running configuration: %s", e)
+                self.notifier.ready(self.status_line())
+                continue
+            except Exception:  # a bug in a check must not end the daemon: the old configuration stays
+                log.exception("reload failed, keeping the running configuration")
+                self.notifier.ready(self.status_line())
+                continue
+            self._apply(new, urls, path)
+
+    def _apply(self, new: Config, urls: tuple[str, ...], path: str) -> None:
         for section in ("bpf", "storage", "prometheus", "groups"):
             old_v, new_v = getattr(self.cfg, section), getattr(new, section)
             if section == "storage":
@@ -487,14 +605,23 @@ class Daemon:
             self.dispatch.urls = urls
             self.dispatch.group_wait_s = new.notify.group_wait_s
         if self.procfs is not None:
-            self.procfs.smaps = new_procfs.smaps
+            self.procfs.set_smaps(new_procfs.smaps)
         if self.alerts is not None:
-            self.alerts.update_rules(new.rules)
+            self.alerts.update_rules([r for r in new.rules if not is_scoped(r)])
+        if self.scopes is not None:
+            self.scopes.update_rules(new.rules)
+        if self.triage is not None:
+            self.triage.update(new.triage, urls)
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s (%d rules)", path, len(new.rules))
         self.notifier.ready(self.status_line())
 
     async def close(self) -> None:
+        if self.triage is not None:
+            await self.triage.close()  # kills running tracer children: their probes go with them
+            self.triage = None
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_task.cancel()  # its thread may still read; the result is no longer wanted
         if self.procfs is not None:
             self.procfs.close()
         if self.bpf is not None:
@@ -599,7 +726,7 @@ def cli(config_path: str, db_path: str | None, check: bool) -> None:
     """
     try:
         cfg = load_config(config_path)
-        notify_urls(cfg)
+        check_usable(cfg)
         if db_path:
             cfg = dataclasses.replace(
                 cfg, storage=dataclasses.replace(cfg.storage, path=os.path.abspath(db_path))
@@ -612,6 +739,7 @@ def cli(config_path: str, db_path: str | None, check: bool) -> None:
         click.echo(f"{config_path}: ok ({len(cfg.rules)} rules)")
         return
     setup_logging(cfg.daemon.log_level)
+    heap.limit_arenas()  # before any thread exists (the event loop's, aiosqlite's, the scans')
     sys.exit(asyncio.run(run(cfg, config_path, db_path is not None)))
 
 

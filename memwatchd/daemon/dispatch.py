@@ -10,7 +10,10 @@ import logging
 from collections.abc import Callable, Iterable
 
 from memwatchd.alerts.engine import Transition
+from memwatchd.alerts.kinds import kind_of
+from memwatchd.alerts.scopes import ScopeTransition
 from memwatchd.notify.render import Message, render
+from memwatchd.notify.render_scopes import render_scoped
 
 log = logging.getLogger("memwatchd")
 
@@ -30,12 +33,20 @@ class AlertDispatch:
         self.host = host
         self.urls = urls
         self.group_wait_s = group_wait_s
-        self.held: list[Transition] = []  # alert transitions waiting for group_wait
+        self.held: list[Transition | ScopeTransition] = []  # alert transitions waiting for group_wait
         self._last_sent = float("-inf")  # mono of the last messages handed to `send`
 
-    def offer(self, due: Iterable[Transition], mono: float) -> None:
-        """Take this cycle's due transitions; send what is held when group_wait has passed since the last."""
-        self.held.extend(due)
+    def offer(self, due: Iterable[Transition | ScopeTransition], mono: float) -> None:
+        """Take this cycle's due transitions; send what is held when group_wait has passed since the last.
+
+        OOM kills go out at once (those of one cycle grouped), never held by group_wait.
+        """
+        due = list(due)
+        now: list[Transition | ScopeTransition] = [
+            t for t in due if isinstance(t, Transition) and kind_of(t.record.kind).instant
+        ]
+        self._send(now)
+        self.held.extend(t for t in due if not any(t is n for n in now))
         if self.held and mono - self._last_sent >= self.group_wait_s:
             self._last_sent = mono
             self.flush()
@@ -43,9 +54,14 @@ class AlertDispatch:
     def flush(self) -> None:
         """Send everything held now (at shutdown: do not sit on a held group)."""
         due, self.held = self.held, []
+        self._send(due)
+
+    def _send(self, due: list[Transition | ScopeTransition]) -> None:
         if not due:
             return
-        for msg in render(due, self.host, self.urls):
+        procs = [t for t in due if isinstance(t, Transition)]
+        scoped = [t for t in due if isinstance(t, ScopeTransition)]
+        for msg in [*render(procs, self.host, self.urls), *render_scoped(scoped, self.host, self.urls)]:
             if msg.urls:
                 self.send(msg)
             else:

@@ -10,49 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
+
+from memwatchd.secrets import mask_secrets
+from memwatchd.text import shown
 
 # sd-daemon(3) / syslog priorities, highest logging level first.
 _PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
-# scheme://anything-up-to-whitespace-or-quote: every URL in a message, Apprise or not.
-_URL_RE = re.compile(r"""\b([a-zA-Z][a-zA-Z0-9+.-]{1,31})://([^\s'"<>]+)""")
-# A hostname we may show: dotted DNS name, IPv4, [IPv6] or localhost, with an optional :port. Apprise puts
-# tokens where a host would be (tgram://BOTTOKEN/CHAT, discord://ID/TOKEN), and those are no hostnames.
-_HOST_RE = re.compile(
-    r"^(?:localhost|(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z][a-zA-Z0-9-]*[a-zA-Z0-9]"
-    r"|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\])(?::\d{1,5})?$"
-)
-# key=value / key: value for secret-looking keys, also as --key=value and --key value on command lines.
-_SECRET_KEYS = r"(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|credentials?)"
-_KV_RE = re.compile(rf"(?i)(\b[\w.-]*{_SECRET_KEYS}[\w.-]*\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)")
-_OPT_RE = re.compile(rf"(?i)(--?[\w-]*{_SECRET_KEYS}[\w-]*\s+)(?!-)(\S+)")
-_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-_MASK = "***"
-
-
-def _mask_url(match: re.Match[str]) -> str:
-    scheme, rest = match.group(1), match.group(2)
-    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
-    tail = rest[len(host) :] if rest.startswith(host) else rest
-    if not _HOST_RE.match(host):
-        return f"{scheme}://{_MASK}"
-    return f"{scheme}://{host}/{_MASK}" if tail.strip("/") or "@" in rest else f"{scheme}://{host}"
-
 
 def syslog_priority(levelno: int) -> int:
     """The sd-daemon(3) prefix number for a logging level (levels in between round down)."""
     return next((prio for lvl, prio in _PRIORITY if levelno >= lvl), 7)
-
-
-def mask_secrets(text: str) -> str:
-    """Hide URL credentials, paths and queries (they hold Apprise tokens) and key=value secrets."""
-    text = _URL_RE.sub(_mask_url, text)
-    text = _BEARER_RE.sub(lambda m: f"{m.group(1)} {_MASK}", text)
-    text = _KV_RE.sub(lambda m: m.group(1) + _MASK, text)
-    return _OPT_RE.sub(lambda m: m.group(1) + _MASK, text)
 
 
 def one_line(text: str) -> str:
@@ -68,7 +38,9 @@ class SecretFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string must not lose the event
             message = f"{record.msg!r} {record.args!r}"
-        record.msg = mask_secrets(message)
+        # text.shown on every line: a process name in a message cannot colour the terminal or forge a line
+        # (the message's own newlines stay, and the formatter flattens them with a visible marker)
+        record.msg = "\n".join(shown(ln) for ln in mask_secrets(message).split("\n"))
         record.args = None
         return True
 

@@ -12,6 +12,12 @@ Cardinality is bounded by design (never a pid label):
 - `memwatchd_process_rss_bytes{rank, comm, unit}` holds the K biggest processes by RSS, rank 1..K:
   at most K series per scrape, whichever processes currently hold those ranks.
 A group that disappears, or falls out of the kept set, is simply absent from the next scrape.
+- memory cgroups (issue 16): `memwatchd_cgroup_memory_bytes{cgroup, unit}` (the kernel's charge),
+  `memwatchd_cgroup_memory_limit_bytes{cgroup, unit}` (tightest limit; absent when unlimited),
+  `memwatchd_cgroup_rss_bytes` and `memwatchd_cgroup_processes` for the `[prometheus] top_cgroups` cgroups
+  with the largest charge; the rest are summed into `cgroup="other"` (their charges may overlap when one
+  is inside another: "other" is a rough total).
+- the host breakdown: `memwatchd_host_memory_bytes{part}`, one series per part of HostMemory (11 at most).
 
 Allocation counters are sums of per-process deltas, so they keep rising while processes come and go.
 A group's counter lives while the group stays in the kept set; deltas of folded groups go to "other".
@@ -40,7 +46,8 @@ from prometheus_client.core import (
 
 from memwatchd.config import PrometheusConfig
 from memwatchd.daemon.status import DaemonStatus
-from memwatchd.models import MemInfo, ProcessSnapshot, Snapshot
+from memwatchd.models import HOST_FIELDS, MemInfo, ProcessSnapshot, Snapshot
+from memwatchd.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,10 @@ class _State:
     scan_sum_s: float
     counters: dict[str, float]  # single-sample counters by full name
     gauges: dict[str, float]  # single-sample gauges by full name
+    cgroups: tuple[
+        tuple[str, str, int, int | None, int, int], ...
+    ] = ()  # cgroup, unit, charge, limit, rss, n
+    host: tuple[tuple[str, int], ...] = ()  # (part, bytes) of the host breakdown
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -206,6 +217,10 @@ class _Aggregator:
         st = status if status is not None else DaemonStatus()
         self._observe_health(snap, st)
         self.state = _State(
+            cgroups=cgroup_rows(snap, self.cfg.top_cgroups),
+            host=tuple((f.removesuffix("_kb"), getattr(snap.host, f) * 1024) for f in HOST_FIELDS)
+            if snap.host is not None
+            else (),
             groups=groups,
             alloc=alloc,
             top=top,
@@ -268,6 +283,39 @@ class _Aggregator:
         )
 
 
+def cgroup_rows(snap: Snapshot, keep: int) -> tuple[tuple[str, str, int, int | None, int, int], ...]:
+    """(cgroup, unit, charge, limit, rss, processes) in bytes for the `keep` cgroups with the largest
+    charge (the RSS sum when the charge is unknown), then the rest summed as cgroup "other"."""
+    cgs = [g for g in snap.groups if g.by == "cgroup" and g.group != OTHER]
+    size = {g.group: (g.memory_current_kb if g.memory_current_kb is not None else g.rss_kb) for g in cgs}
+    kept = heapq.nlargest(keep, cgs, key=lambda g: (size[g.group], g.group))
+    kept_names = {g.group for g in kept}
+    rows = [
+        (
+            g.group,
+            g.unit or "",
+            size[g.group] * 1024,
+            None if g.memory_limit_kb is None else g.memory_limit_kb * 1024,
+            g.rss_kb * 1024,
+            g.processes,
+        )
+        for g in kept
+    ]
+    rest = [g for g in cgs if g.group not in kept_names]
+    if rest:
+        rows.append(
+            (
+                OTHER,
+                "",
+                sum(size[g.group] for g in rest) * 1024,
+                None,
+                sum(g.rss_kb for g in rest) * 1024,
+                sum(g.processes for g in rest),
+            )
+        )
+    return tuple(rows)
+
+
 class _Collector:
     """prometheus_client collector rendering the latest _State."""
 
@@ -286,7 +334,9 @@ class _Collector:
                 name, doc, labels=["group"], unit="bytes" if name.endswith("_bytes") else ""
             )
             for g in st.groups:
-                fam.add_metric([g.group], float((g.rss_bytes, g.anon_bytes, g.swap_bytes, g.processes)[i]))
+                fam.add_metric(
+                    [shown(g.group)], float((g.rss_bytes, g.anon_bytes, g.swap_bytes, g.processes)[i])
+                )
             yield fam
         if st.alloc is not None:
             for i, (name, doc) in enumerate(ALLOC_COUNTERS):
@@ -294,7 +344,7 @@ class _Collector:
                     name, doc, labels=["group"], unit="bytes" if "_bytes" in name else ""
                 )
                 for group, values in st.alloc:
-                    cfam.add_metric([group], float(values[i]))
+                    cfam.add_metric([shown(group)], float(values[i]))
                 yield cfam
         top = GaugeMetricFamily(
             "memwatchd_process_rss_bytes",
@@ -303,7 +353,7 @@ class _Collector:
             unit="bytes",
         )
         for t in st.top:
-            top.add_metric([str(t.rank), t.comm, t.unit], float(t.rss_bytes))
+            top.add_metric([str(t.rank), shown(t.comm), shown(t.unit)], float(t.rss_bytes))
         yield top
         if st.meminfo is not None:
             m = st.meminfo
@@ -318,12 +368,35 @@ class _Collector:
                 ("memwatchd_host_swap_free_bytes", "SwapFree from /proc/meminfo.", m.swap_free_kb),
             ):
                 yield GaugeMetricFamily(name, doc, value=float(kb * 1024), unit="bytes")
+        if st.cgroups:
+            fams = [
+                GaugeMetricFamily(name, doc, labels=["cgroup", "unit"], unit=unit)
+                for name, doc, unit in CGROUP_GAUGES
+            ]
+            for cg, unit, charge, limit, rss, n in st.cgroups:
+                fams[0].add_metric([shown(cg), shown(unit)], float(charge))
+                if limit is not None:
+                    fams[1].add_metric([shown(cg), shown(unit)], float(limit))
+                fams[2].add_metric([shown(cg), shown(unit)], float(rss))
+                fams[3].add_metric([shown(cg), shown(unit)], float(n))
+            yield from fams
+        if st.host:
+            hfam = GaugeMetricFamily(
+                "memwatchd_host_memory",
+                "The host's memory by part (see memwatchctl status: host_memory); unaccounted is what no"
+                " other part explains.",
+                labels=["part"],
+                unit="bytes",
+            )
+            for part, nbytes in st.host:
+                hfam.add_metric([part], float(nbytes))
+            yield hfam
         if st.alerts:
             alerts = GaugeMetricFamily(
                 "memwatchd_alerts", "Open alert episodes per rule and state.", labels=["rule", "state"]
             )
             for rule, state, n in st.alerts:
-                alerts.add_metric([rule, state], float(n))
+                alerts.add_metric([shown(rule), state], float(n))
             yield alerts
         buckets = [(f"{b:g}", float(n)) for b, n in zip(SCAN_BUCKETS_S, st.scan_buckets, strict=False)]
         buckets.append(("+Inf", float(st.scan_buckets[-1])))
@@ -338,6 +411,14 @@ class _Collector:
             yield CounterMetricFamily(name, _HELP[name], value=value)
         for name, value in st.gauges.items():
             yield GaugeMetricFamily(name, _HELP[name], value=value, unit=_unit(name))
+
+
+CGROUP_GAUGES = (
+    ("memwatchd_cgroup_memory", "Charge of the memory cgroup (memory.current / usage_in_bytes).", "bytes"),
+    ("memwatchd_cgroup_memory_limit", "Tightest memory limit on the cgroup or an ancestor.", "bytes"),
+    ("memwatchd_cgroup_rss", "Sum of the RSS of the cgroup's processes.", "bytes"),
+    ("memwatchd_cgroup_processes", "Processes in the memory cgroup.", ""),
+)
 
 
 def _unit(name: str) -> str:

@@ -5,7 +5,8 @@ Input on stdin (never argv, which every user can read in /proc):
     {"title": str, "body": str, "urls": [str, ...], "timeout_s": float}
 Output on stdout: {"results": [{"ok": bool, "error": str}, ...]}, one per URL, in order.
 Exit status: 0 when every URL succeeded, 1 when some failed, 2 on bad input.
-With --check, input {"urls": [...]} and output {"problems": [str, ...]} (URLs masked).
+With --check, input {"urls": [...]} and output {"problems": [str, ...], "each": [str | null, ...]}: the
+problems of the unusable URLs, and per URL its problem or null (URLs masked).
 Errors never quote a URL's secrets: Apprise's log lines are scrubbed of every part of the URL but its host.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from memwatchd.config import mask_url
+from memwatchd.secrets import mask_url, showable_host
 
 
 class _Collect(logging.Handler):
@@ -51,8 +52,7 @@ def secrets_of(url: str) -> list[str]:
     except ValueError:
         return [rest]
     # the host is public only where mask_url shows it; many services put a token in the host position
-    shown = mask_url(url).partition("://")[2].split("/")[0]
-    if shown == "***":
+    if showable_host(url) is None:
         netloc = rest.split("/", 1)[0].split("?", 1)[0]
         parts += [netloc, *re.split(r"[:@]", netloc)]
         host = ""
@@ -113,14 +113,37 @@ def send(title: str, body: str, urls: Sequence[str], timeout_s: float | None) ->
 
 def check_urls(urls: Sequence[str]) -> list[str]:
     """Problems with Apprise URLs (unknown scheme, missing parts), masked; imports apprise."""
+    return [p for p in check_each(urls) if p is not None]
+
+
+def _known_schemes() -> set[str] | None:
+    try:
+        from apprise import manager_plugins
+
+        factory: Any = manager_plugins.NotificationManager  # apprise ships no type hints for it
+        manager = factory()
+        return {str(x).lower() for x in manager.schemas()}
+    except Exception:  # another Apprise version: fall back to "not usable" without the reason
+        return None
+
+
+def check_each(urls: Sequence[str]) -> list[str | None]:
+    """Per URL: None when Apprise can use it, else why not (masked); imports apprise."""
     import apprise
 
     logging.getLogger("apprise").setLevel(logging.CRITICAL)
-    problems = []
+    known = _known_schemes()
+    out: list[str | None] = []
     for url in urls:
-        if _add(apprise.Apprise(), url, None) is None:
-            problems.append(f"not a usable Apprise URL: {mask_url(url)}")
-    return problems
+        if _add(apprise.Apprise(), url, None) is not None:
+            out.append(None)
+            continue
+        scheme = url.partition("://")[0].strip().lower()
+        if known is not None and scheme not in known:
+            out.append(f"Apprise does not know the scheme {scheme[:20]!r}: {mask_url(url)}")
+        else:
+            out.append(f"not a usable Apprise URL (missing or invalid parts): {mask_url(url)}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = json.loads(sys.stdin.buffer.read().decode("utf-8"))
         urls = [str(u) for u in doc["urls"]]
         if args == ["--check"]:
-            print(json.dumps({"problems": check_urls(urls)}))
+            each = check_each(urls)
+            print(json.dumps({"problems": [p for p in each if p is not None], "each": each}))
             return 0
         title, body = str(doc["title"]), str(doc["body"])
         timeout_s = float(doc.get("timeout_s") or 0) or None

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import memwatchd
-from memwatchd.config import mask_url
 from memwatchd.notify.render import Message
+from memwatchd.secrets import mask_url
 
 log = logging.getLogger("memwatchd.notify")
 
@@ -94,6 +94,29 @@ def check_urls_child(urls: Sequence[str], timeout_s: float = 30.0) -> list[str]:
         return ["checking the notification URLs timed out"]
     except (ValueError, KeyError, TypeError):
         return ["checking the notification URLs failed (is apprise installed?)"]
+
+
+def check_each_child(urls: Sequence[str], timeout_s: float = 30.0) -> list[str | None] | None:
+    """Per URL, None when Apprise can use it, else the (masked) problem; None when the check could not run
+    (no apprise, a timeout). Checked in a child, so the caller never imports apprise."""
+    if not urls:
+        return []
+    cmd, env = _child_cmd()
+    try:
+        p = subprocess.run(
+            [*cmd, "--check"],
+            input=json.dumps({"urls": list(urls)}).encode(),
+            capture_output=True,
+            env=env,
+            timeout=timeout_s,
+            check=False,
+        )
+        each = json.loads(p.stdout.decode("utf-8", "replace"))["each"]
+    except (subprocess.TimeoutExpired, OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(each, list) or len(each) != len(urls):
+        return None
+    return [None if x is None else str(x) for x in each]
 
 
 class Deliverer:

@@ -5,14 +5,17 @@ Delivery lives in memwatchd.notify.deliverer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memwatchd.alerts.engine import Transition
+from memwatchd.alerts.kinds import kind_of
 from memwatchd.config import RuleConfig
 from memwatchd.models import AlertRecord
+from memwatchd.text import shown
 from memwatchd.units import format_duration, format_rate, format_size
 
 log = logging.getLogger("memwatchd.notify")
@@ -88,19 +91,7 @@ def _since_arg(t: Transition) -> str:
 def _rule_text(rule: RuleConfig | None) -> str:
     if rule is None:
         return "(rule no longer configured)"
-    held = f", held {format_duration(rule.for_s)}" if rule.for_s else ""
-    if rule.kind == "growth":
-        rate, window = format_rate(rule.min_rate), format_duration(rule.window_s)
-        return f"growth of {rule.metric} ≥ {rate} over {window}{held}"
-    if rule.kind == "leak":
-        rate = format_rate(rule.min_rate) if rule.min_rate > 0 else "1.0M/min"
-        return (
-            f"leak: mapped memory grows ≥ {rate} over {format_duration(rule.window_s)}"
-            f" while the process keeps allocating{held}"
-        )
-    if rule.kind == "threshold":
-        return f"{rule.metric} ≥ {format_size(rule.threshold)}{held}"
-    return "a process was killed by the OOM killer"
+    return kind_of(rule.kind).rule_text(rule)
 
 
 def _forecast(t: Transition) -> str:
@@ -127,20 +118,13 @@ def _window_line(t: Transition) -> str:
 
 def _headline(t: Transition) -> str:
     """The short state of one process: used in titles and group lines."""
-    r = t.record
-    if r.kind == "oom":
-        return f"killed at {format_size(r.value)}"
-    if t.reason == "resolved":
-        return "resolved"
-    if r.kind == "threshold":
-        thr = t.rule.threshold if t.rule is not None else 0
-        return f"{_metric(t)} {format_size(r.value)} ≥ {format_size(thr)}"
-    return f"+{format_rate(r.rate or 0.0)}"
+    return kind_of(t.record.kind).headline(t)
 
 
 def _label(reason: str, kind: str) -> str:
-    if kind == "oom":
-        return "OOM KILL"
+    k = kind_of(kind)
+    if k.instant:
+        return k.event_label
     return {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED"}[reason]
 
 
@@ -148,21 +132,24 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
     r = t.record
     label = _label(t.reason, r.kind)
     title = f"[memwatchd] {label} {r.rule}: {r.comm} (pid {r.pid}) {_headline(t)} on {host}"
-    if t.reason == "resolved" and r.kind != "oom":
+    instant = kind_of(r.kind).instant
+    if t.reason == "resolved" and not instant:
         title = f"[memwatchd] RESOLVED {r.rule}: {r.comm} (pid {r.pid}) on {host}"
     lines = [f"{label}: {r.rule} on {host}"]
-    if r.kind == "oom":
+    if instant:
         lines += [
             f"Victim:   {_proc(r)}",
             f"Killed:   {_local(r.since)}",
             f"Memory:   {r.summary}",
         ]
+        if t.oom_scope:
+            lines.append(f"Scope:    {t.oom_scope}")
         if len(t.series) >= 2:
             lines.append(f"History:  {_window_line(t)}")
             lines += _history_table(t.series)
         else:
             lines.append("History:  none (the process was not seen before it was killed)")
-        if t.mem_available is not None:
+        if t.mem_available is not None and not (t.oom_scope or "").startswith("cgroup-local"):
             lines.append(f"Host:     MemAvailable {format_size(t.mem_available)} now")
     else:
         lines += [f"Process:  {_proc(r)}", f"Rule:     {_rule_text(t.rule)}"]
@@ -172,7 +159,7 @@ def _single(t: Transition, host: str) -> tuple[str, str]:
             lines.append(f"Since:    {_local(r.since)} (lasted {format_duration(lasted)})")
         else:
             rate = f"+{format_rate(r.rate)}" if r.rate is not None else "-"
-            detail = f" ({t.detail})" if t.detail and r.kind != "threshold" else ""
+            detail = f" ({t.detail})" if t.detail and kind_of(r.kind).shows_fit else ""
             lines.append(f"Rate:     {rate}{detail}")
             lines.append(
                 f"Since:    {_local(r.since)}"
@@ -202,10 +189,11 @@ def _history_table(series: tuple[tuple[float, float], ...]) -> list[str]:
 
 def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     r0 = ts[0].record
-    n_fire = sum(1 for t in ts if t.reason != "resolved" or t.record.kind == "oom")
+    n_fire = sum(1 for t in ts if t.reason != "resolved" or kind_of(t.record.kind).instant)
     n_res = len(ts) - n_fire
-    if r0.kind == "oom":
-        label, what = "OOM KILL", f"{len(ts)} processes killed"
+    k0 = kind_of(r0.kind)
+    if k0.instant:
+        label, what = k0.event_label, f"{len(ts)} {k0.event_group}"
     elif n_fire and n_res:
         label, what = "FIRING", f"{n_fire} firing, {n_res} resolved"
     elif n_fire:
@@ -222,7 +210,11 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
         r = t.record
         unit = f", {r.unit}" if r.unit else ""
         head = f"  {r.comm} (pid {r.pid}{unit}): "
-        if t.reason == "resolved" and r.kind != "oom":
+        if kind_of(r.kind).instant:
+            # each victim keeps its breakdown (OOM: anon/file/shmem at the kill) and its scope
+            where = f"; {t.oom_scope}" if t.oom_scope else ""
+            lines.append(head + f"{_headline(t)} ({r.summary.split(': ', 1)[-1]}){where}")
+        elif t.reason == "resolved":
             lines.append(head + f"RESOLVED, {r.summary}")
         else:
             spark = sparkline([v for _, v in t.series], 12)
@@ -233,7 +225,7 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     if len(ordered) > MAX_GROUP_LINES:
         lines.append(f"  ... and {len(ordered) - MAX_GROUP_LINES} more")
     fastest = ordered[0]
-    fc = _forecast(fastest)
+    fc = _forecast(fastest) if not k0.instant else ""  # no forecast for the dead
     if fc:
         lines += ["", f"Forecast: {fastest.record.comm} (pid {fastest.record.pid}): {fc}"]
     lines += [
@@ -244,15 +236,45 @@ def _group(ts: Sequence[Transition], host: str) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
+def shown_record(r: AlertRecord) -> AlertRecord:
+    """The record with its process-chosen text (comm, unit, summary) escaped for display (text.shown)."""
+    return dataclasses.replace(
+        r, comm=shown(r.comm), unit=None if r.unit is None else shown(r.unit), summary=shown(r.summary)
+    )
+
+
+def shown_lines(title: str, body: str) -> tuple[str, str]:
+    """Title and body with anything left unsafe escaped, line by line (the body's own newlines stay)."""
+    return shown(title), "\n".join(shown(ln) for ln in body.split("\n"))
+
+
+def _shown(t: Transition) -> Transition:
+    # every value a process or cgroup chose is escaped BEFORE it is placed in a line: a newline in a comm
+    # must not start a line of its own
+    return dataclasses.replace(
+        t,
+        record=shown_record(t.record),
+        limit_cgroup=None if t.limit_cgroup is None else shown(t.limit_cgroup),
+        oom_scope=None if t.oom_scope is None else shown(t.oom_scope),
+    )
+
+
 def render(transitions: Sequence[Transition], host: str, default_urls: tuple[str, ...]) -> list[Message]:
-    """One message per rule (and URL set) for the transitions of one call. Rules without URLs send nothing."""
+    """One message per rule (and URL set) for the transitions of one call. Rules without URLs send nothing.
+
+    Process names, units and cgroup paths are shown escaped (text.shown): no control character, ANSI
+    escape, bidi override or newline from a process reaches a title or a body raw.
+    """
     groups: dict[tuple[str, tuple[str, ...]], list[Transition]] = {}
     for t in transitions:
         urls = t.rule.notify if t.rule is not None and t.rule.notify is not None else default_urls
         if urls:
             groups.setdefault((t.record.rule, tuple(urls)), []).append(t)
     out = []
+    host = shown(host)
     for (_, urls), ts in groups.items():
-        title, body = _single(ts[0], host) if len(ts) == 1 else _group(ts, host)
+        safe = [_shown(t) for t in ts]
+        title, body = shown_lines(*(_single(safe[0], host) if len(ts) == 1 else _group(safe, host)))
+        # the records are the originals: they identify the episodes to mark as told
         out.append(Message(title, body, urls, tuple(t.record for t in ts), tuple(t.reason for t in ts)))
     return out

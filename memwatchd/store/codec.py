@@ -24,8 +24,8 @@ Values = tuple[int | None, ...]
 
 ROLL_METRICS = ("rss_kb", "anon_kb", "swap_kb")
 ROLL_LASTS = tuple(f for f in RAW_FIELDS if f not in ROLL_METRICS)
-_METRIC_IDX = tuple(RAW_FIELDS.index(m) for m in ROLL_METRICS)
-_LAST_IDX = tuple(RAW_FIELDS.index(f) for f in ROLL_LASTS)
+METRIC_IDX = tuple(RAW_FIELDS.index(m) for m in ROLL_METRICS)  # positions of ROLL_METRICS in raw values
+LAST_IDX = tuple(RAW_FIELDS.index(f) for f in ROLL_LASTS)  # positions of ROLL_LASTS in raw values
 # Agg layout: [n, (min, max, sum, cnt, last) per metric..., last of each ROLL_LASTS field...]
 AGG_LEN = 1 + 5 * len(ROLL_METRICS) + len(ROLL_LASTS)
 _STORED_LEN = AGG_LEN
@@ -183,13 +183,3 @@ def encode_agg(entries: Iterable[tuple[int, Values]]) -> bytes:
 
 def decode_agg(data: bytes) -> list[tuple[int, Values]]:
     return [(k, stored_to_agg(s)) for k, s in decode(data, _STORED_LEN)]
-
-
-def metric_index() -> tuple[int, ...]:
-    """Positions of ROLL_METRICS in a raw values tuple."""
-    return _METRIC_IDX
-
-
-def last_index() -> tuple[int, ...]:
-    """Positions of ROLL_LASTS in a raw values tuple."""
-    return _LAST_IDX

@@ -12,10 +12,10 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
-from memwatchd.store.codec import AGG_LEN, ROLL_LASTS, ROLL_METRICS, Values, last_index, metric_index
+from memwatchd.store.codec import AGG_LEN, LAST_IDX, METRIC_IDX, ROLL_LASTS, ROLL_METRICS, Values
 
-_MIDX = metric_index()
-_LIDX = last_index()
+_MIDX = METRIC_IDX
+_LIDX = LAST_IDX
 _NM = len(ROLL_METRICS)
 
 

@@ -25,11 +25,16 @@ Version 3 added the eBPF fields ``mremap_count``, ``mremap_grow_bytes``, ``mrema
 ``mapped_bytes`` at the end of RAW_FIELDS (chunks written before decode them as None: a chunk stores only
 the fields it knew), and ``exit_signal``/``oom_killed`` to ``processes`` (``exit_code`` is the exit status,
 or -N for signal N). An exited process's last raw row holds its VmHWM at the exit in ``hwm_kb``.
+
+Version 4 added ``triage``: leak triage results (allocation stacks of one process over a bounded
+window); see memwatchd/store/triage.py.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+from memwatchd.store.triage import SCHEMA as TRIAGE_SCHEMA
+
+SCHEMA_VERSION = 4
 
 # Column order of a raw sample; most frequently changing first so the change mask stays one byte. New
 # fields go at the end, so chunks written by an older version still decode (their masks never set them).
@@ -210,10 +215,30 @@ _V3 = "\n".join(
 )
 
 # MIGRATIONS[i] brings a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, TRIAGE_SCHEMA)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def pending_migrations(user_version: int) -> list[tuple[int, str]]:
     """The (target_version, script) pairs still to apply to a database at ``user_version``."""
     return [(v + 1, MIGRATIONS[v]) for v in range(user_version, SCHEMA_VERSION)]
+
+
+# Columns of the alerts table in AlertRecord field order (writer and reader share them).
+ALERT_COLS = (
+    "rule",
+    "pid",
+    "start_ticks",
+    "since",
+    "kind",
+    "comm",
+    "unit",
+    "state",
+    "fired_at",
+    "resolved_at",
+    "notified_state",
+    "notified_at",
+    "value",
+    "rate",
+    "summary",
+)

@@ -14,9 +14,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
-
-import aiosqlite
+from typing import TYPE_CHECKING, Any
 
 from memwatchd.models import GroupSample, HostMemory, Snapshot
 from memwatchd.store import codec
@@ -31,6 +29,9 @@ from memwatchd.store.schema import (
     TIER_RAW,
 )
 
+if TYPE_CHECKING:  # series_read (memwatchctl) imports this module's pure helpers: no aiosqlite at run time
+    import aiosqlite
+
 SKey = tuple[str, str]  # (kind, name)
 Vals = tuple[int | None, ...]
 HOST_NAME = "host"
@@ -44,11 +45,21 @@ def host_values(h: HostMemory) -> Vals:
     return tuple(getattr(h, f) for f in HOST_FIELDS)
 
 
+# A unit whose processes are exactly those of its own cgroup (the usual case: one cgroup per service) stores
+# this marker instead of a copy of the cgroup's values; readers take the values of the series of the cgroup
+# named in series.cgroup. An unchanged marker costs nothing (change-only), so the unit's series is free.
+ALIAS: Vals = (-1, None, None, None, None, None)
+
+
 def snapshot_series(snap: Snapshot) -> list[tuple[SKey, Vals, str | None, str | None]]:
     """(key, values, unit, cgroup) of every series in a snapshot."""
-    out: list[tuple[SKey, Vals, str | None, str | None]] = [
-        ((g.by, g.group), group_values(g), g.unit, g.cgroup) for g in snap.groups
-    ]
+    cgroups = {g.group: group_values(g) for g in snap.groups if g.by == "cgroup"}
+    out: list[tuple[SKey, Vals, str | None, str | None]] = []
+    for g in snap.groups:
+        vals = group_values(g)
+        if g.by == "unit" and g.cgroup is not None and cgroups.get(g.cgroup) == vals:
+            vals = ALIAS
+        out.append(((g.by, g.group), vals, g.unit, g.cgroup))
     if snap.host is not None:
         out.append((("host", HOST_NAME), host_values(snap.host), None, None))
     return out

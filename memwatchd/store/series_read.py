@@ -19,7 +19,7 @@ from memwatchd.store.schema import (
     TIER_NAMES,
     TIER_RAW,
 )
-from memwatchd.store.series import HOST_NAME, Vals, last_per_bucket
+from memwatchd.store.series import ALIAS, HOST_NAME, Vals, last_per_bucket
 
 # Field order of a `groups` row (JSON keys).
 GROUP_ROW_FIELDS = (
@@ -59,6 +59,34 @@ def _chunks(
     return out
 
 
+def resolve_alias(own: list[tuple[int, Vals]], target: list[tuple[int, Vals]]) -> list[tuple[int, Vals]]:
+    """A unit's entries with each ALIAS marker replaced by its cgroup's values at the same key (carried
+    forward); keys are snapshot ids (raw) or bucket numbers (rollups), the same in both lists."""
+    if not any(v == ALIAS for _, v in own):
+        return own
+    okeys, tkeys = [k for k, _ in own], [k for k, _ in target]
+    out: list[tuple[int, Vals]] = []
+    for k in sorted(set(okeys) | {k for k in tkeys if okeys and k >= okeys[0]}):
+        v = own[bisect_right(okeys, k) - 1][1]
+        if v == ALIAS:
+            i = bisect_right(tkeys, k) - 1
+            if i < 0:
+                continue
+            v = target[i][1]
+        if not out or out[-1][1] != v or k in okeys:
+            out.append((k, v))
+    return out
+
+
+def _alias_target(db: sqlite3.Connection, sid: int) -> int | None:
+    """The cgroup series a unit series points at (series.cgroup)."""
+    row = db.execute(
+        "SELECT c.id FROM series u JOIN series c ON c.kind = 'cgroup' AND c.name = u.cgroup WHERE u.id = ?",
+        (sid,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def _at_or_before(entries: list[tuple[int, Vals]], snap: int) -> tuple[int, Vals] | None:
     i = bisect_right([e[0] for e in entries], snap) - 1
     return entries[i] if i >= 0 else None
@@ -85,6 +113,9 @@ def groups(db: sqlite3.Connection, by: str, window_s: float) -> list[dict[str, A
     ).fetchall()
     for sid, name, unit, cgroup in series:
         head = _head(db, sid, n)
+        target = _alias_target(db, sid) if by == "unit" else None
+        if target is not None:
+            head = resolve_alias(head, _head(db, target, n))
         cur = _at_or_before(head, sid_now)
         vals = dict(zip(GROUP_FIELDS, cur[1] if cur else (None,) * n, strict=True))
         growth = None
@@ -186,6 +217,14 @@ def history(
             entries = _chunks(db, TIER_RAW, sid, ts[first], ts[last], n)
         if last > compacted:
             entries += _head(db, sid, n)
+        target = _alias_target(db, sid) if kind == "unit" else None
+        if target is not None:
+            t_entries: list[tuple[int, Vals]] = []
+            if first <= compacted:
+                t_entries = _chunks(db, TIER_RAW, target, ts[first], ts[last], n)
+            if last > compacted:
+                t_entries += _head(db, target, n)
+            entries = resolve_alias(entries, t_entries)
         keys = [e[0] for e in entries]
         emit = {first, last}
         emit.update(
@@ -200,16 +239,24 @@ def history(
         return out
     bm = BUCKET_MS[tier]
     lo_ms = max(since_ms - bm + 1, cutoff_ms)
-    buckets: dict[int, Vals] = dict(_chunks(db, tier, sid, lo_ms, until_ms, n))
-    if end > compacted:
-        head = _head(db, sid, n)
-        if head:
-            snaps = db.execute(
-                "SELECT id, ts_ms FROM snapshots WHERE id > ? ORDER BY id", (compacted,)
-            ).fetchall()
-            ids_h = [x[0] for x in snaps]
-            ts_h = [x[1] for x in snaps]
-            buckets.update(last_per_bucket(head, ids_h, ts_h, max(head[0][0], first_snap), end, bm))
+
+    def rolled(s_id: int, start: int) -> dict[int, Vals]:
+        buckets: dict[int, Vals] = dict(_chunks(db, tier, s_id, lo_ms, until_ms, n))
+        if end > compacted:
+            head = _head(db, s_id, n)
+            if head:
+                snaps = db.execute(
+                    "SELECT id, ts_ms FROM snapshots WHERE id > ? ORDER BY id", (compacted,)
+                ).fetchall()
+                ids_h = [x[0] for x in snaps]
+                ts_h = [x[1] for x in snaps]
+                buckets.update(last_per_bucket(head, ids_h, ts_h, max(head[0][0], start), end, bm))
+        return buckets
+
+    buckets = rolled(sid, first_snap)
+    target = _alias_target(db, sid) if kind == "unit" else None
+    if target is not None:
+        buckets = dict(resolve_alias(sorted(buckets.items()), sorted(rolled(target, 0).items())))
     for b in sorted(buckets):
         start = b * bm
         if start + bm <= since_ms or start > until_ms or start < cutoff_ms:

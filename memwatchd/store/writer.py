@@ -19,10 +19,10 @@ import os
 import sqlite3
 import stat
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -42,6 +42,7 @@ from memwatchd.store.files import (
 )
 from memwatchd.store.rollup import Buckets, coarsen, rollup
 from memwatchd.store.schema import (
+    ALERT_COLS,
     BUCKET_MS,
     RAW_FIELDS,
     SCHEMA_VERSION,
@@ -51,31 +52,16 @@ from memwatchd.store.schema import (
     pending_migrations,
 )
 from memwatchd.store.series import SeriesPlan, SeriesWriter
+from memwatchd.triage.report import TriageResult
 
 __all__ = ["DatabaseInUse", "StoreError", "StoreWriter", "WriterLock", "acquire_lock", "describe"]
 
+R = TypeVar("R")
 log = logging.getLogger("memwatchd.store")
 
 FILE_MODE = 0o640
 _RAW_COLS = ", ".join(RAW_FIELDS)
 _RAW_QS = ", ".join("?" * len(RAW_FIELDS))
-ALERT_COLS = (
-    "rule",
-    "pid",
-    "start_ticks",
-    "since",
-    "kind",
-    "comm",
-    "unit",
-    "state",
-    "fired_at",
-    "resolved_at",
-    "notified_state",
-    "notified_at",
-    "value",
-    "rate",
-    "summary",
-)
 _MAX_PARAMS = 900
 _EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
 
@@ -103,6 +89,7 @@ class _Cursor:
     period: int | None = None
     last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
     last_mono: float | None = None
+    last_seq: int | None = None  # Snapshot.seq of the last snapshot stored (or planned in the batch)
 
 
 @dataclass(slots=True)
@@ -118,7 +105,11 @@ class _Plan:
     meta: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)
     vanished: list[tuple[tuple[int, int], int]] = field(default_factory=list)
     exited: list[tuple[int, int]] = field(default_factory=list)
-    state: dict[tuple[int, int], _Live] = field(default_factory=dict)
+    state: dict[tuple[int, int], _Live] = field(default_factory=dict)  # all live (full) or what changed
+    full: bool = True  # state holds every live identity; else only those of snap.fresh (the rest unchanged)
+    nproc: int = 0
+
+    vanished_keys: set[tuple[int, int]] = field(default_factory=set)
     next_proc: int = 0
     series: SeriesPlan | None = None  # the group and host series (store/series.py)
 
@@ -286,7 +277,7 @@ class StoreWriter:
         with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
             await self._db.execute("ROLLBACK")
 
-    async def _tx(self, fn: Any, *args: Any) -> Any:
+    async def _tx(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
         """Run ``fn`` inside one BEGIN IMMEDIATE transaction; StoreError on any database failure."""
         if self._closed:
             raise StoreError("database is closed")
@@ -362,8 +353,12 @@ class StoreWriter:
         period = ts_ms // self.period_ms
         kf = cur.force_kf or period != cur.period
         plan = _Plan(sid=cur.next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=cur.next_proc)
+        # Work in proportion to change: when this snapshot follows the last one written (or planned in the
+        # same batch), only its fresh records can differ from what is stored (a keyframe looks at all).
+        incremental = not kf and snap.fresh is not None and snap.base_seq == cur.last_seq is not None
+        plan.full = not incremental
         state = plan.state
-        for p in snap.processes:
+        for p in snap.fresh if incremental and snap.fresh is not None else snap.processes:
             key = (p.pid, p.start_ticks)
             if key in state:  # a duplicate identity in one snapshot: keep the first
                 continue
@@ -386,8 +381,22 @@ class StoreWriter:
                 state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup)
             if p.exited:
                 plan.exited.append(key)
-        plan.vanished = [(k, v.proc) for k, v in cur.state.items() if k not in state]
+        if incremental:
+            live = cur.state
+            plan.vanished = [(k, live[k].proc) for k in snap.gone if k in live and k not in state]
+            plan.vanished_keys = {k for k, _ in plan.vanished}
+            plan.nproc = len(live) - len(plan.vanished) + sum(1 for k in state if k not in live)
+        else:
+            plan.vanished = [(k, v.proc) for k, v in cur.state.items() if k not in state]
+            plan.nproc = len(state)
         return plan
+
+    def _live(self, plan: _Plan, key: tuple[int, int], cur: _Cursor) -> _Live | None:
+        """The identity's state after this plan (an incremental plan holds only what changed)."""
+        live = plan.state.get(key)
+        if live is None and not plan.full and key not in plan.vanished_keys:
+            live = cur.state.get(key)
+        return live
 
     async def _apply(self, snap: Snapshot, plan: _Plan, cur: _Cursor) -> None:
         db = self._db
@@ -406,7 +415,7 @@ class StoreWriter:
                 plan.ts_ms,
                 dt_ms,
                 int(plan.kf),
-                len(plan.state),
+                plan.nproc,
                 mi.mem_total_kb if mi else None,
                 mi.mem_available_kb if mi else None,
                 mi.swap_total_kb if mi else None,
@@ -455,7 +464,7 @@ class StoreWriter:
             ended_values = (exit_ms, e.exit_code, e.exit_signal, int(e.oom_killed))
             if e.start_ticks:  # the exact identity (BPF read the start time)
                 key = (e.pid, e.start_ticks)
-                live = plan.state.get(key)
+                live = self._live(plan, key, cur)
                 proc = (
                     live.proc if live is not None else next((v for k, v in plan.vanished if k == key), None)
                 )
@@ -467,6 +476,11 @@ class StoreWriter:
                     continue
             else:
                 proc = next((v.proc for k, v in plan.state.items() if k[0] == e.pid), None)
+                if proc is None and not plan.full:
+                    gone = plan.vanished_keys
+                    proc = next(
+                        (v.proc for k, v in cur.state.items() if k[0] == e.pid and k not in gone), None
+                    )
                 if proc is None:
                     proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
             if proc is not None:
@@ -587,7 +601,7 @@ class StoreWriter:
             "SELECT id, last_snap FROM processes WHERE last_snap IS NULL OR last_snap > ?", (after,)
         ) as cur:
             ends = {r[0]: r[1] async for r in cur}
-        chunks = await asyncio.to_thread(_build_chunks, snaps, rows, ends, through)
+        chunks = await asyncio.to_thread(_build_chunks, snaps, list(rows), ends, through)
         if chunks:
             await db.executemany(
                 "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
@@ -731,13 +745,37 @@ class StoreWriter:
             "INSERT OR REPLACE INTO status (key, value) VALUES (?, ?)", list(fields.items())
         )
 
+    async def save_triage(self, result: TriageResult, now: float) -> int:
+        """Store one triage result (and drop those older than [storage] retention); returns its id."""
+        from memwatchd.store import triage
+
+        async def run() -> int:
+            await self._db.execute(triage.PRUNE, (int((now - self.cfg.retention_s) * 1000),))
+            async with self._db.execute(triage.INSERT, triage.insert_params(result)) as cur:
+                return int(cur.lastrowid or 0)
+
+        async with self._lock:
+            row_id: int = await self._tx(run)
+        return row_id
+
 
 def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan) -> _Cursor:
-    """The cursor after ``plan`` is stored."""
-    for key in plan.exited:
-        plan.state.pop(key, None)
+    """The cursor after ``plan`` is stored (the cursor's own state is not changed: a failed
+    transaction leaves the writer as it was)."""
+    if plan.full:
+        state = plan.state
+        for key in plan.exited:
+            state.pop(key, None)
+    else:
+        state = dict(cur.state)  # one dict copy per snapshot: cheap next to the scan
+        for k, _ in plan.vanished:
+            state.pop(k, None)
+        state.update(plan.state)
+        for key in plan.exited:
+            state.pop(key, None)
     return _Cursor(
-        state=plan.state,
+        state=state,
+        last_seq=snap.seq,
         next_snap=plan.sid + 1,
         next_proc=plan.next_proc,
         force_kf=False,

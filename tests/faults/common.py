@@ -38,6 +38,7 @@ def config(
     db = db or tmp / "db" / "memwatchd.db"
     text = (
         f'[daemon]\ninterval = {interval}\nlog_level = "{log_level}"\n'
+        "[triage]\nenabled = false\n"  # no "where it allocates" follow-ups in message counts
         f"[bpf]\nenabled = {'true' if bpf else 'false'}\n{bpf_extra}"
         f'[storage]\npath = "{db}"\n{storage_extra}'
     )

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.faults.common import Daemons
 
 LONG = os.environ.get("MEMWATCHD_LONG") == "1"
 
@@ -19,7 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def daemons():  # type: ignore[no-untyped-def]
+def daemons() -> Iterator[Daemons]:
     from tests.faults.common import Daemons
 
     d = Daemons()

@@ -247,6 +247,7 @@ HOSTILE = {
     505: (b"' OR 1=1 --", "' OR 1=1 --"),
     506: (b"new\nline", "new\nline"),
     507: (b"", ""),
+    508: (b"bad\\xfeutf8", "bad\\\\xfeutf8"),  # a real backslash: kept doubled, distinct from 503 (issue 14)
 }
 
 
@@ -275,12 +276,12 @@ def test_hostile_proc_content_through_the_daemon_round_trips(tmp_path: Path, dae
     p = daemons.start(config(tmp_path, interval=0.2, procfs_root=tmp_path / "proc"), log)
     try:
         wait_for(lambda: len(snapshot_ids(db)) >= 3, 30, what="snapshots")
-        for pid, (_, shown) in HOSTILE.items():
+        for pid, (raw, shown) in HOSTILE.items():
             rows = ctl_json(db, "processes", "--pid", str(pid), "--since", "10m")
             assert rows and rows[0]["comm"] == shown, (pid, rows)
-            # the stored name finds the process again, exactly
+            # the process's name, byte for byte as in /proc/PID/comm, finds it again, exactly
             if shown:
-                again = ctl_json(db, "processes", "--comm", shown, "--since", "10m")
+                again = ctl_json(db, "processes", "--comm", os.fsdecode(raw), "--since", "10m")
                 assert again is not None and [r["pid"] for r in again] == [pid], (shown, again)
             r = ctl(db, "processes", "--pid", str(pid), "--since", "10m")
             assert r.returncode == 0 and "Traceback" not in r.stderr

@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,7 @@ def _run_as_nobody(cfg: Path, notify: NotifyReceiver) -> subprocess.CompletedPro
 
 
 @pytest.fixture
-def world_dir():  # type: ignore[no-untyped-def]
+def world_dir() -> Iterator[Path]:
     with short_tmpdir("mwstart-", 0o755) as d:
         yield d
 

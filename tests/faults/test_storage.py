@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -482,7 +483,7 @@ def test_prune_holds_the_write_lock_only_briefly_per_transaction(tmp_path: Path)
         spans: list[tuple[str, float, int]] = []
         inner = w._tx
 
-        async def timed(fn, *args):  # type: ignore[no-untyped-def]
+        async def timed(fn: Callable[..., Awaitable[object]], *args: object) -> object:
             t0 = time.perf_counter()
             r = await inner(fn, *args)
             spans.append(

@@ -1,0 +1,1 @@
+"""Leak triage: a bounded, sampled allocation trace of one process, and its report."""

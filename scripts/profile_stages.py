@@ -1,0 +1,121 @@
+"""Where one daemon cycle's CPU goes, stage by stage, with the daemon's real parts on this host's /proc.
+
+Spawns N idle processes, then runs the cycle the daemon runs (procfs scan, cgroup charges, merge, group
+aggregation, rules with the shipped configuration, the store write on a real SQLite file) for a number of
+cycles after a warm-up, and reports thread CPU time per stage in µs per process per cycle. BPF is left out
+(it needs the loader; its poll is reported by py-spy on the real daemon instead).
+
+Usage: .venv/bin/python scripts/profile_stages.py [--processes 2000] [--cycles 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_daemon import build_sleepers, spawn  # noqa: E402
+
+from memwatchd.alerts.engine import AlertEngine  # noqa: E402
+from memwatchd.collectors.cgroupfs import ChargeReader  # noqa: E402
+from memwatchd.collectors.procfs import ProcfsCollector  # noqa: E402
+from memwatchd.config import load_config  # noqa: E402
+from memwatchd.groups import aggregate_groups, charge_paths, host_memory  # noqa: E402
+from memwatchd.merge import Merger  # noqa: E402
+from memwatchd.store.writer import StoreWriter  # noqa: E402
+
+
+async def cycles(n_cycles: int, warm: int, interval: float, tmp: Path) -> tuple[dict[str, float], int]:
+    cfg = load_config(str(REPO / "etc" / "memwatchd.toml"))
+    store = await StoreWriter.open(
+        str(tmp / "p.db"), dataclasses.replace(cfg.storage, path=str(tmp / "p.db"))
+    )
+    procfs = ProcfsCollector(full_rescan_s=cfg.procfs.full_rescan_s)
+    charges = ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
+    merger = Merger()
+    engine = AlertEngine(cfg.rules, [], cfg.notify.repeat_interval_s)
+    spent: dict[str, float] = defaultdict(float)
+    nprocs = 0
+    clock = time.thread_time
+    try:
+        for i in range(warm + n_cycles):
+            mono, ts = time.monotonic(), time.time()
+            t = [clock()]
+            scan = procfs.scan(mono)
+            t.append(clock())
+            ch = {}
+            if charges is not None:
+                ch = charges.read(charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0))
+            t.append(clock())
+            snap = merger.merge(scan, None, ts=ts, mono=mono)
+            t.append(clock())
+            if charges is not None:
+                snap = dataclasses.replace(
+                    snap,
+                    groups=aggregate_groups(snap.processes, ch),
+                    host=host_memory(snap.meminfo, snap.processes),
+                )
+                merger.prev = snap
+            t.append(clock())
+            engine.observe(snap)
+            t.append(clock())
+            await store.write(snap)  # the SQLite work runs in aiosqlite's thread: measured by process time
+            t.append(clock())
+            if i == 0:
+                gc.collect()
+                gc.freeze()
+                gc.set_threshold(20_000, 20, 10)
+            if i >= warm:
+                nprocs += len(snap.processes)
+                for name, a, b in zip(
+                    ("scan", "charges", "merge", "groups", "rules", "store (loop side)"),
+                    t,
+                    t[1:],
+                    strict=False,
+                ):
+                    spent[name] += b - a
+            await asyncio.sleep(interval)
+    finally:
+        procfs.close()
+        await store.close()
+    return spent, nprocs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--processes", type=int, default=2000)
+    ap.add_argument("--cycles", type=int, default=20)
+    ap.add_argument("--interval", type=float, default=1.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        pop = spawn(build_sleepers(tmp), args.processes)
+        try:
+            p0 = time.process_time()
+            spent, nprocs = asyncio.run(cycles(args.cycles, 3, args.interval, tmp))
+            total = time.process_time() - p0
+        finally:
+            pop.stop()
+    per = nprocs / args.cycles
+    print(f"{per:.0f} processes on average, {args.cycles} cycles measured")
+    for name, s in spent.items():
+        print(f"  {name:18s} {s * 1e6 / nprocs:7.2f} µs/process/cycle")
+    print(
+        f"  {'whole process':18s} {total * 1e6 / nprocs:7.2f} µs/process/cycle"
+        " (includes warm-up and SQLite thread)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
