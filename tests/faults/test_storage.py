@@ -142,7 +142,8 @@ def test_disk_full_keeps_sampling_and_alerting_and_resumes(tmp_path: Path, daemo
         log = tmp_path / "daemon.log"
         p = daemons.start(cfg, log, env={"NOTIFY_SOCKET": notify.path})
         try:
-            wait_for(lambda: len(snapshot_ids(db)) >= 3, 30, what="first snapshots")
+            # drain meanwhile: systemd's socket queue is short and a full one makes the daemon stop notifying
+            wait_for(lambda: (notify.drain(0.05), len(snapshot_ids(db)) >= 3)[1], 30, what="first snapshots")
             filler = small / "filler"
             _fill(filler)
             t_full = time.time()
