@@ -213,8 +213,9 @@ def test_restart_reposts_the_open_episode_with_the_same_start(
     tmp_path: Path, alertmanager: tuple[Alertmanager, WebhookReceiver]
 ) -> None:
     am, _ = alertmanager
+    dead = f"http://127.0.0.1:{_free_port()}"  # an HA peer that is down
     extra = (
-        f'[notify]\nalertmanager = ["{am.url}"]\nalertmanager_repeat = "1h"\n'
+        f'[notify]\nalertmanager = ["{dead}", "{am.url}"]\nalertmanager_repeat = "1h"\n'
         f'[[rules]]\nname = "{RULE}"\nkind = "growth"\nmetric = "rss"\nmin_rate = "1MB/min"\n'
         f'window = "10s"\nfor = "2s"\nmatch = {{ comm = "leaker" }}\n'
     )
@@ -260,3 +261,16 @@ def test_shipped_prometheus_rules_pass_promtool() -> None:
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SUCCESS" in p.stdout + p.stderr
+
+
+def test_readme_alertmanager_example_passes_amtool(tmp_path: Path) -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool is not installed (Debian package prometheus-alertmanager)")
+    readme = (ROOT / "README.md").read_text()
+    at = readme.index("Alertmanager (`alertmanager.yml`)")
+    start = readme.index("```yaml\n", at) + len("```yaml\n")
+    cfg = tmp_path / "alertmanager.yml"
+    cfg.write_text(readme[start : readme.index("```", start)])
+    p = subprocess.run([amtool, "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
