@@ -143,7 +143,13 @@ COMMIT_WINDOW_MAX_S = 30.0  # ... and at least every 30 s (a kill -9 loses at mo
 
 
 def commit_window_s(interval_s: float) -> float:
-    """How long snapshots may wait in memory before they are committed (together)."""
+    """How long snapshots may wait in memory before they are committed (together).
+
+    Sub-second intervals (development, tests) commit every snapshot: whoever samples that fast wants the
+    database live, and pays the writes knowingly.
+    """
+    if interval_s < 1.0:
+        return 0.0
     return min(COMMIT_WINDOW_INTERVALS * interval_s, COMMIT_WINDOW_MAX_S)
 
 

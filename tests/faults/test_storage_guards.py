@@ -498,8 +498,8 @@ def test_memwatch_group_member_can_query_while_running_after_a_clean_stop_and_af
 def test_idle_cycles_are_committed_in_batches_and_kill9_loses_at_most_the_window(
     tmp_path: Path, daemons: Daemons
 ) -> None:
-    """On an idle host (nothing changes) snapshots are committed together, at most every 10 intervals."""
-    interval = 0.2
+    """Snapshots are committed together, at most every 10 intervals (sub-second intervals: every one)."""
+    interval = 1.0
     window = 10 * interval
     fp = FakeProc(tmp_path / "proc")
     for pid in range(2000, 2200):
@@ -511,10 +511,10 @@ def test_idle_cycles_are_committed_in_batches_and_kill9_loses_at_most_the_window
     counts = []
     try:
         wait_for(lambda: len(snapshot_ids(db)) >= 1, 30, what="first snapshot")
-        end = time.monotonic() + 6
+        end = time.monotonic() + 2.5 * window
         while time.monotonic() < end:
             counts.append(len(snapshot_ids(db)))
-            time.sleep(0.05)
+            time.sleep(0.1)
         steps = [b - a for a, b in zip(counts, counts[1:], strict=False) if b != a]
         assert steps and min(steps) >= 5, f"idle snapshots committed one by one: {steps}"
         t_kill = time.time()
