@@ -123,14 +123,22 @@ def _from_proc(
 
 
 def _from_bpf(
-    stats: BpfStats, prev: ProcessSnapshot | None, comm: str | None = None, exited: bool = False
+    stats: BpfStats,
+    prev: ProcessSnapshot | None,
+    comm: str | None = None,
+    exited: bool = False,
+    boot: float = 0.0,
+    tck: int = 0,
 ) -> ProcessSnapshot:
     """A process only BPF saw this interval: /proc fields empty, identity from BPF's start time (or else
-    from its last sighting, if any)."""
+    from its last sighting, if any); boot and tck (the scan's btime and clock ticks) date that start."""
+    start_time = prev.start_time if prev else None
+    if start_time is None and stats.start_ticks and tck:
+        start_time = boot + stats.start_ticks / tck
     return ProcessSnapshot(
         pid=stats.tgid,
         start_ticks=stats.start_ticks or (prev.start_ticks if prev else 0),
-        start_time=prev.start_time if prev else None,
+        start_time=start_time,
         comm=comm or (prev.comm if prev else ""),
         unit=prev.unit if prev else None,
         cgroup=prev.cgroup if prev else None,
@@ -310,7 +318,7 @@ class Merger:
                 elif not src.snap.exited:
                     prev_p = src.snap
                 left.append((src.snap.pid, src.snap.start_ticks))
-            p = _with_deltas(_from_bpf(st, prev_p), prev_p, mono, prev_mono)
+            p = _with_deltas(_from_bpf(st, prev_p, boot=boot, tck=tck), prev_p, mono, prev_mono)
             new[tgid] = _Src(None, st, p, _is_quiet(p), len(out))
             out.append(p)
             fresh.append(p)
@@ -346,7 +354,9 @@ class Merger:
                 continue
             if e.final is None:
                 continue
-            p = _ended(_from_bpf(e.final, prev_p, comm=e.comm), e)
+            p = _ended(_from_bpf(e.final, prev_p, comm=e.comm, boot=boot, tck=tck), e)
+            if p.start_time is None and p.start_ticks:
+                p = replace(p, start_time=boot + p.start_ticks / tck)
             p = _with_deltas(p, prev_p, mono, prev_mono)
             key = (p.pid, p.start_ticks)
             if (live is not None and live.snap.start_ticks == p.start_ticks) or key in added:

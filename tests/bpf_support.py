@@ -22,7 +22,7 @@ from tests.helpers import bpf_possible
 WORKLOADS = Path(__file__).parent / "workloads"
 
 
-def load_collector(cfg: BpfConfig | None = None) -> BpfCollector:
+def load_collector(cfg: BpfConfig | None = None, *, btf: bool = True) -> BpfCollector:
     """A loaded BpfCollector; a skip only where BPF cannot work at all (not root, no bcc).
 
     On a host where BPF works, a load failure (a compile error in memwatch.bpf.c, a probe that no longer
@@ -32,7 +32,7 @@ def load_collector(cfg: BpfConfig | None = None) -> BpfCollector:
     if reason is not None:
         pytest.skip(reason)
     try:
-        return BpfCollector.load(cfg or BpfConfig())
+        return BpfCollector.load(cfg or BpfConfig(), btf=btf)
     except BpfUnavailable as e:
         pytest.fail(f"BPF should load on this host (root, bcc present) but did not: {e}")
 

@@ -383,8 +383,8 @@ def corpus(p: Params) -> list[Pattern]:
         ),
         Pattern(
             "dt-slow", "leak",
-            f"C, malloc 16 KiB every 0.6 s via brk ({16 * 1024 / 0.6 / mr:.1f}x min_rate: a 5 MB/h leak"
-            " under a 3 MB/h rule, time compressed 60x)",
+            f"C, malloc 16 KiB every 0.6 s via brk ({16 * 1024 / 0.6 / mr:.1f}x min_rate, as a 5 MB/h leak"
+            " is of a 3 MB/h rule; its 1 h window scaled to 60 s)",
             lambda c: _c(c, "steady", "dt-slow", c.grow_s, 16, 600),
         ),
         Pattern(

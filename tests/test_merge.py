@@ -145,8 +145,12 @@ def test_exits_with_a_start_time_join_only_their_own_identity() -> None:
         ProcessExit(10, "b", 1, stats(10, 2), 3, start_ticks=400, hwm_kb=6000),
     )
     b = merge(scan(sample(10, start=500)), poll(exits=ex), None, ts=4.0, mono=4.0)
-    rows = sorted((p.start_ticks, p.exited, p.hwm_kb, p.comm) for p in b.processes)
-    assert rows == [(300, True, 5000, "a"), (400, True, 6000, "b"), (500, False, 1200, "app")]
+    rows = sorted((p.start_ticks, p.start_time, p.exited, p.hwm_kb, p.comm) for p in b.processes)
+    assert rows == [
+        (300, 1_700_000_003.0, True, 5000, "a"),
+        (400, 1_700_000_004.0, True, 6000, "b"),
+        (500, 1_700_000_005.0, False, 1200, "app"),
+    ]
 
 
 def test_exit_after_scan_keeps_the_peak_rss_at_the_exit() -> None:

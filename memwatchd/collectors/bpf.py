@@ -366,10 +366,11 @@ class BpfCollector:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def load(cls, cfg: BpfConfig, *, extra_cflags: tuple[str, ...] = ()) -> BpfCollector:
+    def load(cls, cfg: BpfConfig, *, extra_cflags: tuple[str, ...] = (), btf: bool = True) -> BpfCollector:
         """Compile and attach the probes (in a child); BpfUnavailable(reason) when that cannot be done here.
 
-        extra_cflags is for benchmarks (e.g. -DMW_EMPTY_SYS_EXIT to measure the hook's floor).
+        extra_cflags is for benchmarks (e.g. -DMW_EMPTY_SYS_EXIT to measure the hook's floor); btf=False
+        builds the probes as on a kernel without BTF (tests of that fallback).
         """
         tracefs = _check_environment()
         pages = max(1, cfg.ringbuf_kb * 1024 // _PAGE)
@@ -382,7 +383,7 @@ class BpfCollector:
                 "cflags": _cflags(cfg, pages, path.parent, tracefs, extra_cflags),
                 "tracepoints": _TRACEPOINTS,
                 "maps": _MAPS,
-                "btf": _BTF_FIELDS,
+                "btf": _BTF_FIELDS if btf else {},
             }
             reply, fds = _run_loader(request)
         try:
