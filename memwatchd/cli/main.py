@@ -814,7 +814,7 @@ def status(obj: Obj, as_json: bool) -> None:
             )
     w = max(len(k) for k, _ in lines)
     for k, v in lines:
-        con.print(f"{k:<{w}}  {v}")
+        con.print(f"{k:<{w}}  {R.clean(v)}")  # status values quote errors and paths: shown escaped
 
 
 # ---- alerts ------------------------------------------------------------------------------------------
