@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -13,12 +14,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ORDER = ["daemon", "probes", "scan", "memory", "store", "alerts", "triage"]
+ORDER = ["daemon", "probes", "scan", "memory", "store", "alerts", "triage", "detect"]
+
+
+def _path(name: str) -> Path:
+    """scripts/bench_<name>.py, or the executable scripts/bench_<name> (bench_detect runs on its own too)."""
+    py = HERE / f"bench_{name}.py"
+    return py if py.exists() else HERE / f"bench_{name}"
 
 
 def load(name: str):  # noqa: ANN201 - module
-    path = HERE / f"bench_{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    path = _path(name)
+    loader = importlib.machinery.SourceFileLoader(f"bench_{name}", str(path))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path, loader=loader)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(REPO))
@@ -37,7 +45,7 @@ def main() -> int:
     rows: list[dict] = []
     t0 = time.time()
     for name in [n for n in args.only.split(",") if n]:
-        if not (HERE / f"bench_{name}.py").exists():
+        if not _path(name).exists():
             print(f"(no benchmark {name!r} yet)", file=sys.stderr)
             continue
         print(f"== {name} ...", file=sys.stderr, flush=True)

@@ -396,3 +396,40 @@ def test_every_command_and_option_has_help() -> None:
                 assert param.help, f"memwatchctl {name} {param.opts}"
         r = CliRunner().invoke(cli, [name, "--help"])
         assert r.exit_code == 0 and "Usage: " in r.stdout
+
+
+def test_json_field_names_are_pinned(db: Path) -> None:
+    """Users' scripts read these keys: the typed rows must print exactly these, in this order."""
+    since = ("--since", "@1700000000")
+    hist = json.loads(run(db, "history", "--pid", "12", *since, "--json").stdout)
+    assert list(hist[0]) == [
+        "ts", "pid", "start_ticks", "start_time", "comm", "unit", "tier", "samples",
+        "rss_kb", "anon_kb", "swap_kb", "vm_kb", "hwm_kb", "pss_kb", "uss_kb",
+        "mmap_count", "mmap_bytes", "munmap_count", "munmap_bytes", "brk_count", "brk_bytes",
+        "rss_min_kb", "rss_max_kb", "rss_avg_kb", "anon_min_kb", "anon_max_kb", "anon_avg_kb",
+        "swap_min_kb", "swap_max_kb", "swap_avg_kb",
+        "mapped_bytes", "mremap_count", "mremap_grow_bytes", "mremap_shrink_bytes",
+    ]  # fmt: skip
+    procs = json.loads(run(db, "processes", *since, "--json").stdout)
+    assert list(procs[0]) == [
+        "pid", "start_ticks", "start_time", "comm", "unit", "cgroup", "first_seen", "last_seen",
+        "exit_time", "exit_code", "exit_signal", "oom_killed", "live",
+    ]  # fmt: skip
+    alerts = json.loads(run(db, "alerts", "--json").stdout)
+    assert list(alerts[0]) == [
+        "rule", "pid", "start_ticks", "since", "kind", "comm", "unit", "state", "fired_at",
+        "resolved_at", "notified_state", "notified_at", "value", "rate", "summary",
+    ]  # fmt: skip
+    top = json.loads(run(db, "top", "--json").stdout)
+    assert list(top) == ["summary", "processes"]
+    assert list(top["summary"]) == [
+        "ts", "interval_s", "mem_total_kb", "mem_available_kb", "swap_used_kb", "swap_total_kb",
+        "processes", "mmaps_per_s", "mmap_bytes_per_s", "brk_bytes_per_s",
+    ]  # fmt: skip
+    assert list(top["processes"][0]) == [
+        "pid", "start_ticks", "start_time", "comm", "unit",
+        "rss_kb", "anon_kb", "vm_kb", "mmap_count", "mmap_bytes", "munmap_count", "munmap_bytes",
+        "swap_kb", "hwm_kb", "brk_count", "brk_bytes", "pss_kb", "uss_kb",
+        "mapped_bytes", "mremap_count", "mremap_grow_bytes", "mremap_shrink_bytes",
+        "growth_kb_per_h", "mmaps_per_s", "mmap_bytes_per_s", "brk_bytes_per_s", "mean_mmap_bytes",
+    ]  # fmt: skip

@@ -44,11 +44,19 @@ Scenario = Callable[[float], list[ProcessSnapshot]]
 
 
 def run(r: RuleConfig, scenario: Scenario, until: float) -> list[tuple[float, Transition]]:
+    """Drive the engine; an unchanged process keeps its record object, as the daemon's Merger does (the
+    engine looks only at records that changed, plus those with an episode or a window worth watching)."""
     eng = AlertEngine([r], [], 3600)
     out = []
     t = 0.0
+    last: dict[int, ProcessSnapshot] = {}
     while t <= until:
-        s = Snapshot(ts=1.7e9 + t, mono=t, processes=tuple(scenario(t)), meminfo=MI, bpf=BpfHealth("active"))
+        procs = []
+        for p in scenario(t):
+            old = last.get(p.pid)
+            procs.append(old if old == p else p)
+            last[p.pid] = procs[-1]
+        s = Snapshot(ts=1.7e9 + t, mono=t, processes=tuple(procs), meminfo=MI, bpf=BpfHealth("active"))
         for tr in eng.observe(s)[1]:
             out.append((t, tr))
             eng.mark_notified(tr.record, tr.record.state, 1.7e9 + t)

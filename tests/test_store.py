@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from memwatchd.config import StorageConfig
 from memwatchd.models import AlertRecord, BpfHealth, MemInfo, OomKill, ProcessExit, ProcessSnapshot, Snapshot
 from memwatchd.store.reader import StoreReader
+from memwatchd.store.rows import HistoryRow
 from memwatchd.store.schema import SCHEMA_VERSION, TIER_HOUR, TIER_MINUTE, TIER_RAW
 from memwatchd.store.writer import StoreError, StoreWriter
 
@@ -90,9 +91,7 @@ def build(path: Path, snaps: Iterable[Snapshot], cfg: StorageConfig = CFG, **att
     asyncio.run(go())
 
 
-def raw_history(
-    path: Path, pid: int, since: float = T0 - 10, until: float = T0 + 10**6
-) -> list[dict[str, Any]]:
+def raw_history(path: Path, pid: int, since: float = T0 - 10, until: float = T0 + 10**6) -> list[HistoryRow]:
     with StoreReader(str(path)) as r:
         return r.history(r.find_processes(pid=pid), since, until, TIER_RAW)
 
@@ -105,7 +104,7 @@ def test_history_carries_values_forward_between_changes(tmp_path: Path) -> None:
     rss = [100, 100, 100, 200, 200, 300, 300, 300]
     build(db, [snap(T0 + 3 * i, [proc(1, v), proc(2, 50)]) for i, v in enumerate(rss)])
     rows = raw_history(db, 1)
-    assert [(r["ts"], r["rss_kb"]) for r in rows] == [
+    assert [(r.ts, r.rss_kb) for r in rows] == [
         (T0, 100),
         (T0 + 9, 200),
         (T0 + 15, 300),
@@ -113,11 +112,11 @@ def test_history_carries_values_forward_between_changes(tmp_path: Path) -> None:
     ]
     # a range starting between changes begins with the value held at its first snapshot
     rows = raw_history(db, 1, since=T0 + 4, until=T0 + 13)
-    assert [(r["ts"], r["rss_kb"]) for r in rows] == [(T0 + 6, 100), (T0 + 9, 200), (T0 + 12, 200)]
-    assert [r["rss_kb"] for r in raw_history(db, 2)] == [50, 50]
+    assert [(r.ts, r.rss_kb) for r in rows] == [(T0 + 6, 100), (T0 + 9, 200), (T0 + 12, 200)]
+    assert [r.rss_kb for r in raw_history(db, 2)] == [50, 50]
     r0 = rows[0]
-    assert r0["pid"] == 1 and r0["start_ticks"] == 10 and r0["comm"] == "p1" and r0["unit"] == "app.service"
-    assert r0["tier"] == "raw" and r0["mmap_bytes"] == 4096 and r0["anon_kb"] == 50
+    assert r0.pid == 1 and r0.start_ticks == 10 and r0.comm == "p1" and r0.unit == "app.service"
+    assert r0.tier == "raw" and r0.mmap_bytes == 4096 and r0.anon_kb == 50
 
 
 def test_unchanged_processes_cost_no_rows(tmp_path: Path) -> None:
@@ -142,7 +141,7 @@ def test_pid_reuse_starts_a_new_series(tmp_path: Path) -> None:
         procs = r.find_processes(pid=7)
         assert [(p.start_ticks, p.comm, p.last_snap) for p in procs] == [(1, "p7", 3), (2, "new", None)]
         rows = r.history(procs, T0, T0 + 100, TIER_RAW)
-    assert [(r["start_ticks"], r["rss_kb"]) for r in rows] == [
+    assert [(r.start_ticks, r.rss_kb) for r in rows] == [
         (1, 100),
         (1, 101),
         (1, 102),
@@ -167,28 +166,28 @@ def test_exits_ooms_and_vanished_processes(tmp_path: Path) -> None:
     s.append(snap(T0 + 9, [proc(1, 11)]))
     build(db, s)
     with StoreReader(str(db)) as r:
-        ps = {p["pid"]: p for p in r.processes(since=T0 - 1, until=T0 + 100)}
-        assert ps[2]["exit_time"] == T0 + 2.5 and ps[2]["exit_code"] == 3 and ps[2]["last_seen"] == T0 + 3
-        assert ps[3]["last_seen"] == T0 + 3 and ps[3]["exit_time"] is None and not ps[3]["live"]
-        assert ps[1]["live"] and ps[1]["last_seen"] == T0 + 9
-        assert [p["pid"] for p in r.top()["processes"]] == [1]
+        ps = {p.pid: p for p in r.processes(since=T0 - 1, until=T0 + 100)}
+        assert ps[2].exit_time == T0 + 2.5 and ps[2].exit_code == 3 and ps[2].last_seen == T0 + 3
+        assert ps[3].last_seen == T0 + 3 and ps[3].exit_time is None and not ps[3].live
+        assert ps[1].live and ps[1].last_seen == T0 + 9
+        assert [p.pid for p in r.top().processes] == [1]
         assert [(o["pid"], o["comm"], o["ts"]) for o in r.ooms()] == [(3, "p3", T0 + 3)]
     last = raw_history(db, 2)[-1]
-    assert (last["ts"], last["rss_kb"], last["mmap_count"], last["mmap_bytes"]) == (T0 + 3, 25, 9, 9 * 4096)
+    assert (last.ts, last.rss_kb, last.mmap_count, last.mmap_bytes) == (T0 + 3, 25, 9, 9 * 4096)
 
 
 def test_restart_keeps_series_and_closes_processes_gone_meanwhile(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     build(db, [snap(T0 + 3 * i, [proc(1, 10 + i), proc(2, 5)]) for i in range(3)])
     build(db, [snap(T0 + 100 + 3 * i, [proc(1, 20)]) for i in range(2)])
-    assert [(r["ts"], r["rss_kb"]) for r in raw_history(db, 1)] == [
+    assert [(r.ts, r.rss_kb) for r in raw_history(db, 1)] == [
         (T0, 10),
         (T0 + 3, 11),
         (T0 + 6, 12),
         (T0 + 100, 20),
         (T0 + 103, 20),
     ]
-    assert [r["ts"] for r in raw_history(db, 2)] == [T0, T0 + 6]
+    assert [r.ts for r in raw_history(db, 2)] == [T0, T0 + 6]
 
 
 # ---- compaction and rollups ------------------------------------------------------------------------------
@@ -217,7 +216,7 @@ def test_compaction_keeps_every_change(tmp_path: Path) -> None:
             for k, (t, p) in enumerate(truth)
             if k in (0, len(truth) - 1) or p.rss_kb != truth[k - 1][1].rss_kb
         ]
-        assert [(r["ts"], r["rss_kb"]) for r in rows] == expect
+        assert [(r.ts, r.rss_kb) for r in rows] == expect
 
 
 def agg_oracle(snaps: list[Snapshot], pid: int, bucket_s: int) -> dict[float, dict[str, Any]]:
@@ -263,17 +262,17 @@ def test_rollups_equal_the_raw_data_they_summarise(steps: list[tuple[int, int, b
             for tier, bucket_s in ((TIER_MINUTE, 60), (TIER_HOUR, 3600)):
                 rows = r.history(procs, T0, t, tier)
                 truth = agg_oracle(snaps, 1, bucket_s)
-                assert [row["ts"] for row in rows] == sorted(truth)
+                assert [row.ts for row in rows] == sorted(truth)
                 for row in rows:
-                    o = truth[row["ts"]]
-                    assert row["samples"] == o["n"]
-                    assert (row["rss_min_kb"], row["rss_max_kb"]) == (min(o["vals"]), max(o["vals"]))
-                    assert row["rss_avg_kb"] == pytest.approx(sum(o["vals"]) / len(o["vals"]), abs=1e-3)
-                    assert row["rss_kb"] == o["last"].rss_kb and row["mmap_count"] == o["last"].mmap_count
-                    assert row["anon_kb"] == o["last"].anon_kb
+                    o = truth[row.ts]
+                    assert row.samples == o["n"]
+                    assert (row.rss_min_kb, row.rss_max_kb) == (min(o["vals"]), max(o["vals"]))
+                    assert row.rss_avg_kb == pytest.approx(sum(o["vals"]) / len(o["vals"]), abs=1e-3)
+                    assert row.rss_kb == o["last"].rss_kb and row.mmap_count == o["last"].mmap_count
+                    assert row.anon_kb == o["last"].anon_kb
             # pid 2 comes and goes: present-only samples, its history row count matches its changes
             rows2 = r.history(r.find_processes(pid=2), T0, t, TIER_MINUTE)
-            assert sum(row["samples"] for row in rows2) == len(oracle(snaps, 2))
+            assert sum(row.samples for row in rows2) == len(oracle(snaps, 2))
 
 
 # ---- retention -------------------------------------------------------------------------------------------
@@ -311,11 +310,11 @@ def test_retention_removes_exactly_what_is_older_than_each_tier(tmp_path: Path) 
     with StoreReader(str(db)) as r:
         p1 = r.find_processes(pid=1)
         raw = r.history(p1, T0, now, TIER_RAW)
-        assert [x["ts"] for x in raw] == [s.ts for s in snaps if s.ts * 1000 >= cut_raw]
+        assert [x.ts for x in raw] == [s.ts for s in snaps if s.ts * 1000 >= cut_raw]
         for tier, cut, bucket_s in ((TIER_MINUTE, cut_min, 60), (TIER_HOUR, cut_hour, 3600)):
             rows = r.history(p1, T0, now, tier)
             expect = sorted(b for b in agg_oracle(snaps, 1, bucket_s) if b * 1000 >= cut)
-            assert [x["ts"] for x in rows] == expect
+            assert [x.ts for x in rows] == expect
     assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
@@ -380,7 +379,7 @@ def test_disk_full_raises_store_error_and_writing_resumes(tmp_path: Path) -> Non
         (T0 + 6) * 1000,
     ]
     assert c.execute("SELECT count(*) FROM processes").fetchone()[0] == 50
-    assert [r["rss_kb"] for r in raw_history(db, 3)] == [1, 3]
+    assert [r.rss_kb for r in raw_history(db, 3)] == [1, 3]
 
 
 def test_unwritable_path_is_a_store_error(tmp_path: Path) -> None:
@@ -451,7 +450,7 @@ def test_kill_9_loses_nothing_committed_and_leaves_no_half_snapshot(tmp_path: Pa
         c.close()
         start = n
     rows = raw_history(db, 1)
-    assert [r["rss_kb"] for r in rows] == [i * 4 + 1 for i in range(start)]
+    assert [r.rss_kb for r in rows] == [i * 4 + 1 for i in range(start)]
 
 
 # ---- alerts and status -------------------------------------------------------------------------------------
@@ -490,7 +489,7 @@ def test_alerts_upsert_by_episode_and_reload_open_ones(tmp_path: Path) -> None:
     got = asyncio.run(go())
     assert got == [replace(a, value=2e6, summary="now 2MB"), b]
     with StoreReader(str(db)) as r:
-        assert [x["rule"] for x in r.alerts()] == ["grow", "big", "old"]
+        assert [x.rule for x in r.alerts()] == ["grow", "big", "old"]
         st = r.status()
     assert (st["bpf_state"], st["lost_events"], st["scan_ms"], st["note"]) == ("active", 4, 1.5, None)
 
@@ -566,12 +565,12 @@ def test_a_late_exit_ends_its_own_identity_not_the_pids_next_process(tmp_path: P
     )
     build(db, [snap(T0, [old]), snap(T0 + 3, [new]), snap(T0 + 6, [new], exits=(late,))])
     with StoreReader(str(db)) as r:
-        ps = {p["start_ticks"]: p for p in r.processes(since=T0 - 1, until=T0 + 100)}
-    assert (ps[50]["exit_code"], ps[50]["exit_signal"], ps[50]["oom_killed"]) == (-9, 9, True)
-    assert ps[50]["exit_time"] == T0 + 4
-    assert ps[60]["live"] and ps[60]["exit_time"] is None and ps[60]["exit_code"] is None
+        ps = {p.start_ticks: p for p in r.processes(since=T0 - 1, until=T0 + 100)}
+    assert (ps[50].exit_code, ps[50].exit_signal, ps[50].oom_killed) == (-9, 9, True)
+    assert ps[50].exit_time == T0 + 4
+    assert ps[60].live and ps[60].exit_time is None and ps[60].exit_code is None
     first = raw_history(db, 5)[0]
-    assert (first["mapped_bytes"], first["mremap_count"], first["mremap_grow_bytes"]) == (1 << 20, 2, 8192)
+    assert (first.mapped_bytes, first.mremap_count, first.mremap_grow_bytes) == (1 << 20, 2, 8192)
 
 
 def test_a_schema_2_database_is_migrated_and_its_rows_read_without_the_new_fields(tmp_path: Path) -> None:
@@ -592,7 +591,7 @@ def test_a_schema_2_database_is_migrated_and_its_rows_read_without_the_new_field
     c.close()
     build(db, [snap(T0 + 3, [proc(1, 11, mapped_bytes=4096, mremap_count=1)])])
     rows = raw_history(db, 1)
-    assert [(r["rss_kb"], r["mapped_bytes"], r["mremap_count"]) for r in rows] == [
+    assert [(r.rss_kb, r.mapped_bytes, r.mremap_count) for r in rows] == [
         (10, None, None),
         (11, 4096, 1),
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, bpf_possible, ctl, start_daemon, stop_daemon, wait_for, write_config
+from tests.helpers import BIN, REPO, bpf_possible, ctl, start_daemon, stop_daemon, wait_for, write_config
 from tests.receivers import WebhookReceiver
 
 pytestmark = pytest.mark.bpf
@@ -134,3 +134,40 @@ def test_on_request_trace_through_the_control_socket(tmp_path: Path, leaky: Path
     # no daemon: a clear one-line error, no traceback
     r = ctl(db, "triage", "--pid", "1", "--duration", "2s")
     assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith("Error: no daemon listens at"), r.stderr
+
+
+def test_at_most_max_concurrent_traces_run_at_once(tmp_path: Path, leaky: Path) -> None:
+    """Two requests at once with max_concurrent = 1: the second window opens after the first closed."""
+    cfg = write_config(tmp_path, bpf=False, interval=INTERVAL, triage="enabled = true\nmax_concurrent = 1\n")
+    daemon = start_daemon(cfg)
+    db = tmp_path / "db" / "memwatchd.db"
+    procs = [_start(leaky, "run", "256", "60") for _ in range(2)]
+    try:
+        wait_for(
+            lambda: "memwatchd started" in (tmp_path / "daemon.log").read_text(), 60, what="daemon start"
+        )
+        for p in procs:
+            _go(p)
+        ctls = [
+            subprocess.Popen(
+                [str(BIN / "memwatchctl"), "--db", str(db), "triage", "--pid", str(p.pid)]
+                + ["--duration", "2s", "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for p in procs
+        ]
+        results = []
+        for c in ctls:
+            out, err = c.communicate(timeout=300)
+            assert c.returncode == 0, err
+            results.append(json.loads(out))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        assert stop_daemon(daemon) == 0
+    first, second = sorted(results, key=lambda d: d["started_at"])
+    assert second["started_at"] >= first["ended_at"], (first["ended_at"], second["started_at"])
+    assert {d["pid"] for d in results} == {p.pid for p in procs}

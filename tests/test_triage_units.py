@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -229,3 +230,47 @@ def _raw(path: str, data: bytes) -> dict[str, Any]:
         s.sendall(data)
         reply: dict[str, Any] = json.loads(s.makefile().readline())
         return reply
+
+
+def _wait_exec(p: subprocess.Popen[bytes], exe: str, lib: str) -> None:
+    def ready() -> bool:
+        try:
+            return os.readlink(f"/proc/{p.pid}/exe").endswith(exe) and any(
+                lib in m.path and "x" in m.perms for m in read_maps(p.pid)
+            )
+        except OSError:
+            return False
+
+    wait_for(ready, 30, 0.05, f"{exe} to map {lib}")
+
+
+def test_a_process_in_another_mount_namespace_is_read_through_its_root() -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    p = subprocess.Popen(["unshare", "--mount", "sleep", "30"])
+    try:
+        _wait_exec(p, "sleep", "libc.so")
+        t = choose(p.pid)
+        assert t.mode == "uprobes" and any("another mount namespace" in lim for lim in t.limits), t.limits
+        assert all(pr.path.startswith(f"/proc/{p.pid}/root/") for pr in t.probes)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_jvm_is_traced_at_its_syscalls_and_says_why(tmp_path: Path) -> None:
+    if shutil.which("java") is None:
+        pytest.skip("no java here (default-jre-headless)")
+    src = tmp_path / "Sleep.java"
+    src.write_text(
+        "class Sleep { public static void main(String[] a) throws Exception { Thread.sleep(60000); } }"
+    )
+    p = subprocess.Popen(["java", "-Xmx32m", str(src)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_exec(p, "java", "libjvm.so")
+        t = choose(p.pid)
+        assert (t.mode, t.allocator, t.probes) == ("syscalls", "jvm", ())
+        assert any("Java (HotSpot)" in lim for lim in t.limits)
+    finally:
+        p.kill()
+        p.wait()

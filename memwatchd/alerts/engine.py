@@ -86,6 +86,9 @@ class _Track:
     pending_since: float | None = None  # mono: the fire condition has held since
     pending_wall: float = 0.0  # wall time the evidence starts (becomes record.since)
     confirmed: bool = False  # strong evidence was seen while pending (growth and leak rules)
+    watch: bool = (
+        False  # the window could show growth: looked at every cycle even when its record is unchanged
+    )
     clear_since: float | None = None  # mono: the clear condition has held since
     last_emit: float = 0.0  # mono of the last notification made due
     fit: Fit | None = None
@@ -303,7 +306,7 @@ class AlertEngine:
         tracks = self._tracks[rule.name]
         active = self._active[rule.name]
         for key, p in items:
-            self._observe_one(cyc, rule, tracks, active, key, p)
+            self._observe_one(cyc, rule, tracks, active, key, p, fresh=True)
         if active:
             present = self._present
             assert present is not None
@@ -332,6 +335,7 @@ class AlertEngine:
         active: set[Key],
         key: Key,
         p: ProcessSnapshot,
+        fresh: bool = False,
     ) -> None:
         if not rule.match.matches(p.comm, p.unit):
             tr = tracks.pop(key, None)
@@ -359,8 +363,9 @@ class AlertEngine:
         now = cyc.snap.mono
         appended = self._add(tr.window, tr.upto, now, value, kind.counter(p))
         tr.upto = now
-        self._step(cyc, rule, tr, key, appended)
-        if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None:
+        # a changed record is always worth a look (the window's newest point may only have been replaced)
+        self._step(cyc, rule, tr, key, appended or fresh)
+        if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None or tr.watch:
             active.add(key)
         else:
             active.discard(key)
@@ -378,6 +383,10 @@ class AlertEngine:
             wall=cyc.snap.ts,
             current=tr.fit,
         )
+        # a window the kind looked at (it could show growth) is looked at next cycle even when the record
+        # does not change: a stair's last step shows in the slice medians only some seconds after it happened
+        # (a sample that only replaced the window's newest point says nothing new: the watch stays as it was)
+        tr.watch = j is not None or (tr.watch and not appended)
         if j is None:
             tr.fit = None
             return

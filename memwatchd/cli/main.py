@@ -7,6 +7,7 @@ decorators defined once. Errors reach the user as one line "Error: ..." with exi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import importlib
 import json
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -27,6 +28,10 @@ from memwatchd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from memwatchd.safefile import not_regular
 from memwatchd.text import from_arg
 from memwatchd.units import parse_duration
+
+if TYPE_CHECKING:
+    from memwatchd.store.reader import Proc, StoreReader
+    from memwatchd.store.rows import HistoryRow, ProcessRow
 
 F = TypeVar("F", bound=Callable[..., Any])
 NOW_ENV = "MEMWATCHCTL_NOW"  # fixes "now" (unix seconds) for reproducible output
@@ -101,9 +106,9 @@ class Obj:
 
     def __init__(self, db: str | None, config: str) -> None:
         self.db_path, self.config = db, config
-        self._reader: Any = None
+        self._reader: StoreReader | None = None
 
-    def reader(self) -> Any:
+    def reader(self) -> StoreReader:
         if self._reader is None:
             from memwatchd.store.reader import StoreReader
 
@@ -203,8 +208,15 @@ def select_options(fn: F) -> F:
     return fn
 
 
+def _as_json(o: object) -> object:
+    """Typed rows (frozen dataclasses) print as objects with their field names."""
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
+    click.echo(json.dumps(data, indent=2, default=_as_json))
 
 
 def _check_range(since: float, until: float) -> None:
@@ -348,17 +360,17 @@ def top(
         run_top(reader, window_s=window_s, sort_by=sort_by, limit=limit if given else 0, refresh_s=refresh_s)
         return
     data = obj.reader().top(window_s)
-    rows = sorted(data["processes"], key=lambda r: (R.SORT_KEYS[sort_by](r), -r["pid"]), reverse=True)
+    rows = sorted(data.processes, key=lambda r: (R.SORT_KEYS[sort_by](r), -r.pid), reverse=True)
     if limit:
         rows = rows[:limit]
     if as_json:
-        _print_json({"summary": data["summary"], "processes": rows})
+        _print_json({"summary": data.summary, "processes": rows})
         return
     con = R.console()
-    if data["summary"] is None:
+    if data.summary is None:
         con.print("(no snapshots yet)")
         return
-    con.print(R.top_summary(data["summary"]))
+    con.print(R.top_summary(data.summary))
     headers = list(R.TOP_HEADERS)
     body = [R.top_cells(r) for r in rows]
     con.print(
@@ -377,7 +389,7 @@ def _selected(
     unit: str | None,
     since: float,
     until: float,
-) -> list[Any]:
+) -> list[Proc]:
     if pid is None and comm is None and comm_glob is None and unit is None:
         raise click.UsageError("name the processes with --pid, --comm, --comm-glob or --unit")
     return list(
@@ -475,13 +487,13 @@ def history(
     if as_csv:
         w = csv.DictWriter(sys.stdout, fieldnames=list(HISTORY_FIELDS), lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(dataclasses.asdict(r) for r in rows)
         return
     con = R.console()
     if not rows:
         con.print("(no data in range)")
         return
-    rolled = rows[0]["tier"] != "raw"
+    rolled = rows[0].tier != "raw"
     headers = [
         "TIME",
         "PID",
@@ -501,23 +513,23 @@ def history(
     body = []
     for r in rows:
         line = [
-            R.when(r["ts"]),
-            str(r["pid"]),
-            R.clean(r["comm"]),
-            R.kb(r["rss_kb"]),
-            R.kb(r["anon_kb"]),
-            R.kb(r["swap_kb"]),
-            R.kb(r["vm_kb"]),
-            R.kb(r["hwm_kb"]),
-            R.num(r["mmap_count"]),
-            R.size(r["mmap_bytes"]),
-            R.size(r["munmap_bytes"]),
-            R.size(r["brk_bytes"]),
+            R.when(r.ts),
+            str(r.pid),
+            R.clean(r.comm),
+            R.kb(r.rss_kb),
+            R.kb(r.anon_kb),
+            R.kb(r.swap_kb),
+            R.kb(r.vm_kb),
+            R.kb(r.hwm_kb),
+            R.num(r.mmap_count),
+            R.size(r.mmap_bytes),
+            R.size(r.munmap_bytes),
+            R.size(r.brk_bytes),
         ]
         if rolled:
-            line[4:4] = [R.kb(r["rss_min_kb"]), R.kb(r["rss_max_kb"])]
+            line[4:4] = [R.kb(r.rss_min_kb), R.kb(r.rss_max_kb)]
         body.append(line)
-    con.print(f"tier: {rows[0]['tier']}")
+    con.print(f"tier: {rows[0].tier}")
     con.print(R.table(headers, body, right=set(headers) - {"TIME", "COMM"}))
 
 
@@ -615,13 +627,13 @@ def processes(
     headers = ["PID", "COMM", "UNIT", "STARTED", "FIRST SEEN", "LAST SEEN", "EXITED", "CODE"]
     body = [
         [
-            str(r["pid"]),
-            R.clean(r["comm"]),
-            R.clean(r["unit"]),
-            R.when(r["start_time"]),
-            R.when(r["first_seen"]),
-            "live" if r["live"] else R.when(r["last_seen"]),
-            R.when(r["exit_time"]),
+            str(r.pid),
+            R.clean(r.comm),
+            R.clean(r.unit),
+            R.when(r.start_time),
+            R.when(r.first_seen),
+            "live" if r.live else R.when(r.last_seen),
+            R.when(r.exit_time),
             _exit_text(r),
         ]
         for r in rows
@@ -629,11 +641,11 @@ def processes(
     con.print(R.table(headers, body, right={"PID", "CODE"}))
 
 
-def _exit_text(r: dict[str, Any]) -> str:
+def _exit_text(r: ProcessRow) -> str:
     """The CODE column: the exit status, or -N for signal N, and "OOM" when the OOM killer ended it."""
-    if r["exit_code"] is None:
+    if r.exit_code is None:
         return "-"
-    return f"{r['exit_code']} OOM" if r.get("oom_killed") else str(r["exit_code"])
+    return f"{r.exit_code} OOM" if r.oom_killed else str(r.exit_code)
 
 
 # ---- plot --------------------------------------------------------------------------------------------
@@ -699,7 +711,7 @@ def plot(
         else f"unit {unit}"
     )
     con = R.console()
-    tier_name = rows[0]["tier"] if rows else "-"
+    tier_name = rows[0].tier if rows else "-"
     con.print(
         f"{metric} of {R.clean(what)} ({len(procs)} process{'es' if len(procs) != 1 else ''},"
         f" tier {tier_name})"
@@ -708,12 +720,12 @@ def plot(
         con.print(line)
 
 
-def _summed(rows: list[dict[str, Any]], field: str) -> list[tuple[float, int]]:
+def _summed(rows: list[HistoryRow], field: str) -> list[tuple[float, int]]:
     """Sum a field over processes at every row time, each process's value held between its rows."""
-    times = sorted({r["ts"] for r in rows})
+    times = sorted({r.ts for r in rows})
     per: dict[tuple[int, int], list[tuple[float, int | None]]] = {}
     for r in rows:
-        per.setdefault((r["pid"], r["start_ticks"]), []).append((r["ts"], r[field]))
+        per.setdefault((r.pid, r.start_ticks), []).append((r.ts, getattr(r, field)))
     out = []
     idx = {k: 0 for k in per}
     cur: dict[tuple[int, int], int | None] = {}
@@ -725,8 +737,9 @@ def _summed(rows: list[dict[str, Any]], field: str) -> list[tuple[float, int]]:
                 cur[k] = pts[i][1]
                 i += 1
             idx[k] = i
-            if pts[0][0] <= t <= pts[-1][0] and cur.get(k) is not None:
-                total += cur[k]  # type: ignore[operator]
+            v = cur.get(k)
+            if pts[0][0] <= t <= pts[-1][0] and v is not None:
+                total += v
                 any_value = True
         if any_value:
             out.append((t, total))
@@ -808,7 +821,7 @@ def status(obj: Obj, as_json: bool) -> None:
             )
     w = max(len(k) for k, _ in lines)
     for k, v in lines:
-        con.print(f"{k:<{w}}  {v}")
+        con.print(f"{k:<{w}}  {R.clean(v)}")  # status values quote errors and paths: shown escaped
 
 
 # ---- alerts ------------------------------------------------------------------------------------------
@@ -859,17 +872,17 @@ def alerts(obj: Obj, since: float | None, state: str | None, as_json: bool) -> N
     ]
     body = [
         [
-            R.when(r["since"]),
-            R.clean(r["rule"]),
-            r["kind"],
-            str(r["pid"]),
-            R.clean(r["comm"]),
-            r["state"],
-            R.when(r["fired_at"]),
-            R.when(r["resolved_at"]),
-            R.size(r["value"]),
-            "-" if r["rate"] is None else R.rate(r["rate"] * 3600, "/h"),
-            R.clean(r["summary"]),
+            R.when(r.since),
+            R.clean(r.rule),
+            r.kind,
+            str(r.pid),
+            R.clean(r.comm),
+            r.state,
+            R.when(r.fired_at),
+            R.when(r.resolved_at),
+            R.size(r.value),
+            "-" if r.rate is None else R.rate(r.rate * 3600, "/h"),
+            R.clean(r.summary),
         ]
         for r in rows
     ]

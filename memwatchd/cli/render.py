@@ -12,16 +12,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from memwatchd.store.rows import TopRow, TopSummary
 from memwatchd.text import shown
 from memwatchd.units import format_duration, format_size
 
 # Sort orders of `top`, shared by the table and the live view.
-SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "rss": lambda r: r["rss_kb"] or 0,
-    "anon": lambda r: r["anon_kb"] or 0,
-    "swap": lambda r: r["swap_kb"] or 0,
-    "growth": lambda r: r["growth_kb_per_h"] if r["growth_kb_per_h"] is not None else float("-inf"),
-    "mmap": lambda r: (r["mmap_bytes_per_s"] or 0, r["mmap_bytes"] or 0),
+SORT_KEYS: dict[str, Callable[[TopRow], Any]] = {
+    "rss": lambda r: r.rss_kb or 0,
+    "anon": lambda r: r.anon_kb or 0,
+    "swap": lambda r: r.swap_kb or 0,
+    "growth": lambda r: r.growth_kb_per_h if r.growth_kb_per_h is not None else float("-inf"),
+    "mmap": lambda r: (r.mmap_bytes_per_s or 0, r.mmap_bytes or 0),
 }
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -90,30 +91,29 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[str]
 TOP_HEADERS = ("PID", "COMM", "UNIT", "RSS", "ANON", "SWAP", "GROWTH", "MMAP/S", "MMAP B/S", "MEAN MAP")
 
 
-def top_cells(r: dict[str, Any]) -> list[str]:
+def top_cells(r: TopRow) -> list[str]:
     """One `top` row as display strings, in TOP_HEADERS order (the plain table and the live view)."""
     return [
-        str(r["pid"]),
-        clean(r["comm"]),
-        clean(r["unit"]),
-        kb(r["rss_kb"]),
-        kb(r["anon_kb"]),
-        kb(r["swap_kb"]),
-        growth(r["growth_kb_per_h"]),
-        num(r["mmaps_per_s"]),
-        rate(r["mmap_bytes_per_s"]),
-        size(r["mean_mmap_bytes"]),
+        str(r.pid),
+        clean(r.comm),
+        clean(r.unit),
+        kb(r.rss_kb),
+        kb(r.anon_kb),
+        kb(r.swap_kb),
+        growth(r.growth_kb_per_h),
+        num(r.mmaps_per_s),
+        rate(r.mmap_bytes_per_s),
+        size(r.mean_mmap_bytes),
     ]
 
 
-def top_summary(s: dict[str, Any]) -> str:
+def top_summary(s: TopSummary) -> str:
     parts = [
-        when(s["ts"]),
-        f"mem {kb(s['mem_total_kb'])} total, {kb(s['mem_available_kb'])} available",
-        f"swap {kb(s['swap_used_kb'])} used of {kb(s['swap_total_kb'])}",
-        f"{s['processes']} processes",
-        f"alloc {num(s['mmaps_per_s'])} mmaps/s {rate(s['mmap_bytes_per_s'])} mmap"
-        f" {rate(s['brk_bytes_per_s'])} brk",
+        when(s.ts),
+        f"mem {kb(s.mem_total_kb)} total, {kb(s.mem_available_kb)} available",
+        f"swap {kb(s.swap_used_kb)} used of {kb(s.swap_total_kb)}",
+        f"{s.processes} processes",
+        f"alloc {num(s.mmaps_per_s)} mmaps/s {rate(s.mmap_bytes_per_s)} mmap {rate(s.brk_bytes_per_s)} brk",
     ]
     return "  ".join(parts)
 

@@ -20,13 +20,14 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from memwatchd.cli import render as R
 from memwatchd.store.reader import ReaderError, StoreReader
+from memwatchd.store.rows import Top, TopRow
 from memwatchd.units import format_duration
 
 # Text columns sort ascending by default, memory and rates descending (biggest first, as the plain top).
-_TEXT_SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "pid": lambda r: r["pid"],
-    "comm": lambda r: ((r["comm"] or "").lower(), r["pid"]),
-    "unit": lambda r: ((r["unit"] or "").lower(), r["pid"]),
+_TEXT_SORTS: dict[str, Callable[[TopRow], Any]] = {
+    "pid": lambda r: r.pid,
+    "comm": lambda r: ((r.comm or "").lower(), r.pid),
+    "unit": lambda r: ((r.unit or "").lower(), r.pid),
 }
 ASCENDING = frozenset(_TEXT_SORTS)
 
@@ -46,16 +47,16 @@ COLUMNS: tuple[tuple[str, str, bool, str | None], ...] = (
 HISTORY_SPANS = (600.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
 
 
-def sort_rows(rows: Sequence[dict[str, Any]], by: str, descending: bool) -> list[dict[str, Any]]:
+def sort_rows(rows: Sequence[TopRow], by: str, descending: bool) -> list[TopRow]:
     """Rows ordered by a sort key; ties by PID (lowest first), as in the plain table."""
     if by in R.SORT_KEYS:
         key = R.SORT_KEYS[by]
-        out = sorted(rows, key=lambda r: (key(r), -r["pid"]), reverse=True)
+        out = sorted(rows, key=lambda r: (key(r), -r.pid), reverse=True)
         return out if descending else out[::-1]
     return sorted(rows, key=_TEXT_SORTS[by], reverse=descending)
 
 
-def filter_rows(rows: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+def filter_rows(rows: Sequence[TopRow], text: str) -> list[TopRow]:
     """Rows whose name or unit contains the text (case-insensitive), or whose PID is the text."""
     needle = text.strip().lower()
     if not needle:
@@ -63,18 +64,16 @@ def filter_rows(rows: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any
     return [
         r
         for r in rows
-        if needle in (r["comm"] or "").lower()
-        or needle in (r["unit"] or "").lower()
-        or needle == str(r["pid"])
+        if needle in (r.comm or "").lower() or needle in (r.unit or "").lower() or needle == str(r.pid)
     ]
 
 
-def row_key(r: dict[str, Any]) -> str:
+def row_key(r: TopRow) -> str:
     """A table row key: a process is (pid, start time), never the pid alone."""
-    return f"{r['pid']}:{r['start_ticks']}"
+    return f"{r.pid}:{r.start_ticks}"
 
 
-def _cells(r: dict[str, Any]) -> list[Text]:
+def _cells(r: TopRow) -> list[Text]:
     values = R.top_cells(r)
     # Text, not str: a str cell is parsed as markup, and a process may be named "[red]x".
     return [Text(v, justify="right" if c[2] else "left") for v, c in zip(values, COLUMNS, strict=True)]
@@ -143,12 +142,12 @@ class ProcessScreen(Screen[None]):
     def show(self) -> None:
         """Redraw from the app's latest data, keeping the cursor on the same process."""
         a = self.top_app
-        summary = a.data["summary"] if a.data else None
+        summary = a.data.summary if a.data else None
         self.query_one("#summary", Static).update(
             Text(R.top_summary(summary) if summary else "(no snapshots yet)")
         )
         rows = a.visible_rows()
-        total = len(a.data["processes"]) if a.data else 0
+        total = len(a.data.processes) if a.data else 0
         arrow = "▼" if a.descending else "▲"
         state = f"sort {a.sort_by} {arrow}   {len(rows)} of {total} processes"
         if a.filter_text:
@@ -218,10 +217,10 @@ class ProcessScreen(Screen[None]):
         self.app.push_screen(GroupScreen())
 
     def _open(self, key: str) -> None:
-        rows = self.top_app.data["processes"] if self.top_app.data else []
+        rows = self.top_app.data.processes if self.top_app.data else []
         r = next((r for r in rows if row_key(r) == key), None)
         if r is not None:
-            self.app.push_screen(HistoryScreen(Selected(r["pid"], r["start_ticks"], r["comm"], r["unit"])))
+            self.app.push_screen(HistoryScreen(Selected(r.pid, r.start_ticks, r.comm, r.unit)))
 
 
 class HistoryScreen(Screen[None]):
@@ -268,15 +267,16 @@ class HistoryScreen(Screen[None]):
     def series(self) -> tuple[str, list[tuple[float, float]]]:
         """(tier name, [(ts, bytes)]) of the chosen metric over the span ending at the latest snapshot."""
         a = self.top_app
-        summary = a.data["summary"] if a.data else None
-        until = summary["ts"] if summary else 0.0
+        summary = a.data.summary if a.data else None
+        until = summary.ts if summary else 0.0
         since = until - self.span_s
         p = self.proc
         procs = [x for x in a.reader.find_processes(pid=p.pid) if x.start_ticks == p.start_ticks]
         rows = a.reader.history(procs, since, until) if procs else []
         field = f"{self.metric}_kb"
-        tier = rows[0]["tier"] if rows else "-"
-        return tier, [(r["ts"], r[field] * 1024) for r in rows if r[field] is not None]
+        tier = rows[0].tier if rows else "-"
+        points = [(r.ts, getattr(r, field)) for r in rows]
+        return tier, [(ts, v * 1024) for ts, v in points if v is not None]
 
     @property
     def top_app(self) -> TopApp:
@@ -395,7 +395,7 @@ class TopApp(App[None]):
         self.reader, self.window_s, self.limit, self.refresh_s = reader, window_s, limit, refresh_s
         self.sort_by, self.descending = sort_by, sort_by not in ASCENDING
         self.filter_text = ""
-        self.data: dict[str, Any] | None = None
+        self.data: Top | None = None
         self.error = ""
         self.load()
 
@@ -421,9 +421,9 @@ class TopApp(App[None]):
         if isinstance(self.screen, HistoryScreen | GroupScreen):
             self.screen.draw()
 
-    def visible_rows(self) -> list[dict[str, Any]]:
+    def visible_rows(self) -> list[TopRow]:
         """The processes shown: filtered, sorted, at most ``limit`` (0: all)."""
-        rows = self.data["processes"] if self.data else []
+        rows = self.data.processes if self.data else []
         rows = sort_rows(filter_rows(rows, self.filter_text), self.sort_by, self.descending)
         return rows[: self.limit] if self.limit else rows
 

@@ -20,6 +20,15 @@ from typing import Any
 
 from memwatchd.store import codec, series_read
 from memwatchd.store.rollup import Buckets, last_of, merge_sorted, rollup
+from memwatchd.store.rows import (
+    HISTORY_FIELDS,
+    AlertRow,
+    HistoryRow,
+    ProcessRow,
+    Top,
+    TopRow,
+    TopSummary,
+)
 from memwatchd.store.schema import (
     ALERT_COLS,
     BUCKET_MS,
@@ -33,36 +42,6 @@ from memwatchd.store.schema import (
 
 _RAW_COLS = ", ".join(RAW_FIELDS)
 _METRICS = ("rss", "anon", "swap")
-# Field order of a history row (JSON keys, CSV columns).
-HISTORY_FIELDS = (
-    "ts",
-    "pid",
-    "start_ticks",
-    "start_time",
-    "comm",
-    "unit",
-    "tier",
-    "samples",
-    "rss_kb",
-    "anon_kb",
-    "swap_kb",
-    "vm_kb",
-    "hwm_kb",
-    "pss_kb",
-    "uss_kb",
-    "mmap_count",
-    "mmap_bytes",
-    "munmap_count",
-    "munmap_bytes",
-    "brk_count",
-    "brk_bytes",
-    *(f"{m}_{s}_kb" for m in _METRICS for s in ("min", "max", "avg")),
-    # added in schema 3, last so CSV columns keep their positions
-    "mapped_bytes",
-    "mremap_count",
-    "mremap_grow_bytes",
-    "mremap_shrink_bytes",
-)
 AUTO_RAW_MAX_S = 6 * 3600.0
 AUTO_MINUTE_MAX_S = 3 * 86400.0
 
@@ -208,7 +187,7 @@ class StoreReader:
             found = [p for p in found if fnmatch.fnmatchcase(p.comm, nul_glob)]
         return found
 
-    def processes(self, **filters: Any) -> list[dict[str, Any]]:
+    def processes(self, **filters: Any) -> list[ProcessRow]:
         """Processes seen in a range (exited ones included) with first/last seen and exit times."""
         with self._read():
             latest = self._latest()
@@ -219,21 +198,21 @@ class StoreReader:
                 live = p.last_snap is None
                 last_ms = latest[1] if live and latest else p.last_seen_ms
                 out.append(
-                    {
-                        "pid": p.pid,
-                        "start_ticks": p.start_ticks,
-                        "start_time": p.start_time,
-                        "comm": p.comm,
-                        "unit": p.unit,
-                        "cgroup": p.cgroup,
-                        "first_seen": _s(p.first_seen_ms),
-                        "last_seen": _s(last_ms),
-                        "exit_time": _s(p.exit_ms),
-                        "exit_code": p.exit_code,
-                        "exit_signal": p.exit_signal,
-                        "oom_killed": None if p.oom_killed is None else bool(p.oom_killed),
-                        "live": live,
-                    }
+                    ProcessRow(
+                        pid=p.pid,
+                        start_ticks=p.start_ticks,
+                        start_time=p.start_time,
+                        comm=p.comm,
+                        unit=p.unit,
+                        cgroup=p.cgroup,
+                        first_seen=_s(p.first_seen_ms),
+                        last_seen=_s(last_ms),
+                        exit_time=_s(p.exit_ms),
+                        exit_code=p.exit_code,
+                        exit_signal=p.exit_signal,
+                        oom_killed=None if p.oom_killed is None else bool(p.oom_killed),
+                        live=live,
+                    )
                 )
             return out
 
@@ -252,7 +231,7 @@ class StoreReader:
 
     def history(
         self, procs: Sequence[Proc], since: float, until: float, tier: int | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[HistoryRow]:
         """Each process's values over [since, until], oldest first.
 
         Raw tier: a row at each stored change, plus rows at the first and last snapshot of the range in
@@ -266,11 +245,11 @@ class StoreReader:
             latest = self._latest()
             if latest is None:
                 return []
-            rows: list[dict[str, Any]] = []
+            rows: list[HistoryRow] = []
             ctx = _Ctx(self, tier, since_ms, until_ms, latest)
             for p in procs:
                 rows += ctx.raw(p) if tier == TIER_RAW else ctx.rolled(p)
-            rows.sort(key=lambda r: (r["ts"], r["pid"], r["start_ticks"]))
+            rows.sort(key=lambda r: (r.ts, r.pid, r.start_ticks))
             return rows
 
     def _entries(self, tier: int, proc: int, lo_ms: int, hi_ms: int) -> list[tuple[int, codec.Values]]:
@@ -293,7 +272,7 @@ class StoreReader:
         ]
 
     # ---- top --------------------------------------------------------------------------------------------
-    def top(self, window_s: float = 600.0) -> dict[str, Any]:
+    def top(self, window_s: float = 600.0) -> Top:
         """The latest snapshot: a host summary and one row per live process with rates and growth."""
         with self._read():
             snap = self.db.execute(
@@ -301,7 +280,7 @@ class StoreReader:
                 " FROM snapshots ORDER BY id DESC LIMIT 1"
             ).fetchone()
             if snap is None:
-                return {"summary": None, "processes": []}
+                return Top(None, ())
             sid, ts_ms, dt_ms, nproc, mtot, mavail, stot, sfree = snap
             compacted = int(self._meta("compacted_through") or 0)
             head = dict(
@@ -324,7 +303,7 @@ class StoreReader:
                 " (SELECT h.rss_kb FROM raw_head h WHERE h.proc = c.proc ORDER BY h.snap LIMIT 1)"
                 " FROM current c JOIN processes p ON p.id = c.proc"
             )
-            rows = []
+            rows: list[TopRow] = []
             nf = len(RAW_FIELDS)
             for r in self.db.execute(sql, {"w": w_snap}):
                 pid, st, start_time, comm, unit, csnap = r[:6]
@@ -351,33 +330,33 @@ class StoreReader:
                     brk_bps = (d_bb or 0) * 1000 / dt if fresh else 0.0
                 mc, mb = vals["mmap_count"], vals["mmap_bytes"]
                 rows.append(
-                    {
-                        "pid": pid,
-                        "start_ticks": st,
-                        "start_time": start_time,
-                        "comm": comm,
-                        "unit": unit,
+                    TopRow(
+                        pid=pid,
+                        start_ticks=st,
+                        start_time=start_time,
+                        comm=comm,
+                        unit=unit,
                         **vals,
-                        "growth_kb_per_h": None if growth is None else round(growth, 1),
-                        "mmaps_per_s": None if mmaps_s is None else round(mmaps_s, 2),
-                        "mmap_bytes_per_s": None if mmap_bps is None else round(mmap_bps, 1),
-                        "brk_bytes_per_s": None if brk_bps is None else round(brk_bps, 1),
-                        "mean_mmap_bytes": round(mb / mc) if mc and mb is not None else None,
-                    }
+                        growth_kb_per_h=None if growth is None else round(growth, 1),
+                        mmaps_per_s=None if mmaps_s is None else round(mmaps_s, 2),
+                        mmap_bytes_per_s=None if mmap_bps is None else round(mmap_bps, 1),
+                        brk_bytes_per_s=None if brk_bps is None else round(brk_bps, 1),
+                        mean_mmap_bytes=round(mb / mc) if mc and mb is not None else None,
+                    )
                 )
-            summary = {
-                "ts": ts_ms / 1000,
-                "interval_s": None if dt_ms is None else dt_ms / 1000,
-                "mem_total_kb": mtot,
-                "mem_available_kb": mavail,
-                "swap_used_kb": None if stot is None or sfree is None else stot - sfree,
-                "swap_total_kb": stot,
-                "processes": nproc,
-                "mmaps_per_s": round(sum(r["mmaps_per_s"] or 0 for r in rows), 2),
-                "mmap_bytes_per_s": round(sum(r["mmap_bytes_per_s"] or 0 for r in rows), 1),
-                "brk_bytes_per_s": round(sum(r["brk_bytes_per_s"] or 0 for r in rows), 1),
-            }
-            return {"summary": summary, "processes": rows}
+            summary = TopSummary(
+                ts=ts_ms / 1000,
+                interval_s=None if dt_ms is None else dt_ms / 1000,
+                mem_total_kb=mtot,
+                mem_available_kb=mavail,
+                swap_used_kb=None if stot is None or sfree is None else stot - sfree,
+                swap_total_kb=stot,
+                processes=nproc,
+                mmaps_per_s=round(sum(r.mmaps_per_s or 0 for r in rows), 2),
+                mmap_bytes_per_s=round(sum(r.mmap_bytes_per_s or 0 for r in rows), 1),
+                brk_bytes_per_s=round(sum(r.brk_bytes_per_s or 0 for r in rows), 1),
+            )
+            return Top(summary, tuple(rows))
 
     # ---- groups and host series --------------------------------------------------------------------------
     def groups(self, by: str = "cgroup", window_s: float = 600.0) -> list[dict[str, Any]]:
@@ -429,7 +408,7 @@ class StoreReader:
         out["wal_bytes"] = _size(self.path + "-wal")
         return out
 
-    def alerts(self, since: float | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    def alerts(self, since: float | None = None, state: str | None = None) -> list[AlertRow]:
         """Alert episodes (newest last), optionally only those still open at or after ``since``."""
         where: list[str] = []
         params: list[object] = []
@@ -444,7 +423,7 @@ class StoreReader:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY since, rule, pid, start_ticks"
         with self._read():
-            return [dict(zip(ALERT_COLS, r, strict=True)) for r in self.db.execute(sql, params)]
+            return [AlertRow(*r) for r in self.db.execute(sql, params)]
 
     def ooms(self, since: float | None = None) -> list[dict[str, Any]]:
         """OOM kills recorded since ``since`` (unix seconds)."""
@@ -511,7 +490,7 @@ class _Ctx:
             "tier": TIER_NAMES[self.tier],
         }
 
-    def raw(self, p: Proc) -> list[dict[str, Any]]:
+    def raw(self, p: Proc) -> list[HistoryRow]:
         ids = self.ids
         end = p.last_snap if p.last_snap is not None else self.latest[0]
         lo, hi = bisect_left(ids, p.first_snap), bisect_right(ids, end)
@@ -546,10 +525,10 @@ class _Ctx:
                     v,
                     None if v is None else float(v),
                 )
-            out.append({k: row[k] for k in HISTORY_FIELDS})
+            out.append(HistoryRow(**{k: row[k] for k in HISTORY_FIELDS}))
         return out
 
-    def rolled(self, p: Proc) -> list[dict[str, Any]]:
+    def rolled(self, p: Proc) -> list[HistoryRow]:
         bm = self.bucket_ms
         lo_ms = max(self.since_ms - bm + 1, self.cutoff)
         parts = [self.r._entries(self.tier, p.id, lo_ms, self.until_ms)]
@@ -572,8 +551,18 @@ class _Ctx:
                 mn, mx, sm, cnt, _ = a[o : o + 5]
                 row[f"{m}_min_kb"], row[f"{m}_max_kb"] = mn, mx
                 row[f"{m}_avg_kb"] = round(sm / cnt, 3) if cnt and sm is not None else None
-            out.append({k: row[k] for k in HISTORY_FIELDS})
+            out.append(HistoryRow(**{k: row[k] for k in HISTORY_FIELDS}))
         return out
 
 
-__all__ = ["HISTORY_FIELDS", "Proc", "ReaderError", "StoreReader"]
+__all__ = [
+    "HISTORY_FIELDS",
+    "AlertRow",
+    "HistoryRow",
+    "Proc",
+    "ProcessRow",
+    "ReaderError",
+    "StoreReader",
+    "Top",
+    "TopRow",
+]
