@@ -41,11 +41,11 @@ def test_reloading_procfs_smaps_takes_effect(tmp_path: Path) -> None:
         try:
             assert _me(await d.sample_once()) == (None, None)
             _config(tmp_path, smaps=True)
-            d.reload(str(path))
+            await d.reload(str(path))  # the file is read and checked off the loop
             pss, uss = _me(await d.sample_once())
             assert pss is not None and pss > 0 and uss is not None and uss > 0, "smaps on after reload"
             _config(tmp_path, smaps=False)
-            d.reload(str(path))
+            await d.reload(str(path))  # the file is read and checked off the loop
             assert _me(await d.sample_once()) == (None, None), "and off again"
         finally:
             await d.close()
