@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ class NotifyConfig:
     group_wait_s: float = 30.0  # after a message, alerts due within this are sent together
     timeout_s: float = 10.0
     max_retries: int = 8
+    alertmanager: tuple[str, ...] = ()  # Alertmanager base URLs (v2 API), several for an HA pair
+    alertmanager_repeat_s: float = 60.0  # firing alerts re-posted this often (< resolve_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,8 @@ class RuleConfig:
     match: Match = field(default_factory=Match)
     notify: tuple[str, ...] | None = None  # None: [notify] urls
     scope: str = "process"  # "process" | "cgroup" | "host"
+    alertmanager: tuple[str, ...] | None = None  # None: [notify] alertmanager
+    severity: str | None = None  # the `severity` label of the rule's Alertmanager alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +275,35 @@ def _urls(v: Any) -> tuple[str, ...]:
     return tuple(u.strip() for u in v)
 
 
+def _am_urls(v: Any) -> tuple[str, ...]:
+    """Alertmanager base URLs: http(s)://HOST:PORT[/prefix], with a host and an explicit port."""
+    if not isinstance(v, list) or not all(isinstance(u, str) and u.strip() for u in v):
+        raise ValueError("expected a list of Alertmanager URLs like 'http://alertmanager:9093'")
+    out = []
+    for raw in v:
+        u = raw.strip()
+        try:
+            p = urllib.parse.urlsplit(u)
+            port = p.port
+        except ValueError:
+            raise ValueError(f"not a valid URL: {mask_url(u)!r}") from None
+        if p.scheme not in ("http", "https"):
+            raise ValueError(f"expected an http:// or https:// URL, got {mask_url(u)!r}")
+        if not p.hostname or port is None:
+            raise ValueError(f"expected a host and a port (http://host:9093), got {mask_url(u)!r}")
+        if p.query or p.fragment:
+            raise ValueError(f"expected no query or fragment, got {mask_url(u)!r}")
+        out.append(u.rstrip("/"))
+    return tuple(out)
+
+
+def _severity(v: Any) -> str:
+    s = _str(v).strip()
+    if not s or len(s) > 64 or not s.isprintable():
+        raise ValueError(f"expected a short label value like 'warning' or 'critical', got {_cut(v)}")
+    return s
+
+
 def _listen(v: Any) -> str:
     """'HOST:PORT': HOST an IPv4 address, a bracketed IPv6 address or a host name; PORT 1-65535."""
     s = _str(v).strip()
@@ -328,6 +362,8 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
     for_s = sec.get("for", 0.0, _duration())
     threshold = sec.get("threshold", 0, _size)
     notify = sec.get("notify", None, _urls)
+    alertmanager = sec.get("alertmanager", None, _am_urls)
+    severity = sec.get("severity", None, _severity)
     match_tbl = sec.get("match", None, lambda v: v)
     sec.finish()
     match = Match()
@@ -352,6 +388,8 @@ def _rule(file: str, index: int, table: Any) -> RuleConfig:
         match=match,
         notify=notify,
         scope=scope,
+        alertmanager=alertmanager,
+        severity=severity,
     )
     problem = kind_of(kind).validate(rule)
     if problem is not None:
@@ -437,6 +475,8 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         group_wait_s=n.get("group_wait", 30.0, _duration(0.0)),
         timeout_s=n.get("timeout", 10.0, _duration(0.1)),
         max_retries=n.get("max_retries", 8, _int(0, 1000)),
+        alertmanager=n.get("alertmanager", (), _am_urls),
+        alertmanager_repeat_s=n.get("alertmanager_repeat", 60.0, _duration(1.0)),
     )
     n.finish()
 

@@ -2,9 +2,10 @@
 
 Used by scripts/bench_detect (the whole corpus) and by the rule tests (one or two patterns, short windows).
 Every pattern is a real program (tests/workloads/: C compiled here, python, node, redis-server), started
-under a process name beginning with "dt-" so one `growth` rule (rss) and one `leak` rule (eBPF mapped bytes)
-matching "dt-*" watch all of them at once. A real json:// webhook receiver on 127.0.0.1 takes the messages;
-the alert episodes are read back with `memwatchctl alerts --json`.
+under a process name "dt<tag>-..." (a tag per run: parallel test suites on one host do not mix) so one
+`growth` rule (rss) and one `leak` rule (eBPF mapped bytes) matching "dt<tag>-*" watch all of them at once. A
+real json:// webhook receiver on 127.0.0.1 takes the messages; the alert episodes are read back with
+`memwatchctl alerts --json`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -67,6 +70,11 @@ class Ctx:
     tmp: Path
     run_s: float  # how long the whole run lasts
     grow_s: float  # how long a leak keeps growing
+    tag: str = ""  # per run: other runs on the same host (parallel test suites) use other process names
+
+    def comm(self, name: str) -> str:
+        """The process name this run gives pattern `name` ("dt-x" -> "dt<tag>-x", 15 characters at most)."""
+        return name.replace("dt-", f"dt{self.tag}-", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +170,14 @@ def _pids_in(body: dict[str, Any]) -> list[tuple[int, bool]]:
     return out
 
 
-def _config(p: Params, hook_url: str) -> str:
+def _config(p: Params, hook_url: str, tag: str) -> str:
     rate = f"{p.min_rate * 3600 / 1e6:g}MB/h"
     rules = ""
     for kind in RULES:
         metric = "rss" if kind == "growth" else "mapped"
         rules += (
             f'[[rules]]\nname = "{kind}"\nkind = "{kind}"\nmetric = "{metric}"\nmin_rate = "{rate}"\n'
-            f'window = "{p.window_s:g}s"\nfor = "{p.for_s:g}s"\nmatch = {{ comm = "dt-*" }}\n'
+            f'window = "{p.window_s:g}s"\nfor = "{p.for_s:g}s"\nmatch = {{ comm = "dt{tag}-*" }}\n'
         )
     return (
         f'[notify]\nurls = ["{hook_url}"]\nrepeat_interval = "1h"\ngroup_wait = "0s"\n'
@@ -187,8 +195,11 @@ def run_corpus(
     """Start the daemon, run every pattern at once for run_s seconds, and judge what the rules did."""
     with tempfile.TemporaryDirectory(prefix="memwatchd-detect-") as tmpname, WebhookReceiver() as hook:
         tmp = Path(tmpname)
-        ctx = Ctx(exe=build_patterns(tmp), tmp=tmp, run_s=run_s, grow_s=grow_s)
-        cfg = write_config(tmp, bpf=params.bpf, interval=params.interval_s, extra=_config(params, hook.url()))
+        tag = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(2))
+        ctx = Ctx(exe=build_patterns(tmp), tmp=tmp, run_s=run_s, grow_s=grow_s, tag=tag)
+        cfg = write_config(
+            tmp, bpf=params.bpf, interval=params.interval_s, extra=_config(params, hook.url(), tag)
+        )
         daemon = start_daemon(cfg)
         received: list[tuple[float, dict[str, Any]]] = []
         running: list[_Running] = []
@@ -204,7 +215,7 @@ def run_corpus(
                     skipped[pat.name] = f"{pat.needs} not installed"
                     continue
                 proc = subprocess.Popen(
-                    pat.argv(ctx),
+                    [ctx.comm(a) if a == pat.name else a for a in pat.argv(ctx)],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
@@ -244,7 +255,7 @@ def run_corpus(
                     os.killpg(r.proc.pid, signal.SIGKILL)
                 r.proc.wait()
             stop_daemon(daemon, timeout=30)
-        return [_judge(r, rows, received) for r in running] + [
+        return [_judge(r, rows, received, ctx) for r in running] + [
             PatternResult(n, p.expected, p.describe, {}, skipped=why)
             for n, why in skipped.items()
             for p in patterns
@@ -253,11 +264,11 @@ def run_corpus(
 
 
 def _judge(
-    r: _Running, rows: list[dict[str, Any]], received: list[tuple[float, dict[str, Any]]]
+    r: _Running, rows: list[dict[str, Any]], received: list[tuple[float, dict[str, Any]]], ctx: Ctx
 ) -> PatternResult:
     pat = r.pattern
     grow = r.grow_at
-    mine = [a for a in rows if a["comm"] == pat.name]
+    mine = [a for a in rows if a["comm"] == ctx.comm(pat.name)]
     pids = {a["pid"] for a in mine}
     out: dict[str, RuleResult] = {}
     for rule in pat.rules:
@@ -309,7 +320,7 @@ def _linked(ctx: Ctx, tool: str, name: str) -> str:
 def _redis_argv(ctx: Ctx) -> list[str]:
     sock = ctx.tmp / "redis.sock"
     return [
-        _linked(ctx, "redis-server", "dt-redis"),
+        _linked(ctx, "redis-server", ctx.comm("dt-redis")),
         "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
         "--dir", str(ctx.tmp), "--daemonize", "no", "--loglevel", "warning",
     ]  # fmt: skip

@@ -90,8 +90,10 @@ def test_oom_in_a_memory_cgroup_is_sent_at_once_and_names_the_cgroup_and_its_lim
     victims: list[subprocess.Popen[str]] = []
     with WebhookReceiver() as hook:
         # group_wait as shipped (30 s): a second OOM right after the first must not wait for it
+        # matched by name: parallel test suites on this host OOM-kill processes of their own
         extra = (
             f'[notify]\nurls = ["{hook.url()}"]\ngroup_wait = "30s"\n[[rules]]\nname = "oom"\nkind = "oom"\n'
+            f'match = {{ comm = "i12oom{os.getpid()}*" }}\n'
         )
         cfg = write_config(tmp_path, bpf=True, interval=INTERVAL, extra=extra)
         daemon = start_daemon(cfg)
@@ -99,7 +101,7 @@ def test_oom_in_a_memory_cgroup_is_sent_at_once_and_names_the_cgroup_and_its_lim
             wait_for(lambda: "memwatchd started" in (tmp_path / "daemon.log").read_text(), 120, what="start")
             if "BPF probes attached" not in (tmp_path / "daemon.log").read_text():
                 pytest.skip("BPF did not attach here")
-            for i, name in enumerate(("oomfirst", "oomsecond")):
+            for i, name in enumerate((f"i12oom{os.getpid()}a", f"i12oom{os.getpid()}b")):
                 v = _victim(small_cgroup, name)
                 victims.append(v)
                 killed = _kill_by_oom(v, tmp_path / "db" / "memwatchd.db")

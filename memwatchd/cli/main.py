@@ -30,6 +30,7 @@ from memwatchd.text import from_arg
 from memwatchd.units import parse_duration
 
 if TYPE_CHECKING:
+    from memwatchd.store.reader import Proc, StoreReader
     from memwatchd.store.rows import HistoryRow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,9 +106,9 @@ class Obj:
 
     def __init__(self, db: str | None, config: str) -> None:
         self.db_path, self.config = db, config
-        self._reader: Any = None
+        self._reader: StoreReader | None = None
 
-    def reader(self) -> Any:
+    def reader(self) -> StoreReader:
         if self._reader is None:
             from memwatchd.store.reader import StoreReader
 
@@ -388,7 +389,7 @@ def _selected(
     unit: str | None,
     since: float,
     until: float,
-) -> list[Any]:
+) -> list[Proc]:
     if pid is None and comm is None and comm_glob is None and unit is None:
         raise click.UsageError("name the processes with --pid, --comm, --comm-glob or --unit")
     return list(

@@ -43,6 +43,7 @@ from memwatchd.daemon.triage import TriageService
 from memwatchd.groups import charge_paths, summarize
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
+from memwatchd.notify.alertmanager import AlertmanagerFeed
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
 from memwatchd.store.writer import StoreWriter
@@ -173,6 +174,7 @@ class Daemon:
         self.scopes: ScopeEngine | None = None  # rules of scope cgroup and host (alerts/scopes.py)
         self.deliverer: Deliverer | None = None
         self.dispatch: AlertDispatch | None = None
+        self.alertmanager: AlertmanagerFeed | None = None
         self.metrics: MetricsServer | None = None
         self.triage: TriageService | None = None
         self.status = DaemonStatus()
@@ -251,11 +253,22 @@ class Daemon:
         self.deliverer = deliverer = Deliverer(
             self.cfg.notify.timeout_s, self.cfg.notify.max_retries, self._delivered
         )
+        n = self.cfg.notify
+        self.alertmanager = AlertmanagerFeed(
+            self.host,
+            n.alertmanager,
+            repeat_s=n.alertmanager_repeat_s,
+            timeout_s=n.timeout_s,
+            max_retries=n.max_retries,
+        )
+        # open episodes are posted again at once: a restart does not forget them (same startsAt: no duplicate)
+        self.alertmanager.restore(open_alerts, self.cfg.rules, self.clock.wall())
         self.dispatch = AlertDispatch(
             deliverer.submit,
             host=self.host,
             urls=notify_urls(self.cfg),
             group_wait_s=self.cfg.notify.group_wait_s,
+            alertmanager=self.alertmanager,
         )
 
     async def _open_triage(self, store: StoreWriter) -> None:
@@ -534,6 +547,8 @@ class Daemon:
         if self.dispatch is not None:
             self.dispatch.urls = urls
             self.dispatch.group_wait_s = new.notify.group_wait_s
+        if self.alertmanager is not None:
+            self.alertmanager.update(new.notify.alertmanager, new.notify.alertmanager_repeat_s, new.rules)
         if self.procfs is not None:
             self.procfs.set_smaps(new_procfs.smaps)
         if self.alerts is not None:
@@ -564,6 +579,8 @@ class Daemon:
             if self.dispatch is not None:
                 self.dispatch.flush()  # do not sit on a held group at shutdown
             await self.deliverer.close(timeout=2.0)
+        if self.alertmanager is not None:
+            await self.alertmanager.close(timeout=2.0)
         if self.metrics is not None:
             self.metrics.stop()
         if self.store is not None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from memwatchd.alerts.engine import Transition
 from memwatchd.alerts.kinds import kind_of
 from memwatchd.alerts.scopes import ScopeTransition
+from memwatchd.notify.alertmanager import AlertmanagerFeed
 from memwatchd.notify.render import Message, render
 from memwatchd.notify.render_scopes import render_scoped
 
@@ -28,8 +29,10 @@ class AlertDispatch:
         host: str,
         urls: tuple[str, ...],
         group_wait_s: float,
+        alertmanager: AlertmanagerFeed | None = None,
     ) -> None:
         self.send = send
+        self.alertmanager = alertmanager  # posted every cycle (Alertmanager groups itself), not held
         self.host = host
         self.urls = urls
         self.group_wait_s = group_wait_s
@@ -42,6 +45,8 @@ class AlertDispatch:
         OOM kills go out at once (those of one cycle grouped), never held by group_wait.
         """
         due = list(due)
+        if self.alertmanager is not None:
+            self.alertmanager.offer(due, mono)  # also re-posts firing alerts every alertmanager_repeat
         now: list[Transition | ScopeTransition] = [
             t for t in due if isinstance(t, Transition) and kind_of(t.record.kind).instant
         ]
