@@ -31,7 +31,7 @@ from memwatchd.units import parse_duration
 
 if TYPE_CHECKING:
     from memwatchd.store.reader import Proc, StoreReader
-    from memwatchd.store.rows import HistoryRow
+    from memwatchd.store.rows import HistoryRow, ProcessRow
 
 F = TypeVar("F", bound=Callable[..., Any])
 NOW_ENV = "MEMWATCHCTL_NOW"  # fixes "now" (unix seconds) for reproducible output
@@ -634,11 +634,18 @@ def processes(
             R.when(r.first_seen),
             "live" if r.live else R.when(r.last_seen),
             R.when(r.exit_time),
-            "-" if r.exit_code is None else str(r.exit_code),
+            _exit_text(r),
         ]
         for r in rows
     ]
     con.print(R.table(headers, body, right={"PID", "CODE"}))
+
+
+def _exit_text(r: ProcessRow) -> str:
+    """The CODE column: the exit status, or -N for signal N, and "OOM" when the OOM killer ended it."""
+    if r.exit_code is None:
+        return "-"
+    return f"{r.exit_code} OOM" if r.oom_killed else str(r.exit_code)
 
 
 # ---- plot --------------------------------------------------------------------------------------------
