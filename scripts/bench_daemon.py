@@ -268,7 +268,7 @@ def available(name: str) -> str | None:
     return None
 
 
-def measure(tool: Tool, measure_s: float, log: Path) -> dict[str, float]:
+def measure(tool: Tool, measure_s: float, log: Path) -> dict[str, object]:
     env = dict(os.environ)
     env.update(tool.env)
     with open(log, "wb") as lf:
@@ -336,6 +336,7 @@ def measure(tool: Tool, measure_s: float, log: Path) -> dict[str, float]:
 
 def run_all(sizes: list[int], tools: list[str], rounds: int, measure_s: float) -> dict[str, object]:
     results: list[dict[str, object]] = []
+    failed: list[dict[str, object]] = []
     skipped = {t: why for t in tools if (why := available(t)) is not None}
     runnable = [t for t in tools if t not in skipped]
     with tempfile.TemporaryDirectory(prefix="memwatchd-bench-daemon-") as tmp_s:
@@ -352,15 +353,16 @@ def run_all(sizes: list[int], tools: list[str], rounds: int, measure_s: float) -
                         print(f"  {n} processes, round {rnd + 1}: {name} ...", file=sys.stderr, flush=True)
                         try:
                             r = measure(MAKERS[name](tmp), measure_s, tmp / f"{name}.log")
-                        except RuntimeError as e:
-                            skipped[name] = str(e)
-                            print(f"  {name} skipped: {e}", file=sys.stderr)
+                        except RuntimeError as e:  # this run only: the tool stays in the next rounds
+                            err = str(e)[-300:]
+                            failed.append({"tool": name, "spawned": n, "round": rnd + 1, "error": err})
+                            print(f"  {name} failed: {e}", file=sys.stderr)
                             continue
                         print(f"    {r}", file=sys.stderr, flush=True)
                         results.append({"tool": name, "spawned": n, "round": rnd + 1, **r})
             finally:
                 pop.stop()
-    return {"results": results, "skipped": skipped}
+    return {"results": results, "skipped": skipped, "failed": failed}
 
 
 def summarize(raw: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.bpf_support import build, memcg, proc_start_ticks
-from tests.helpers import bpf_possible, ctl_json, start_daemon, stop_daemon, wait_for, write_config
+from tests.helpers import bpf_possible, ctl, ctl_json, start_daemon, stop_daemon, wait_for, write_config
 
 pytestmark = pytest.mark.bpf
 
@@ -62,3 +62,5 @@ def test_the_daemon_stores_exit_status_signal_oom_kill_and_identity(tmp_path: Pa
     assert got == {coded.pid: (3, 0, False), termed.pid: (-15, 15, False), hog.pid: (-9, 9, True)}
     assert {pid: by_pid[pid]["start_ticks"] for pid in ticks} == ticks
     assert by_pid[hog.pid]["start_ticks"] > 0
+    table = ctl(tmp_path / "db" / "memwatchd.db", "processes", "--since", "10m", "--pid", str(hog.pid)).stdout
+    assert table.rstrip().endswith("-9 OOM"), table

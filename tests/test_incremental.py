@@ -172,3 +172,50 @@ def test_engine_on_fresh_records_decides_as_on_every_record() -> None:
     assert any(e[2] == "oom" for e in eager)
     # the same decisions, values and series; within one snapshot the order may differ
     assert sorted(lazy, key=repr) == sorted(eager, key=repr)
+
+
+def test_state_of_20000_exited_identities_is_dropped_by_every_component(tmp_path: Path) -> None:
+    """Merge, rules (windows, OOM histories) and the store writer hold state for live identities only once
+    the short-lived ones are gone (the OOM histories of vanished processes: at most MAX_GONE, 30 s)."""
+    from memwatchd.alerts.engine import MAX_GONE, OOM_GRACE_S
+
+    rules = [
+        RuleConfig(name="rss-growth", kind="growth", metric="rss", min_rate=MB / 60, window_s=1800.0),
+        RuleConfig(name="oom", kind="oom"),
+        RuleConfig(name="leak", kind="leak", metric="mapped", min_rate=MB / 60, window_s=600.0),
+    ]
+    m, eng = Merger(), AlertEngine(rules, [], 3600)
+    idle = {pid: _sample(pid, 100, 1000 + pid, f"idle{pid}") for pid in range(1, 101)}
+    w: StoreWriter | None = None
+
+    async def run() -> None:
+        nonlocal w
+        w = await StoreWriter.open(str(tmp_path / "s.db"), StorageConfig(path=str(tmp_path / "s.db")))
+        mono, nxt = 0.0, 1000
+        for wave in range(40):  # 40 waves of 500 short-lived processes, each seen in two snapshots
+            short = {nxt + i: _sample(nxt + i, 500 + wave, 2000, "short") for i in range(500)}
+            nxt += 500
+            stats = {pid: BpfStats(pid, 1, 4096, 0, 0, 0, 0, 1) for pid in short}
+            for _ in range(2):
+                mono += 3.0
+                scan = ProcScan(tuple(idle.values()) + tuple(short.values()), MEM, T0 - 1000, 100)
+                snap = m.merge(
+                    scan, BpfPoll(stats, (), (), BpfHealth("active", len(stats))), ts=T0 + mono, mono=mono
+                )
+                eng.observe(snap)
+                await w.write(snap)
+        for _ in range(int(OOM_GRACE_S / 3) + 3):  # only the idle ones remain
+            mono += 3.0
+            snap = m.merge(ProcScan(tuple(idle.values()), MEM, T0 - 1000, 100), None, ts=T0 + mono, mono=mono)
+            eng.observe(snap)
+            await w.write(snap)
+        await w.close()
+
+    asyncio.run(run())
+    assert w is not None
+    live = len(idle)
+    assert len(m._src) == live and m._extra == []  # noqa: SLF001
+    assert len(eng._present or {}) == live  # noqa: SLF001
+    assert all(len(t) <= live for t in eng._tracks.values())  # noqa: SLF001
+    assert len(eng._seen) <= live and len(eng._gone_q) <= MAX_GONE  # noqa: SLF001
+    assert len(w._state) == live  # noqa: SLF001

@@ -31,6 +31,13 @@ def _me(snap: Snapshot) -> tuple[int | None, int | None]:
     return p.pss_kb, p.uss_kb
 
 
+async def _reload(d: Daemon, path: Path) -> None:
+    """SIGHUP, and wait until the reload (read and checked in a thread) is applied."""
+    d.reload(str(path))
+    assert d._reload_task is not None
+    await d._reload_task
+
+
 def test_reloading_procfs_smaps_takes_effect(tmp_path: Path) -> None:
     """Before the fix reload set an attribute the collector never read: PSS stayed None until a restart."""
     path = _config(tmp_path, smaps=False)
@@ -41,11 +48,11 @@ def test_reloading_procfs_smaps_takes_effect(tmp_path: Path) -> None:
         try:
             assert _me(await d.sample_once()) == (None, None)
             _config(tmp_path, smaps=True)
-            d.reload(str(path))
+            await _reload(d, path)
             pss, uss = _me(await d.sample_once())
             assert pss is not None and pss > 0 and uss is not None and uss > 0, "smaps on after reload"
             _config(tmp_path, smaps=False)
-            d.reload(str(path))
+            await _reload(d, path)
             assert _me(await d.sample_once()) == (None, None), "and off again"
         finally:
             await d.close()

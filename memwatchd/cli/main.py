@@ -30,7 +30,8 @@ from memwatchd.text import from_arg
 from memwatchd.units import parse_duration
 
 if TYPE_CHECKING:
-    from memwatchd.store.rows import HistoryRow
+    from memwatchd.store.reader import Proc, StoreReader
+    from memwatchd.store.rows import HistoryRow, ProcessRow
 
 F = TypeVar("F", bound=Callable[..., Any])
 NOW_ENV = "MEMWATCHCTL_NOW"  # fixes "now" (unix seconds) for reproducible output
@@ -105,9 +106,9 @@ class Obj:
 
     def __init__(self, db: str | None, config: str) -> None:
         self.db_path, self.config = db, config
-        self._reader: Any = None
+        self._reader: StoreReader | None = None
 
-    def reader(self) -> Any:
+    def reader(self) -> StoreReader:
         if self._reader is None:
             from memwatchd.store.reader import StoreReader
 
@@ -388,7 +389,7 @@ def _selected(
     unit: str | None,
     since: float,
     until: float,
-) -> list[Any]:
+) -> list[Proc]:
     if pid is None and comm is None and comm_glob is None and unit is None:
         raise click.UsageError("name the processes with --pid, --comm, --comm-glob or --unit")
     return list(
@@ -474,7 +475,9 @@ def history(
         raise click.UsageError("--json and --csv exclude each other")
     _check_range(since, until)
     if cgroup is not None or unit_group or host:
-        _series_history(
+        from memwatchd.cli.groups import series_history
+
+        series_history(
             obj, pid, comm, comm_glob, unit, cgroup, unit_group, host, since, until, tier, as_json, as_csv
         )
         return
@@ -532,57 +535,6 @@ def history(
     con.print(R.table(headers, body, right=set(headers) - {"TIME", "COMM"}))
 
 
-def _series_history(
-    obj: Obj,
-    pid: int | None,
-    comm: str | None,
-    comm_glob: str | None,
-    unit: str | None,
-    cgroup: str | None,
-    unit_group: bool,
-    host: bool,
-    since: float,
-    until: float,
-    tier: str,
-    as_json: bool,
-    as_csv: bool,
-) -> None:
-    from memwatchd.store.schema import SERIES_FIELDS
-
-    if pid is not None or comm is not None or comm_glob is not None:
-        raise click.UsageError("--cgroup, --group and --host do not combine with --pid or --comm")
-    if unit_group and unit is None:
-        raise click.UsageError("--group needs --unit NAME")
-    if sum((cgroup is not None, unit_group, host)) > 1 or (unit is not None and not unit_group):
-        raise click.UsageError("name one series: --cgroup PATH, --unit NAME --group, or --host")
-    kind, name = (
-        ("host", "host") if host else ("cgroup", cgroup or "") if cgroup is not None else ("unit", unit or "")
-    )
-    rows = obj.reader().series_history(kind, name, since, until, _tier(tier))
-    fields = (
-        ["ts", "tier", *SERIES_FIELDS[kind]] if host else ["ts", "by", "group", "tier", *SERIES_FIELDS[kind]]
-    )
-    if as_json:
-        _print_json(rows)
-        return
-    if as_csv:
-        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        return
-    con = R.console()
-    if not rows:
-        con.print("(no data in range)")
-        return
-    headers = ["TIME", *(f.removesuffix("_kb").replace("_", " ").upper() for f in SERIES_FIELDS[kind])]
-    body = [
-        [R.when(r["ts"]), *(str(r[f]) if not f.endswith("_kb") else R.kb(r[f]) for f in SERIES_FIELDS[kind])]
-        for r in rows
-    ]
-    con.print(f"{'host' if host else kind + ' ' + R.clean(name)}, tier: {rows[0]['tier']}")
-    con.print(R.table(headers, body, right=set(headers) - {"TIME"}))
-
-
 # ---- processes ---------------------------------------------------------------------------------------
 @cli.command()
 @select_options
@@ -633,11 +585,18 @@ def processes(
             R.when(r.first_seen),
             "live" if r.live else R.when(r.last_seen),
             R.when(r.exit_time),
-            "-" if r.exit_code is None else str(r.exit_code),
+            _exit_text(r),
         ]
         for r in rows
     ]
     con.print(R.table(headers, body, right={"PID", "CODE"}))
+
+
+def _exit_text(r: ProcessRow) -> str:
+    """The CODE column: the exit status, or -N for signal N, and "OOM" when the OOM killer ended it."""
+    if r.exit_code is None:
+        return "-"
+    return f"{r.exit_code} OOM" if r.oom_killed else str(r.exit_code)
 
 
 # ---- plot --------------------------------------------------------------------------------------------

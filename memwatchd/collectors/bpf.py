@@ -67,7 +67,7 @@ _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
 _BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
-_MAX_EXITS = 32768  # exit records the kernel holds until the next poll
+_MAX_EXITS = 32768  # exit records the kernel holds until the next poll (fewer when max_pids is smaller)
 _MAPS = ("stats", "counters", "events", "exits")  # handed over by the loader in this order
 # Kernel struct fields the probes read, resolved from BTF by the loader (see memwatch.bpf.c).
 _BTF_FIELDS = {
@@ -251,7 +251,7 @@ def _cflags(
     cflags = [
         f"-I{include_dir}",
         f"-DMAX_PIDS={cfg.max_pids}",
-        f"-DMAX_EXITS={_MAX_EXITS}",
+        f"-DMAX_EXITS={min(cfg.max_pids, _MAX_EXITS)}",
         f"-DRINGBUF_PAGES={pages}",
         f"-DMW_PAGE_SIZE={mmap.PAGESIZE}",
         f"-DMW_STATS_SIZE={ctypes.sizeof(_Stats)}",

@@ -572,16 +572,18 @@ class Daemon:
         return True
 
     # ---- reload / stop -----------------------------------------------------------------------
-    def reload(self, path: str) -> None:
+    def reload(self, path: str) -> asyncio.Task[None]:
         """SIGHUP: RELOADING=1 now, READY=1 once the new configuration is applied or refused.
 
         The file is read and checked in a thread (checking notification URLs starts an Apprise child), so
         sampling goes on meanwhile; SIGHUPs during a reload are folded into one more reload after it.
+        Returns the reload task (the signal handler ignores it; tests await it).
         """
         self.notifier.reloading()
         self._reload_wanted = True
         if self._reload_task is None or self._reload_task.done():
             self._reload_task = asyncio.get_running_loop().create_task(self._reloads(path))
+        return self._reload_task
 
     @staticmethod
     def _load_checked(path: str) -> tuple[Config, tuple[str, ...]]:

@@ -466,7 +466,7 @@ class MetricsServer:
         self._agg = _Aggregator(cfg)
         self.registry.register(_Collector(self._agg))
         ProcessCollector(registry=self.registry)  # memwatchd's own process_* (CPU, RSS, open fds)
-        self._server: Any = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None  # bound (host, port), known after start()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from memwatchd.config import TriageConfig
 from memwatchd.notify.render import Message
@@ -17,6 +17,16 @@ from memwatchd.triage.control import ControlError, ControlServer, socket_path
 from memwatchd.triage.manager import Done, TriageManager, TriageRefused
 from memwatchd.triage.message import followup
 from memwatchd.triage.report import TriageResult
+
+if TYPE_CHECKING:
+    from memwatchd.alerts.engine import Transition
+
+
+class TriageStore(Protocol):
+    """What triage needs of the store (StoreWriter)."""
+
+    async def save_triage(self, result: TriageResult, now: float) -> int: ...
+
 
 log = logging.getLogger("memwatchd.triage")
 
@@ -29,7 +39,7 @@ class TriageService:
     def __init__(
         self,
         cfg: TriageConfig,
-        store: Any,
+        store: TriageStore,
         submit: Callable[[Message], None],
         host: str,
         default_urls: tuple[str, ...],
@@ -55,7 +65,7 @@ class TriageService:
         self.control_state = f"listening on {self.control.path}"
         log.info("control socket %s (memwatchctl triage --pid N --duration 30s)", self.control.path)
 
-    def on_transitions(self, due: Sequence[Any]) -> None:
+    def on_transitions(self, due: Sequence[Transition]) -> None:
         self.manager.on_transitions(due)
 
     def update(self, cfg: TriageConfig, default_urls: tuple[str, ...]) -> None:

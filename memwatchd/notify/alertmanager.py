@@ -23,8 +23,6 @@ import datetime
 import json
 import logging
 import random
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -141,6 +139,10 @@ def payload(alerts: Sequence[AmAlert]) -> bytes:
 
 def post(url: str, body: bytes, timeout_s: float) -> str | None:
     """POST a payload to one Alertmanager (blocking); None on success, else the (masked) problem."""
+    # imported here: urllib.request costs the daemon ~2 MB, paid only when an Alertmanager is configured
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(
         url.rstrip("/") + API_PATH, data=body, method="POST", headers={"Content-Type": "application/json"}
     )
