@@ -539,6 +539,22 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=next_at - now)
 
+    async def _write_status(self, snap: Snapshot) -> None:
+        """Status alone, in a transaction of its own (the pump folds it into each commit; this is for
+        callers between commits). A failure is a warning once, and its recovery is said once."""
+        if self.store is None:
+            return
+        try:
+            await self.store.set_status(**self._status_fields(self.pump.committed if self.pump else 0))
+        except Exception as e:
+            if not self._status_failing:
+                log.warning("status update failed (memwatchctl status shows older values): %s", e)
+            self._status_failing = True
+        else:
+            if self._status_failing:
+                log.info("status updates work again")
+            self._status_failing = False
+
     async def watchdog(self) -> None:
         period = self.notifier.watchdog_interval_s
         if not period:
