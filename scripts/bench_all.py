@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ORDER = ["daemon", "probes", "scan", "memory", "store", "alerts", "triage", "detect"]
+ORDER = ["daemon", "probes", "scan", "memory", "store", "writes", "alerts", "triage", "detect"]
 
 
 def _path(name: str) -> Path:

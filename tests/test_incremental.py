@@ -218,4 +218,4 @@ def test_state_of_20000_exited_identities_is_dropped_by_every_component(tmp_path
     assert len(eng._present or {}) == live  # noqa: SLF001
     assert all(len(t) <= live for t in eng._tracks.values())  # noqa: SLF001
     assert len(eng._seen) <= live and len(eng._gone_q) <= MAX_GONE  # noqa: SLF001
-    assert len(w._state) == live  # noqa: SLF001
+    assert len(w._cur.state) == live  # noqa: SLF001

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from memwatchd.cli import render as R
-from memwatchd.cli.main import Obj, _print_json, errors, json_option
+from memwatchd.cli.main import Obj, _print_json, _tier, errors, json_option
 from memwatchd.units import parse_duration
 
 GROUP_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -131,3 +133,55 @@ def groups(obj: Obj, by: str, sort_by: str, limit: int, window: str, as_json: bo
         return
     headers = group_headers(by)
     con.print(R.table(headers, [group_cells(r) for r in rows], right=set(headers[2:])))
+
+
+def series_history(
+    obj: Obj,
+    pid: int | None,
+    comm: str | None,
+    comm_glob: str | None,
+    unit: str | None,
+    cgroup: str | None,
+    unit_group: bool,
+    host: bool,
+    since: float,
+    until: float,
+    tier: str,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """`history --cgroup PATH`, `--unit NAME --group` and `--host`: one group's or the host's series."""
+    from memwatchd.store.schema import SERIES_FIELDS
+
+    if pid is not None or comm is not None or comm_glob is not None:
+        raise click.UsageError("--cgroup, --group and --host do not combine with --pid or --comm")
+    if unit_group and unit is None:
+        raise click.UsageError("--group needs --unit NAME")
+    if sum((cgroup is not None, unit_group, host)) > 1 or (unit is not None and not unit_group):
+        raise click.UsageError("name one series: --cgroup PATH, --unit NAME --group, or --host")
+    kind, name = (
+        ("host", "host") if host else ("cgroup", cgroup or "") if cgroup is not None else ("unit", unit or "")
+    )
+    rows = obj.reader().series_history(kind, name, since, until, _tier(tier))
+    fields = (
+        ["ts", "tier", *SERIES_FIELDS[kind]] if host else ["ts", "by", "group", "tier", *SERIES_FIELDS[kind]]
+    )
+    if as_json:
+        _print_json(rows)
+        return
+    if as_csv:
+        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return
+    con = R.console()
+    if not rows:
+        con.print("(no data in range)")
+        return
+    headers = ["TIME", *(f.removesuffix("_kb").replace("_", " ").upper() for f in SERIES_FIELDS[kind])]
+    body = [
+        [R.when(r["ts"]), *(str(r[f]) if not f.endswith("_kb") else R.kb(r[f]) for f in SERIES_FIELDS[kind])]
+        for r in rows
+    ]
+    con.print(f"{'host' if host else kind + ' ' + R.clean(name)}, tier: {rows[0]['tier']}")
+    con.print(R.table(headers, body, right=set(headers) - {"TIME"}))

@@ -475,7 +475,9 @@ def history(
         raise click.UsageError("--json and --csv exclude each other")
     _check_range(since, until)
     if cgroup is not None or unit_group or host:
-        _series_history(
+        from memwatchd.cli.groups import series_history
+
+        series_history(
             obj, pid, comm, comm_glob, unit, cgroup, unit_group, host, since, until, tier, as_json, as_csv
         )
         return
@@ -531,57 +533,6 @@ def history(
         body.append(line)
     con.print(f"tier: {rows[0].tier}")
     con.print(R.table(headers, body, right=set(headers) - {"TIME", "COMM"}))
-
-
-def _series_history(
-    obj: Obj,
-    pid: int | None,
-    comm: str | None,
-    comm_glob: str | None,
-    unit: str | None,
-    cgroup: str | None,
-    unit_group: bool,
-    host: bool,
-    since: float,
-    until: float,
-    tier: str,
-    as_json: bool,
-    as_csv: bool,
-) -> None:
-    from memwatchd.store.schema import SERIES_FIELDS
-
-    if pid is not None or comm is not None or comm_glob is not None:
-        raise click.UsageError("--cgroup, --group and --host do not combine with --pid or --comm")
-    if unit_group and unit is None:
-        raise click.UsageError("--group needs --unit NAME")
-    if sum((cgroup is not None, unit_group, host)) > 1 or (unit is not None and not unit_group):
-        raise click.UsageError("name one series: --cgroup PATH, --unit NAME --group, or --host")
-    kind, name = (
-        ("host", "host") if host else ("cgroup", cgroup or "") if cgroup is not None else ("unit", unit or "")
-    )
-    rows = obj.reader().series_history(kind, name, since, until, _tier(tier))
-    fields = (
-        ["ts", "tier", *SERIES_FIELDS[kind]] if host else ["ts", "by", "group", "tier", *SERIES_FIELDS[kind]]
-    )
-    if as_json:
-        _print_json(rows)
-        return
-    if as_csv:
-        w = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        return
-    con = R.console()
-    if not rows:
-        con.print("(no data in range)")
-        return
-    headers = ["TIME", *(f.removesuffix("_kb").replace("_", " ").upper() for f in SERIES_FIELDS[kind])]
-    body = [
-        [R.when(r["ts"]), *(str(r[f]) if not f.endswith("_kb") else R.kb(r[f]) for f in SERIES_FIELDS[kind])]
-        for r in rows
-    ]
-    con.print(f"{'host' if host else kind + ' ' + R.clean(name)}, tier: {rows[0]['tier']}")
-    con.print(R.table(headers, body, right=set(headers) - {"TIME"}))
 
 
 # ---- processes ---------------------------------------------------------------------------------------

@@ -46,8 +46,10 @@ from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcS
 from memwatchd.notify.alertmanager import AlertmanagerFeed
 from memwatchd.notify.deliverer import Deliverer
 from memwatchd.notify.render import Message
+from memwatchd.store.files import DatabaseInUse, StoreError, WriterLock, acquire_lock
 from memwatchd.store.writer import StoreWriter
 from memwatchd.text import shown
+from memwatchd.triage.report import TriageResult
 
 if TYPE_CHECKING:
     from memwatchd.daemon.metrics import MetricsServer
@@ -133,12 +135,45 @@ def _raise_nofile_limit() -> None:
             log.warning("cannot raise the open-file limit (%s); the /proc reader will fall back to paths", e)
 
 
+# The watchdog is no longer fed once the database has been unusable this long (other than a full disk:
+# a restart cannot free space and would lose the in-memory backlog), so systemd restarts the daemon.
+DB_UNUSABLE_LIMIT_S = 600.0
+COMMIT_WINDOW_INTERVALS = 10  # snapshots are committed together at least every 10 intervals ...
+COMMIT_WINDOW_MAX_S = 30.0  # ... and at least every 30 s (a kill -9 loses at most this of samples)
+
+
+def commit_window_s(interval_s: float) -> float:
+    """How long snapshots may wait in memory before they are committed (together).
+
+    Sub-second intervals (development, tests) commit every snapshot: whoever samples that fast wants the
+    database live, and pays the writes knowingly.
+    """
+    if interval_s < 1.0:
+        return 0.0
+    return min(COMMIT_WINDOW_INTERVALS * interval_s, COMMIT_WINDOW_MAX_S)
+
+
+class _CurrentStore:
+    """The daemon's store as it is now, for parts started before the database could be opened."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def save_triage(self, result: TriageResult, now: float) -> int:
+        store = self._daemon.store
+        if store is None:
+            raise StoreError("the database is not open yet (it could not be opened at start)")
+        return await store.save_triage(result, now)
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonHooks:
     """Test hooks: ways for tests to drive the real daemon that production never uses."""
 
     stall_after: int | None = None  # after this many cycles the /proc scan never returns
     prune_every_s: float = PRUNE_EVERY_S
+    db_unusable_s: float = DB_UNUSABLE_LIMIT_S
+    store_period_s: float | None = None  # keyframe/compaction period instead of an hour (benchmarks)
 
 
 class Daemon:
@@ -183,6 +218,9 @@ class Daemon:
             ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
         )
         self._bpf_failing = False
+        self.lock: WriterLock | None = None
+        self.started_at = clock.wall()
+        self._watchdog_withheld = False
         self._status_failing = False
         self._cycle_failure = RepeatedFailure("sampling cycle", log)
         self._rule_failure = RepeatedFailure("rule evaluation", log)
@@ -193,14 +231,30 @@ class Daemon:
     # ---- setup -------------------------------------------------------------------------------
     async def open(self) -> None:
         _raise_nofile_limit()
-        self.store = store = await StoreWriter.open(self.cfg.storage.path, self.cfg.storage)
+        path = self.cfg.storage.path
+        self.lock = acquire_lock(path)  # DatabaseInUse: another daemon writes this database
+        if self.lock is None:
+            log.warning("disk full: cannot create %s.lock; running without the one-writer lock", path)
+        store: StoreWriter | None = None
+        failure: StoreError | None = None
+        try:
+            store = await self._open_store()
+        except StoreError as e:
+            if not e.transient:  # corrupt, a symlink, permission denied: the operator must act
+                raise
+            failure = e  # a full disk: sample and alert now, write when space returns
+        self.store = store
         self.pump = WritePump(
             store,
             retry_s=lambda: self.cfg.daemon.interval_s,
-            on_commit=self._write_status,
+            status=self._status_fields,
+            opener=self._open_store_late,
+            commit_window_s=lambda: commit_window_s(self.cfg.daemon.interval_s),
             clock=self.clock,
             prune_every_s=self.hooks.prune_every_s,
         )
+        if failure is not None:
+            self.pump.unavailable(failure)
         self.procfs = ProcfsCollector(
             root=self.cfg.procfs.root,
             smaps=self.cfg.procfs.smaps,
@@ -210,19 +264,39 @@ class Daemon:
         await self._open_alerting(store)
         await self._open_triage(store)
         self._open_metrics()
-        self.status = DaemonStatus(bpf_state=self.bpf_state)
-        # this run's counters start at zero: status must not mix the previous run's counts with this pid
-        await store.set_status(
+        self.status = DaemonStatus(bpf_state=self.bpf_state, write_failing=self.pump.write_failing)
+        if store is not None:
+            # this run's counters start at zero: status must not mix the previous run's counts with this pid
+            await store.set_status(**self._status_fields(0))
+
+    async def _open_store(self) -> StoreWriter:
+        return await StoreWriter.open(
+            self.cfg.storage.path, self.cfg.storage, period_s=self.hooks.store_period_s
+        )
+
+    async def _open_store_late(self) -> StoreWriter:
+        """The pump's retry after the database could not be opened at start."""
+        store = await self._open_store()
+        self.store = store
+        return store
+
+    def _status_fields(self, committed: int) -> dict[str, str | int | float | None]:
+        """The status table's key/values, written in the snapshots' transaction (one commit per write)."""
+        fields = self.status.store_fields()
+        pump = self.pump
+        fields.update(
             pid=os.getpid(),
-            started_at=self.clock.wall(),
-            bpf_state=self.bpf_state,
+            started_at=self.started_at,
             host=self.host,
             interval_s=self.cfg.daemon.interval_s,
-            committed_snapshots=0,
-            dropped_snapshots=0,
-            notify_failures=0,
-            notify_delivered=0,
+            commit_window_s=commit_window_s(self.cfg.daemon.interval_s),
+            committed_snapshots=committed,
+            dropped_snapshots=pump.dropped if pump is not None else 0,
+            poisoned_snapshots=pump.poisoned if pump is not None else 0,
         )
+        if self.triage is not None:
+            fields.update(self.triage.status_fields())
+        return fields
 
     def _load_bpf(self) -> None:
         if not self.cfg.bpf.enabled:
@@ -239,8 +313,9 @@ class Daemon:
         self.bpf_state = "active"
         log.info("BPF probes attached")
 
-    async def _open_alerting(self, store: StoreWriter) -> None:
-        open_alerts = await store.load_open_alerts()
+    async def _open_alerting(self, store: StoreWriter | None) -> None:
+        # without a database at start (full disk) alerting starts afresh; see docs/reliability.md
+        open_alerts = await store.load_open_alerts() if store is not None else []
         scoped = {r.name for r in self.cfg.rules if is_scoped(r)}
         self.alerts = AlertEngine(
             [r for r in self.cfg.rules if not is_scoped(r)],
@@ -271,11 +346,11 @@ class Daemon:
             alertmanager=self.alertmanager,
         )
 
-    async def _open_triage(self, store: StoreWriter) -> None:
+    async def _open_triage(self, store: StoreWriter | None) -> None:
         assert self.deliverer is not None
         self.triage = TriageService(
             self.cfg.triage,
-            store,
+            _CurrentStore(self),  # the database may open later (full disk at start)
             self.deliverer.submit,
             self.host,
             notify_urls(self.cfg),
@@ -464,46 +539,51 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=next_at - now)
 
-    async def _write_status(self, snap: Snapshot) -> None:
-        """After each commit: this cycle's DaemonStatus into the status table (the commit count is live)."""
-        assert self.store is not None and self.pump is not None
-        fields = self.status.store_fields()
-        fields["committed_snapshots"] = self.pump.committed
-        if self.triage is not None:
-            fields.update(self.triage.status_fields())
-        try:
-            await self.store.set_status(**fields)
-        except Exception as e:  # the snapshot itself is committed; status catches up with the next one
-            if not self._status_failing:
-                log.warning("status update failed (memwatchctl status shows older values): %s", e)
-            self._status_failing = True
-        else:
-            if self._status_failing:
-                log.info("status updates work again")
-            self._status_failing = False
-
     async def watchdog(self) -> None:
         period = self.notifier.watchdog_interval_s
         if not period:
             return
         while not self.stop_event.is_set():
-            if self.cycles != self._pinged_cycles:  # only while sampling makes progress
+            # only while sampling makes progress and the database has not been unusable for too long
+            if self.cycles != self._pinged_cycles and not self._db_unusable_too_long():
                 self._pinged_cycles = self.cycles
                 self.notifier.watchdog()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=period)
 
+    def _db_unusable_too_long(self) -> bool:
+        pump = self.pump
+        since = pump.failing_since if pump is not None else None
+        if pump is None or since is None or pump.disk_full:
+            if self._watchdog_withheld:
+                log.info("database usable again: feeding the watchdog")
+            self._watchdog_withheld = False
+            return False
+        if self.clock.mono() - since < self.hooks.db_unusable_s:
+            return False
+        if not self._watchdog_withheld:
+            self._watchdog_withheld = True
+            log.error(
+                "database unusable for more than %gs (%s): no longer feeding the watchdog, so systemd"
+                " restarts memwatchd",
+                self.hooks.db_unusable_s,
+                pump.write_failing,
+            )
+        return True
+
     # ---- reload / stop -----------------------------------------------------------------------
-    def reload(self, path: str) -> None:
+    def reload(self, path: str) -> asyncio.Task[None]:
         """SIGHUP: RELOADING=1 now, READY=1 once the new configuration is applied or refused.
 
         The file is read and checked in a thread (checking notification URLs starts an Apprise child), so
         sampling goes on meanwhile; SIGHUPs during a reload are folded into one more reload after it.
+        Returns the reload task (the signal handler ignores it; tests await it).
         """
         self.notifier.reloading()
         self._reload_wanted = True
         if self._reload_task is None or self._reload_task.done():
             self._reload_task = asyncio.get_running_loop().create_task(self._reloads(path))
+        return self._reload_task
 
     @staticmethod
     def _load_checked(path: str) -> tuple[Config, tuple[str, ...]]:
@@ -584,6 +664,9 @@ class Daemon:
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 async def run(
@@ -601,7 +684,7 @@ async def run(
         log.error("%s", msg)
         d.notifier.status(msg)
         await d.close()
-        return 1
+        return 2 if isinstance(e, DatabaseInUse) else 1
     loop.add_signal_handler(signal.SIGTERM, d.stop_event.set)
     loop.add_signal_handler(signal.SIGINT, d.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, d.reload, config_path)
@@ -631,10 +714,12 @@ async def run(
         sampler.cancel()
     try:
         await asyncio.wait_for(writer, timeout=10.0)  # finishes the write in progress and the backlog
+        if pump.queue:  # the sampler's last snapshot came after the pump had emptied its queue
+            await asyncio.wait_for(pump.run(d.stop_event), timeout=10.0)
     except (TimeoutError, Exception):
         writer.cancel()
-        if pump.queue:
-            log.warning("%d snapshots could not be written before exit", len(pump.queue))
+    if pump.queue:
+        log.warning("%d snapshots could not be written before exit", len(pump.queue))
     wd.cancel()
     await d.close()  # delivers what is queued (bounded), then detaches probes and closes the database
     deliverer.cancel()

@@ -8,6 +8,7 @@ interface contract (``ts`` in unix seconds, sizes in KiB, eBPF counters in bytes
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import fnmatch
 import os
 import sqlite3
@@ -78,6 +79,52 @@ def _s(ms: int | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
+def _connect(path: str, *, immutable: bool) -> tuple[sqlite3.Connection, int]:
+    uri = (
+        "file:"
+        + urllib.parse.quote(os.path.abspath(path))
+        + "?mode=ro"
+        + ("&immutable=1" if immutable else "")
+    )
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA busy_timeout = 5000")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db, version
+
+
+def _cannot_create_shm(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
+
+
+def _quiescent(path: str) -> bool:
+    """No daemon holds the database's writer lock and its WAL holds nothing (a clean stop)."""
+    try:
+        if os.stat(path + "-wal").st_size > 0:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    try:
+        fd = os.open(path + ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False  # a live daemon holds it
+    finally:
+        os.close(fd)  # closing releases the shared lock at once
+    return True
+
+
 class StoreReader:
     """A read-only view of a memwatchd database."""
 
@@ -89,13 +136,17 @@ class StoreReader:
             raise ReaderError(f"database {path} is a directory")
         if not os.access(path, os.R_OK):
             raise ReaderError(f"cannot read database {path}: permission denied")
-        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
         try:
-            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = 5000")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            self.db, version = _connect(path, immutable=False)
         except sqlite3.Error as e:
-            raise ReaderError(f"cannot read database {path}: {e}") from None
+            # a member of the database's group cannot create the -shm file SQLite wants for a WAL database;
+            # when no daemon writes it and its WAL is empty, the file alone is the whole database
+            if not (_cannot_create_shm(e) and _quiescent(path)):
+                raise ReaderError(f"cannot read database {path}: {e}") from None
+            try:
+                self.db, version = _connect(path, immutable=True)
+            except sqlite3.Error as e2:
+                raise ReaderError(f"cannot read database {path}: {e2}") from None
         if version == 0:
             self.db.close()
             raise ReaderError(f"{path} is not a memwatchd database")

@@ -83,6 +83,7 @@ class SeriesPlan:
     vanished: list[int] = field(default_factory=list)
     state: dict[SKey, _Live] = field(default_factory=dict)
     next_id: int = 0
+    known: dict[SKey, int] = field(default_factory=dict)  # ids given by earlier plans of the same batch
 
 
 def _qs(n: int) -> str:
@@ -114,18 +115,24 @@ class SeriesWriter:
             self._known = {(k, n): i async for i, k, n in cur}
         self._next_id = 1 + max(self._known.values(), default=0)
 
-    def plan(self, snap: Snapshot, kf: bool) -> SeriesPlan:
-        plan = SeriesPlan(next_id=self._next_id)
+    def plan(self, snap: Snapshot, kf: bool, prev: SeriesPlan | None = None) -> SeriesPlan:
+        """What ``snap`` writes, against the stored state or, in a batch, against the previous ``prev``."""
+        base = self._state if prev is None else prev.state
+        plan = SeriesPlan(
+            next_id=self._next_id if prev is None else prev.next_id,
+            known={} if prev is None else dict(prev.known),
+        )
         for key, vals, unit, cgroup in snapshot_series(snap):
             if key in plan.state:
                 continue
-            old = self._state.get(key)
+            old = base.get(key)
             if old is None:
-                sid = self._known.get(key)
+                sid = self._known.get(key) or plan.known.get(key)
                 if sid is None:
                     sid = plan.next_id
                     plan.next_id += 1
                 plan.new.append((sid, key, vals, unit, cgroup))
+                plan.known[key] = sid
                 plan.state[key] = _Live(sid, vals, unit, cgroup)
                 plan.rows.append((sid, vals))
                 continue
@@ -138,7 +145,7 @@ class SeriesWriter:
                 if vals == old.vals and (unit, cgroup) == (old.unit, old.cgroup)
                 else _Live(old.id, vals, unit, cgroup)
             )
-        plan.vanished = [v.id for k, v in self._state.items() if k not in plan.state]
+        plan.vanished = [v.id for k, v in base.items() if k not in plan.state]
         return plan
 
     async def apply(

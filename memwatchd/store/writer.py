@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import operator
 import os
 import sqlite3
 import stat
 from bisect import bisect_left, bisect_right
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, TypeVar
@@ -28,6 +29,17 @@ import aiosqlite
 from memwatchd.config import StorageConfig
 from memwatchd.models import AlertRecord, ProcessSnapshot, Snapshot
 from memwatchd.store import codec
+from memwatchd.store.files import (
+    DatabaseInUse,
+    StoreError,
+    WriterLock,
+    acquire_lock,
+    classify,
+    corrupt_message,
+    describe,
+    is_corrupt,
+    refuse_symlinks,
+)
 from memwatchd.store.rollup import Buckets, coarsen, rollup
 from memwatchd.store.schema import (
     ALERT_COLS,
@@ -42,6 +54,8 @@ from memwatchd.store.schema import (
 from memwatchd.store.series import SeriesPlan, SeriesWriter
 from memwatchd.triage.report import TriageResult
 
+__all__ = ["DatabaseInUse", "StoreError", "StoreWriter", "WriterLock", "acquire_lock", "describe"]
+
 R = TypeVar("R")
 log = logging.getLogger("memwatchd.store")
 
@@ -50,19 +64,6 @@ _RAW_COLS = ", ".join(RAW_FIELDS)
 _RAW_QS = ", ".join("?" * len(RAW_FIELDS))
 _MAX_PARAMS = 900
 _EXIT_SET = "exit_ms = ?, exit_code = ?, exit_signal = ?, oom_killed = ?"
-
-
-class StoreError(Exception):
-    """The database cannot be opened or written (disk full, unwritable path, corrupt file)."""
-
-
-def describe(e: BaseException) -> str:
-    """One-line description of a database failure."""
-    msg = str(e) or type(e).__name__
-    code = getattr(e, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "database or disk is full" in msg:
-        return f"disk full: {msg}"
-    return msg.splitlines()[0] if msg else type(e).__name__
 
 
 _values: Callable[[ProcessSnapshot], tuple[int | None, ...]] = operator.attrgetter(*RAW_FIELDS)
@@ -75,6 +76,20 @@ class _Live:
     comm: str
     unit: str | None
     cgroup: str | None
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where the stored history stands: what the next snapshot is planned against."""
+
+    state: dict[tuple[int, int], _Live]
+    next_snap: int = 1
+    next_proc: int = 1
+    force_kf: bool = True
+    period: int | None = None
+    last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
+    last_mono: float | None = None
+    last_seq: int | None = None  # Snapshot.seq of the last snapshot stored (or planned in the batch)
 
 
 @dataclass(slots=True)
@@ -106,7 +121,7 @@ def _prepare_file(path: str) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o750, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     try:
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         if mode & 0o027:
@@ -129,46 +144,57 @@ class StoreWriter:
     margin_ms = 900_000  # the head keeps at least this much uncompacted, so `top` reads it alone
     margin_snaps = 2_000  # ... or this many snapshots, whichever comes first (wall-clock steps)
     vacuum_reserve_pages = 2_048  # free pages kept for the head's churn instead of being vacuumed
+    # of new databases: most commits change a few small rows scattered over the tables (a changed process's
+    # raw_head and current rows, the status, the newest snapshot rows); every touched page is written whole
+    # to the WAL and again at the checkpoint, so small pages write less (docs/reliability.md, disk writes)
+    page_size = 1024
+    wal_checkpoint_bytes = 2 << 20  # autocheckpoint once the WAL holds this much
+    wal_limit_bytes = 4 << 20  # journal_size_limit: the WAL file is cut back to this after a checkpoint
 
     def __init__(self, db: aiosqlite.Connection, cfg: StorageConfig, path: str) -> None:
         self._db = db
         self.cfg = cfg
         self.path = path
         self._lock = asyncio.Lock()
-        self._state: dict[tuple[int, int], _Live] = {}
-        self._next_snap = 1
-        self._next_proc = 1
+        self._cur = _Cursor(state={})
         self._compacted = 0
         self._keyframes: list[tuple[int, int]] = []  # (snap id, ts_ms) of keyframes not yet compacted
-        self._force_kf = True
-        self._period: int | None = None
-        self._last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
-        self._last_mono: float | None = None
-        self._last_seq: int | None = None  # Snapshot.seq of the last snapshot written
         self._compact_failing = False
+        self._cutoffs_written: dict[int, int] = {}
         self._closed = False
         self._series = SeriesWriter()
 
     # ---- open / close ---------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, path: str, cfg: StorageConfig) -> StoreWriter:
+    async def open(cls, path: str, cfg: StorageConfig, *, period_s: float | None = None) -> StoreWriter:
         """Open (creating if needed) the database at ``path``: WAL, busy timeout, migrations."""
+        refuse_symlinks(path)
         old_umask = os.umask(0o027)
         try:
             _prepare_file(path)
             db = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(
-                f"cannot open database {path}: {getattr(e, 'strerror', None) or describe(e)}"
-            ) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"{path} is a symbolic link; refusing to follow it") from None
+            raise classify(e, f"cannot open database {path}: ", path) from None
+        except sqlite3.Error as e:
+            raise classify(e, f"cannot open database {path}: ", path) from None
         finally:
             os.umask(old_umask)
         self = cls(db, cfg, path)
+        if period_s:  # benchmarks: a keyframe/compaction period shorter than an hour
+            self.period_ms = round(period_s * 1000)
+            self.margin_ms = self.period_ms // 2
         try:
             await self._setup()
-        except (sqlite3.Error, ValueError) as e:
+        except ValueError as e:
             await db.close()
-            raise StoreError(f"cannot open database {path}: {describe(e)}") from None
+            raise StoreError(f"cannot open database {path}: {e}") from None
+        except sqlite3.Error as e:
+            await db.close()
+            if is_corrupt(e):
+                raise StoreError(corrupt_message(path, e)) from None
+            raise classify(e, f"cannot open database {path}: ", path) from None
         return self
 
     async def _setup(self) -> None:
@@ -178,17 +204,20 @@ class StoreWriter:
         if version > SCHEMA_VERSION:
             raise ValueError(f"schema version {version} is newer than this memwatchd ({SCHEMA_VERSION})")
         if version == 0 and not await self._scalar("SELECT count(*) FROM sqlite_master"):
-            await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only possible before the first table
+            # only possible before the first table (existing databases keep their page size)
+            await db.execute(f"PRAGMA page_size = {self.page_size}")
+            await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         old_umask = os.umask(0o027)
         try:
             await db.execute("PRAGMA journal_mode = WAL")
         finally:
             os.umask(old_umask)
         await db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against process kills, fast commits
-        await db.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back after a long reader
-        await db.execute(
-            "PRAGMA wal_autocheckpoint = 4000"
-        )  # fewer, larger checkpoints (pages rewritten often)
+        # the WAL is checkpointed once it holds wal_checkpoint_bytes and cut back to journal_size_limit
+        # after a long reader held it open: it stays within a few MB even on a small file system
+        page = int(await self._scalar("PRAGMA page_size") or 4096)
+        await db.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
+        await db.execute(f"PRAGMA wal_autocheckpoint = {max(16, self.wal_checkpoint_bytes // page)}")
         for target, script in pending_migrations(version):
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -215,13 +244,13 @@ class StoreWriter:
         self._compacted = int(
             await self._scalar("SELECT value FROM meta WHERE key = 'compacted_through'") or 0
         )
-        self._next_snap = 1 + max(
+        self._cur.next_snap = 1 + max(
             int(await self._scalar("SELECT max(id) FROM snapshots") or 0),
             int(await self._scalar("SELECT max(snap) FROM raw_head") or 0),
             self._compacted,
             int(await self._scalar("SELECT value FROM meta WHERE key = 'last_snap'") or 0),
         )
-        self._next_proc = 1 + int(await self._scalar("SELECT max(id) FROM processes") or 0)
+        self._cur.next_proc = 1 + int(await self._scalar("SELECT max(id) FROM processes") or 0)
         async with db.execute(
             "SELECT id, ts_ms FROM snapshots WHERE kf = 1 AND id > ? ORDER BY id", (self._compacted,)
         ) as cur:
@@ -261,27 +290,72 @@ class StoreWriter:
                 await self._rollback()
                 raise
         except sqlite3.Error as e:
-            raise StoreError(describe(e)) from None
+            raise classify(e, path=self.path) from None
         return result
 
     # ---- snapshots ------------------------------------------------------------------------------------
     async def write(self, snap: Snapshot) -> None:
         """Store one snapshot in one transaction; StoreError leaves the database and this writer unchanged."""
-        async with self._lock:
-            plan = self._plan(snap)
-            plan.series = self._series.plan(snap, plan.kf)
-            await self._tx(self._apply, snap, plan)
-            self._commit(snap, plan)
-        await self._maybe_compact(plan.ts_ms, plan.sid)
+        await self.write_batch([snap])
 
-    def _plan(self, snap: Snapshot) -> _Plan:
+    async def write_batch(
+        self,
+        snaps: Sequence[Snapshot],
+        status: Mapping[str, str | int | float | None] | None = None,
+        clear_status: Sequence[str] = (),
+    ) -> None:
+        """Store snapshots (in order) and status key/values in ONE transaction: one commit, one WAL sync.
+
+        StoreError (with its kind, see files.StoreError) leaves the database and this writer unchanged.
+        ``clear_status`` keys are removed from the status table.
+        """
+        if not snaps:
+            return
+        async with self._lock:
+            plans: list[_Plan] = []
+
+            async def run() -> _Cursor:
+                cur = self._cur
+                series: SeriesPlan | None = None
+                for snap in snaps:
+                    plan = self._plan(snap, cur)
+                    plan.series = series = self._series.plan(snap, plan.kf, series)
+                    await self._apply(snap, plan, cur)
+                    plans.append(plan)
+                    cur = _advance(cur, snap, plan)
+                if status:
+                    await self._status_rows(status)
+                if clear_status:
+                    await self._db.executemany(
+                        "DELETE FROM status WHERE key = ?", [(k,) for k in clear_status]
+                    )
+                return cur
+
+            self._cur = await self._tx(run)
+            self._keyframes += [(p.sid, p.ts_ms) for p in plans if p.kf]
+            for p in plans:
+                if p.series is not None:
+                    self._series.commit(p.series)
+        await self._maybe_compact(plans[-1].ts_ms, plans[-1].sid)
+
+    def is_urgent(self, snap: Snapshot) -> bool:
+        """True when ``snap`` should be committed at once rather than batched with the next ones: the
+        first snapshot of this writer (``memwatchctl status`` has data as soon as the daemon runs) and a
+        snapshot carrying OOM kills (the victim's last values matter most)."""
+        return self._cur.force_kf or bool(snap.ooms)
+
+    def skip_snapshot_id(self) -> None:
+        """A snapshot was given up (poisoned): its id is not reused (a conflicting row may hold it)."""
+        self._cur.next_snap += 1
+
+    def _plan(self, snap: Snapshot, cur: _Cursor) -> _Plan:
         ts_ms = round(snap.ts * 1000)
         period = ts_ms // self.period_ms
-        kf = self._force_kf or period != self._period
-        plan = _Plan(sid=self._next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=self._next_proc)
-        # Work in proportion to change: when this snapshot follows the last one written, only its fresh
-        # records can differ from what is stored (a keyframe writes every process, so it looks at all).
-        incremental = not kf and snap.fresh is not None and snap.base_seq == self._last_seq is not None
+        kf = cur.force_kf or period != cur.period
+        plan = _Plan(sid=cur.next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=cur.next_proc)
+        # Work in proportion to change: when this snapshot follows the last one written (or planned in the
+        # same batch), only its fresh records can differ from what is stored (a keyframe looks at all).
+        incremental = not kf and snap.fresh is not None and snap.base_seq == cur.last_seq is not None
         plan.full = not incremental
         state = plan.state
         for p in snap.fresh if incremental and snap.fresh is not None else snap.processes:
@@ -289,7 +363,7 @@ class StoreWriter:
             if key in state:  # a duplicate identity in one snapshot: keep the first
                 continue
             vals = _values(p)
-            old = self._state.get(key)
+            old = cur.state.get(key)
             if old is None:
                 plan.new.append(p)
                 state[key] = _Live(0, vals, p.comm, p.unit, p.cgroup)
@@ -308,30 +382,30 @@ class StoreWriter:
             if p.exited:
                 plan.exited.append(key)
         if incremental:
-            live = self._state
+            live = cur.state
             plan.vanished = [(k, live[k].proc) for k in snap.gone if k in live and k not in state]
             plan.vanished_keys = {k for k, _ in plan.vanished}
             plan.nproc = len(live) - len(plan.vanished) + sum(1 for k in state if k not in live)
         else:
-            plan.vanished = [(k, v.proc) for k, v in self._state.items() if k not in state]
+            plan.vanished = [(k, v.proc) for k, v in cur.state.items() if k not in state]
             plan.nproc = len(state)
         return plan
 
-    def _live(self, plan: _Plan, key: tuple[int, int]) -> _Live | None:
+    def _live(self, plan: _Plan, key: tuple[int, int], cur: _Cursor) -> _Live | None:
         """The identity's state after this plan (an incremental plan holds only what changed)."""
         live = plan.state.get(key)
         if live is None and not plan.full and key not in plan.vanished_keys:
-            live = self._state.get(key)
+            live = cur.state.get(key)
         return live
 
-    async def _apply(self, snap: Snapshot, plan: _Plan) -> None:
+    async def _apply(self, snap: Snapshot, plan: _Plan, cur: _Cursor) -> None:
         db = self._db
         if plan.new:
             await self._resolve_new(plan)
         mi = snap.meminfo
         dt_ms = None
-        if self._last_mono is not None and snap.mono >= self._last_mono:
-            dt_ms = round((snap.mono - self._last_mono) * 1000)
+        if cur.last_mono is not None and snap.mono >= cur.last_mono:
+            dt_ms = round((snap.mono - cur.last_mono) * 1000)
         await db.execute(
             "INSERT INTO snapshots (id, ts_ms, dt_ms, kf, nproc, mem_total_kb, mem_available_kb,"
             " swap_total_kb,"
@@ -376,8 +450,8 @@ class StoreWriter:
                 "UPDATE processes SET comm = ?, unit = ?, cgroup = ? WHERE id = ?", plan.meta
             )
         ended: list[tuple[int, int, int]] = []
-        if plan.vanished and self._last is not None:
-            ended += [(self._last[0], self._last[1], proc) for _, proc in plan.vanished]
+        if plan.vanished and cur.last is not None:
+            ended += [(cur.last[0], cur.last[1], proc) for _, proc in plan.vanished]
         ended += [(plan.sid, plan.ts_ms, plan.state[k].proc) for k in plan.exited]
         if ended:
             await db.executemany("UPDATE processes SET last_snap = ?, last_seen_ms = ? WHERE id = ?", ended)
@@ -390,7 +464,7 @@ class StoreWriter:
             ended_values = (exit_ms, e.exit_code, e.exit_signal, int(e.oom_killed))
             if e.start_ticks:  # the exact identity (BPF read the start time)
                 key = (e.pid, e.start_ticks)
-                live = self._live(plan, key)
+                live = self._live(plan, key, cur)
                 proc = (
                     live.proc if live is not None else next((v for k, v in plan.vanished if k == key), None)
                 )
@@ -405,7 +479,7 @@ class StoreWriter:
                 if proc is None and not plan.full:
                     gone = plan.vanished_keys
                     proc = next(
-                        (v.proc for k, v in self._state.items() if k[0] == e.pid and k not in gone), None
+                        (v.proc for k, v in cur.state.items() if k[0] == e.pid and k not in gone), None
                     )
                 if proc is None:
                     proc = next((v for k, v in plan.vanished if k[0] == e.pid), None)
@@ -438,8 +512,7 @@ class StoreWriter:
                 ],
             )
         if plan.series is not None:
-            await self._series.apply(db, plan.series, plan.sid, plan.ts_ms, self._last)
-        await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snap', ?)", (plan.sid,))
+            await self._series.apply(db, plan.series, plan.sid, plan.ts_ms, cur.last)
 
     async def _resolve_new(self, plan: _Plan) -> None:
         """Give processes first seen by this writer an id: the existing row of that identity, or a new one."""
@@ -481,30 +554,6 @@ class StoreWriter:
                 " WHERE id = ?",
                 reopen,
             )
-
-    def _commit(self, snap: Snapshot, plan: _Plan) -> None:
-        for key in plan.exited:
-            plan.state.pop(key, None)
-        if plan.full:
-            self._state = plan.state
-        else:
-            live = self._state
-            for k, _ in plan.vanished:
-                del live[k]
-            for key in plan.exited:
-                live.pop(key, None)
-            live.update(plan.state)
-        self._last_seq = snap.seq
-        self._next_proc = plan.next_proc
-        if plan.series is not None:
-            self._series.commit(plan.series)
-        self._next_snap = plan.sid + 1
-        if plan.kf:
-            self._keyframes.append((plan.sid, plan.ts_ms))
-        self._force_kf = False
-        self._period = plan.period
-        self._last = (plan.sid, plan.ts_ms)
-        self._last_mono = snap.mono
 
     # ---- compaction -----------------------------------------------------------------------------------
     async def _maybe_compact(self, now_ms: int, sid: int) -> None:
@@ -600,7 +649,11 @@ class StoreWriter:
                 oldest,
             ),
         ]
-        total = 0
+        # first: the cut-offs (readers learn what may be gone) and the last snapshot id (ids are never reused
+        # even when retention deletes every snapshot row); kept out of the snapshots' own transactions so an
+        # idle commit touches as few pages as possible
+        async with self._lock:
+            total = int(await self._tx(self._prune_small, cut, oldest / 1000))
         for select, delete, cutoff in steps:
             while True:
                 async with self._lock:
@@ -609,8 +662,6 @@ class StoreWriter:
                 if n < batch:
                     break
                 await asyncio.sleep(0)  # let a snapshot write in between batches
-        async with self._lock:
-            total += await self._tx(self._prune_small, cut, oldest / 1000)
         await self._vacuum()
         return total
 
@@ -626,7 +677,7 @@ class StoreWriter:
         )
         await self._db.executemany(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            [(f"cutoff_{t}_ms", c) for t, c in cut.items()],
+            [*((f"cutoff_{t}_ms", c) for t, c in cut.items()), ("last_snap", self._cur.next_snap - 1)],
         )
         return max(cur.rowcount, 0)
 
@@ -679,16 +730,20 @@ class StoreWriter:
         return [AlertRecord(**dict(zip(ALERT_COLS, r, strict=True))) for r in rows]
 
     async def set_status(self, **fields: str | int | float | None) -> None:
-        """Record daemon status key/values (shown by ``memwatchctl status``)."""
+        """Record daemon status key/values (shown by ``memwatchctl status``) in a transaction of their own.
+
+        The daemon folds its per-cycle status into the snapshot's transaction (write_batch); this is for
+        the rare updates between snapshots (a write error, a dropped snapshot).
+        """
         if not fields:
             return
-        params = list(fields.items())
-
-        async def run() -> None:
-            await self._db.executemany("INSERT OR REPLACE INTO status (key, value) VALUES (?, ?)", params)
-
         async with self._lock:
-            await self._tx(run)
+            await self._tx(self._status_rows, fields)
+
+    async def _status_rows(self, fields: Mapping[str, str | int | float | None]) -> None:
+        await self._db.executemany(
+            "INSERT OR REPLACE INTO status (key, value) VALUES (?, ?)", list(fields.items())
+        )
 
     async def save_triage(self, result: TriageResult, now: float) -> int:
         """Store one triage result (and drop those older than [storage] retention); returns its id."""
@@ -702,6 +757,32 @@ class StoreWriter:
         async with self._lock:
             row_id: int = await self._tx(run)
         return row_id
+
+
+def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan) -> _Cursor:
+    """The cursor after ``plan`` is stored (the cursor's own state is not changed: a failed
+    transaction leaves the writer as it was)."""
+    if plan.full:
+        state = plan.state
+        for key in plan.exited:
+            state.pop(key, None)
+    else:
+        state = dict(cur.state)  # one dict copy per snapshot: cheap next to the scan
+        for k, _ in plan.vanished:
+            state.pop(k, None)
+        state.update(plan.state)
+        for key in plan.exited:
+            state.pop(key, None)
+    return _Cursor(
+        state=state,
+        last_seq=snap.seq,
+        next_snap=plan.sid + 1,
+        next_proc=plan.next_proc,
+        force_kf=False,
+        period=plan.period,
+        last=(plan.sid, plan.ts_ms),
+        last_mono=snap.mono,
+    )
 
 
 def _statements(script: str) -> list[str]:

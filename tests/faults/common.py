@@ -64,6 +64,7 @@ class Daemons:
         prefix: Sequence[str] = (),
         append: bool = False,
         prune_every_s: float | None = None,
+        db_unusable_s: float | None = None,
     ) -> subprocess.Popen[bytes]:
         """prune_every_s: run the daemon with that DaemonHooks value (tests.hooked_daemon)."""
         base = {
@@ -71,8 +72,8 @@ class Daemons:
         }
         with open(log, "ab" if append else "wb") as out:
             argv = [str(BIN / "memwatchd"), "--config", str(cfg)]
-            if prune_every_s is not None:
-                argv = hooked_daemon.command(cfg, prune_every_s=prune_every_s)
+            if prune_every_s is not None or db_unusable_s is not None:
+                argv = hooked_daemon.command(cfg, prune_every_s=prune_every_s, db_unusable_s=db_unusable_s)
             p = subprocess.Popen(
                 [*prefix, *argv],
                 cwd=hooked_daemon.ROOT,

@@ -122,13 +122,20 @@ def test_hostile_config_path_exits_2_quickly_with_bounded_memory(
     problem = make(cfg)
     for extra in ([], ["--check"]):
         args = [str(BIN / "memwatchd"), *extra, "--config", str(cfg)]
-        rc, err, took, maxrss_kb = _run_measured(args)
-        assert rc == 2, (extra, err)
-        assert err == f"memwatchd: {cfg}: {problem}\n" or (
-            name == "huge" and err.startswith(f"memwatchd: {cfg}: {problem} (")
-        ), err
-        assert took < baseline_s + 1.0, f"{name}: {took:.2f}s (baseline {baseline_s:.2f}s)"
-        assert maxrss_kb < 120_000, f"{name}: peak RSS {maxrss_kb} kB"
+        times = []
+        for _ in range(
+            3
+        ):  # on a loaded machine one run may be slow: a hang or a slow parse is slow every time
+            rc, err, took, maxrss_kb = _run_measured(args)
+            assert rc == 2, (extra, err)
+            assert err == f"memwatchd: {cfg}: {problem}\n" or (
+                name == "huge" and err.startswith(f"memwatchd: {cfg}: {problem} (")
+            ), err
+            assert maxrss_kb < 120_000, f"{name}: peak RSS {maxrss_kb} kB"
+            times.append(took)
+            if took < baseline_s + 1.0:
+                break
+        assert min(times) < baseline_s + 1.0, f"{name}: {times} s (baseline {baseline_s:.2f}s)"
 
 
 # ---- values that parse but cannot work -----------------------------------------------------------------

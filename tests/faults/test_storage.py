@@ -142,7 +142,8 @@ def test_disk_full_keeps_sampling_and_alerting_and_resumes(tmp_path: Path, daemo
         log = tmp_path / "daemon.log"
         p = daemons.start(cfg, log, env={"NOTIFY_SOCKET": notify.path})
         try:
-            wait_for(lambda: len(snapshot_ids(db)) >= 3, 30, what="first snapshots")
+            # drain meanwhile: systemd's socket queue is short and a full one makes the daemon stop notifying
+            wait_for(lambda: (notify.drain(0.05), len(snapshot_ids(db)) >= 3)[1], 30, what="first snapshots")
             filler = small / "filler"
             _fill(filler)
             t_full = time.time()
@@ -274,8 +275,8 @@ def _long_reader(tmp_path: Path, daemons: Daemons, hold_s: float, after_s: float
         assert max(sizes) <= wal_at_release + 2 * 1024 * 1024, (
             f"WAL kept growing: {wal_at_release} -> {max(sizes)}"
         )
-        if wal_at_release > 64 << 20:  # journal_size_limit: a WAL blown up by the reader shrinks back
-            assert sizes[-1] <= (64 << 20) + 2 * 1024 * 1024, sizes[-1]
+        if wal_at_release > 4 << 20:  # journal_size_limit (4 MiB): a WAL blown up by the reader shrinks back
+            assert sizes[-1] <= (4 << 20) + 2 * 1024 * 1024, sizes[-1]
         status_err = status(db).get("write_errors", 0)
         assert not status_err
     finally:
@@ -291,7 +292,7 @@ def _long_reader(tmp_path: Path, daemons: Daemons, hold_s: float, after_s: float
 def test_long_reader_does_not_block_writes_and_wal_stays_bounded(tmp_path: Path, daemons: Daemons) -> None:
     r = _long_reader(tmp_path, daemons, hold_s=15, after_s=10)
     # the held read made the WAL pass the autocheckpoint size, so the bound above was exercised
-    assert r["wal_at_release"] > 4000 * 4096, r
+    assert r["wal_at_release"] > 2 << 20, r
 
 
 @pytest.mark.slow
