@@ -40,7 +40,8 @@ from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
 from memwatchd.daemon.triage import TriageService
-from memwatchd.groups import charge_paths, summarize
+from memwatchd.group_tracker import GroupTracker
+from memwatchd.groups import charge_paths
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.alertmanager import AlertmanagerFeed
@@ -197,6 +198,7 @@ class Daemon:
         self.prev: Snapshot | None = None
         self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.merger = Merger()
+        self.group_tracker = GroupTracker()  # group and host sums, kept from each snapshot's changes
         self._gone_since_trim = 0
         self._trimmed_at = float("-inf")
         self._bpf_gc_at = float("-inf")
@@ -392,7 +394,11 @@ class Daemon:
             log.warning("could not save alert state: %s", e)
 
     # ---- sampling ----------------------------------------------------------------------------
-    def _scan(self, procfs: ProcfsCollector, mono: float) -> tuple[ProcScan, dict[str, GroupCharge]]:
+    def _scan(
+        self, procfs: ProcfsCollector, mono: float, known: frozenset[str]
+    ) -> tuple[ProcScan, dict[str, GroupCharge]]:
+        """The /proc scan and the charges of every cgroup the groups need: those of the last cycle's groups
+        (known) plus the places of processes new or changed in this scan."""
         stall = self.hooks.stall_after
         if stall is not None and self.cycles >= stall:
             threading.Event().wait()  # test hook: a /proc read that never returns
@@ -401,7 +407,11 @@ class Daemon:
         if self.charges is not None:
             t0 = time.perf_counter()
             try:
-                charges = self.charges.read(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
+                if scan.changed is not None:
+                    paths = known | charge_paths({(s.cgroup, s.unit) for s in scan.changed})
+                else:
+                    paths = frozenset(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
+                charges = self.charges.read(paths)
             except Exception as e:  # an optional source: the cycle goes on without charges
                 log.debug("cgroup charges unreadable: %s", e)
             self.groups_ms = (time.perf_counter() - t0) * 1000
@@ -428,7 +438,8 @@ class Daemon:
         mono = self.clock.mono()
         ts = self.clock.wall()
         t0 = time.perf_counter()
-        scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono))
+        known = self.group_tracker.paths() if self.charges is not None else frozenset()
+        scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono, known))
         poll = self._poll_bpf()
         if poll is not None and self.bpf is not None and mono - self._bpf_gc_at >= BPF_GC_EVERY_S:
             self._bpf_gc_at = mono
@@ -436,7 +447,7 @@ class Daemon:
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
-            groups, host = summarize(snap.processes, charges, snap.meminfo)
+            groups, host = self.group_tracker.update(snap, charges)
             snap = dataclasses.replace(snap, groups=groups, host=host)
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
