@@ -63,7 +63,7 @@ from memwatchd.collectors.procfs import (
     read_meminfo,
     unit_from_cgroup,
 )
-from memwatchd.models import ProcSample, ProcScan
+from memwatchd.models import ProcKey, ProcSample, ProcScan
 from memwatchd.text import from_kernel
 
 # struct mw_task of memwatch.h: start_ns, cgroup_token, file, anon, shmem, swap, total_vm, hiwater, tgid,
@@ -137,6 +137,11 @@ class TaskScanCollector:
         self._cache: dict[int, _Entry] = {}
         self._samples: tuple[ProcSample, ...] = ()
         self._side_samples: tuple[ProcSample, ...] = ()
+        # the change sets of the scan being built (ProcScan.changed and .gone)
+        self._changed: list[ProcSample] = []
+        self._gone_keys: list[ProcKey] = []
+        self._seq = 0  # scans returned (ProcScan.seq)
+        self._chained = False  # the cache holds exactly what the last returned scan saw
         self._untracked: set[int] = set()  # tgids emitted as untracked (scan_last full): seen every pass
         self._next_full = float("-inf")
         self._gone = bpfsys.HashBatchReader(it.gone_fd, _GoneValue, _GONE_BATCH, _GoneKey, drain=True)
@@ -208,6 +213,7 @@ class TaskScanCollector:
             self._side = None
         self._cache = {}
         self._samples = ()
+        self._chained = False
 
     def __enter__(self) -> TaskScanCollector:
         return self
@@ -225,15 +231,26 @@ class TaskScanCollector:
         if full:
             self._next_full = now_mono + self._full_rescan_s
             self.full_passes += 1
+        chained, self._chained = self._chained, False  # stays False if this scan fails half way
+        changed: list[ProcSample] = []
+        gone: list[ProcKey] = []
+        self._changed, self._gone_keys = changed, gone
         data = self._read_pass(full)
         seen = self._apply_records(data, full)
         removed = self._drain_gone() + self._reconcile(seen, full)
         if first and 1 not in seen and os.path.exists(f"{self._root}/1"):
             self._side = ProcfsCollector(self._root, self._smaps, self._full_rescan_s, pids=(1,))
-        side = self._side.scan(now_mono).samples if self._side is not None else ()
-        if data or removed or side != self._side_samples:
+        side: tuple[ProcSample, ...] = ()
+        if self._side is not None:
+            side_scan = self._side.scan(now_mono)
+            side = side_scan.samples
+            changed.extend(side if side_scan.changed is None else side_scan.changed)
+            gone.extend(side_scan.gone)
+        if data or removed or changed or gone or len(side) != len(self._side_samples):
             self._side_samples = side
             self._samples = side + tuple([e.sample for e in self._cache.values() if e.sample is not None])
+        self._seq += 1
+        self._chained = True
         if now_mono - self._boot_time_read >= self._full_rescan_s:
             # btime follows wall-clock steps; refreshed now and then, it keeps start times in step.
             self._boot_time = read_boot_time(self._root)
@@ -244,6 +261,10 @@ class TaskScanCollector:
             boot_time=self._boot_time,
             clk_tck=self._clk_tck,
             errors=0,
+            seq=self._seq,
+            base_seq=self._seq - 1 if chained else None,
+            changed=tuple(changed) if chained else None,
+            gone=tuple(gone),
         )
 
     def _counter(self, idx: int) -> int:
@@ -293,7 +314,14 @@ class TaskScanCollector:
                 continue
             self.records_parsed += 1
             parsed.append(tgid)
-            cache[tgid] = self._parse(data, off, raw, e, full)
+            before = e.sample if e is not None else None
+            cache[tgid] = e = self._parse(data, off, raw, e, full)
+            after = e.sample
+            if after is not before:
+                if after is not None:
+                    self._changed.append(after)
+                if before is not None and (after is None or after.start_ticks != before.start_ticks):
+                    self._gone_keys.append(before.key)
         return seen
 
     def _drain_gone(self) -> int:
@@ -303,6 +331,8 @@ class TaskScanCollector:
             e = cache.get(tgid)
             if e is not None and e.start_ns == start_ns:  # else the pid was reused: the new one stays
                 del cache[tgid]
+                if e.sample is not None:
+                    self._gone_keys.append(e.sample.key)
                 self._untracked.discard(tgid)
                 n += 1
         return n
@@ -364,7 +394,9 @@ class TaskScanCollector:
         else:
             return 0
         for pid in stale:
-            del cache[pid]
+            e = cache.pop(pid)
+            if e.sample is not None:
+                self._gone_keys.append(e.sample.key)
             self._untracked.discard(pid)
             if full:
                 # a leftover entry (a pass met a task whose free had already run) would hide a new
@@ -381,6 +413,7 @@ class TaskScanCollector:
         if (pss, uss) != (e.pss, e.uss) and e.sample is not None:
             e.pss, e.uss = pss, uss
             e.sample = dataclasses.replace(e.sample, pss_kb=pss, uss_kb=uss)
+            self._changed.append(e.sample)
         else:
             e.pss, e.uss = pss, uss
 
