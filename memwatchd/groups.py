@@ -66,6 +66,22 @@ def _sample(
     by: str, group: str, a: _Acc, cgroup: str | None, unit: str | None, charge: GroupCharge | None
 ) -> GroupSample:
     largest = heapq.nsmallest(LARGEST_KEPT, a.procs, key=lambda p: (-(p.rss_kb or 0), p.pid))
+    return sample_of(by, group, a.n, a.rss, a.anon, a.swap, largest, cgroup, unit, charge)
+
+
+def sample_of(
+    by: str,
+    group: str,
+    n: int,
+    rss_kb: int,
+    anon_kb: int,
+    swap_kb: int,
+    largest: Iterable[ProcessSnapshot],
+    cgroup: str | None,
+    unit: str | None,
+    charge: GroupCharge | None,
+) -> GroupSample:
+    """One group's GroupSample from its sums, its largest members (in order) and its charge."""
     cur = charge.current_bytes if charge is not None else None
     lim = charge.limit_bytes if charge is not None else None
     free = charge.free_bytes if charge is not None else None
@@ -74,10 +90,10 @@ def _sample(
         group=group,
         unit=unit,
         cgroup=cgroup,
-        processes=a.n,
-        rss_kb=a.rss,
-        anon_kb=a.anon,
-        swap_kb=a.swap,
+        processes=n,
+        rss_kb=rss_kb,
+        anon_kb=anon_kb,
+        swap_kb=swap_kb,
         memory_current_kb=None if cur is None else cur // 1024,
         memory_limit_kb=None if lim is None else lim // 1024,
         limit_cgroup=charge.limit_cgroup if charge is not None else None,
@@ -131,7 +147,7 @@ def summarize(
         a = by_unit[unit]
         ucg = next(iter(a.places)) if len(a.places) == 1 else None
         out.append(_sample("unit", unit, a, ucg, unit, charges.get(ucg) if ucg else None))
-    return tuple(out), _host(meminfo, rss_total, anon_total)
+    return tuple(out), host_from_sums(meminfo, rss_total, anon_total)
 
 
 def aggregate_groups(
@@ -146,7 +162,8 @@ def host_memory(meminfo: MemInfo | None, processes: Iterable[ProcessSnapshot]) -
     return summarize(processes, {}, meminfo)[1]
 
 
-def _host(meminfo: MemInfo | None, rss: int, anon: int) -> HostMemory | None:
+def host_from_sums(meminfo: MemInfo | None, rss: int, anon: int) -> HostMemory | None:
+    """The host breakdown from /proc/meminfo and the processes' RSS and anonymous sums."""
     if meminfo is None:
         return None
     mi = meminfo

@@ -191,11 +191,18 @@ def _prev_of(
 class _Src:
     """The sources one ProcessSnapshot was built from (compared by identity) and the record itself."""
 
-    __slots__ = ("sample", "stats", "snap", "quiet", "idx")
+    __slots__ = ("sample", "stats", "snap", "quiet", "idx", "seen")
 
     def __init__(
-        self, sample: ProcSample | None, stats: BpfStats | None, snap: ProcessSnapshot, quiet: bool, idx: int
+        self,
+        sample: ProcSample | None,
+        stats: BpfStats | None,
+        snap: ProcessSnapshot,
+        quiet: bool,
+        idx: int,
+        seen: ProcSample | None = None,
     ) -> None:
+        self.seen = seen  # this pid's sample in the scan the record was built from (None: not in it)
         self.sample = sample
         self.stats = stats
         self.snap = snap
@@ -223,23 +230,48 @@ def _is_quiet(p: ProcessSnapshot) -> bool:
     )
 
 
+class _Part:
+    """What one merge pass over some pids produced."""
+
+    __slots__ = ("new", "out", "fresh", "left", "added", "extra")
+
+    def __init__(self) -> None:
+        self.new: dict[int, _Src] = {}
+        self.out: list[ProcessSnapshot] = []
+        self.fresh: list[ProcessSnapshot] = []
+        self.left: list[tuple[int, int]] = []  # identities of the previous snapshot that may be gone
+        self.added: dict[tuple[int, int], ProcessSnapshot] = {}  # exit rows added
+        self.extra: list[ProcessSnapshot] = []  # exit rows whose pid also has a live record
+
+
 class Merger:
     """merge() with a memory: work in proportion to change.
 
     The /proc collector hands back the very ProcSample object of a process whose statm did not change, and the
     BPF collector the very BpfStats object of an entry whose counters did not move; for such a process the
-    previous ProcessSnapshot (once its deltas are 0) is reused as is: no allocation, no field copies. Every
-    Snapshot it returns carries `fresh` (records built this time) and `gone` (identities that left) relative
-    to the previous one, so the rules can skip the rest. Pure: no I/O, no clock reads.
+    previous ProcessSnapshot (once its deltas are 0) is reused as is: no allocation, no field copies. When the
+    scan carries its change set (ProcScan.changed and gone, relative to the scan this merger saw last), only
+    the pids it names, the pids whose BPF entry changed or exited and the pids whose last record was not
+    quiet are looked at; every other process costs nothing here. Every Snapshot it returns carries `fresh`
+    (records built this time) and `gone` (identities that left) relative to the previous one, so the rules
+    can skip the rest. Pure: no I/O, no clock reads.
     """
 
-    __slots__ = ("_src", "_extra", "prev", "_seq")
+    __slots__ = ("_src", "_extra", "prev", "_seq", "_recs", "_loud", "_scan_seq", "_stats", "_procs")
 
     def __init__(self) -> None:
         self._src: dict[int, _Src] = {}  # pid -> the latest record of that pid and its sources
         self._extra: list[ProcessSnapshot] = []  # last snapshot's records not held in _src (exit rows)
         self.prev: Snapshot | None = None
         self._seq = 0
+        # for change sets: each pid's record in _src order (the snapshot's records, exit rows in _extra
+        # aside), the pids whose record is not quiet or that have an exit row, the seq of the last scan
+        # merged (None: unknown) and the BPF stats of the last poll
+        self._recs: dict[int, ProcessSnapshot] = {}
+        self._loud: set[int] = set()
+        self._scan_seq: int | None = None
+        self._stats: Mapping[int, BpfStats] = {}
+        self._procs: tuple[ProcessSnapshot, ...] = ()
 
     @classmethod
     def after(cls, prev: Snapshot | None) -> Merger:
@@ -264,131 +296,26 @@ class Merger:
     ) -> Snapshot:
         """Combine both sources per process identity (see merge())."""
         prev = self.prev
-        prev_mono = prev.mono if prev else None
         stats = bpf.stats if bpf else {}
         exits: tuple[ProcessExit, ...] = bpf.exits if bpf else ()
-        old = self._src
-        new: dict[int, _Src] = {}
-        out: list[ProcessSnapshot] = []
-        fresh: list[ProcessSnapshot] = []
-        left: list[tuple[int, int]] = []  # identities of the previous snapshot that may be gone
-        # exits are rare: the previous records of their pids, looked up before `old` is consumed
-        cands: dict[int, list[ProcessSnapshot]] = {}
-        for e in exits:
-            if e.pid not in cands:
-                c = [x for x in self._extra if x.pid == e.pid]
-                if e.pid in old:
-                    c.append(old[e.pid].snap)
-                cands[e.pid] = c
         boot, tck = scan.boot_time, scan.clk_tck
-        for s in scan.samples:
-            pid = s.pid
-            st = stats.get(pid)
-            if st is not None and st.start_ticks and st.start_ticks != s.start_ticks:
-                st = None  # another process's entry under a reused PID
-            src = old.pop(pid, None)
-            prev_p = None
-            if src is not None:
-                if src.sample is s and src.stats is st and src.quiet:
-                    src.idx = len(out)
-                    new[pid] = src
-                    out.append(src.snap)
-                    continue
-                prev_p = src.snap
-                if prev_p.start_ticks != s.start_ticks:
-                    left.append((prev_p.pid, prev_p.start_ticks))
-                    prev_p = None
-            p = _with_deltas(_from_proc(s, st, boot + s.start_ticks / tck, prev_p), prev_p, mono, prev_mono)
-            new[pid] = _Src(s, st, p, _is_quiet(p), len(out))
-            out.append(p)
-            fresh.append(p)
-        for tgid, st in stats.items():
-            if tgid in new:
-                continue
-            src = old.pop(tgid, None)
-            if src is not None and src.sample is None and src.stats is st and src.quiet:
-                src.idx = len(out)
-                new[tgid] = src
-                out.append(src.snap)
-                continue
-            prev_p = None
-            if src is not None:
-                if st.start_ticks:
-                    prev_p = src.snap if src.snap.start_ticks == st.start_ticks else None
-                elif not src.snap.exited:
-                    prev_p = src.snap
-                left.append((src.snap.pid, src.snap.start_ticks))
-            p = _with_deltas(_from_bpf(st, prev_p, boot=boot, tck=tck), prev_p, mono, prev_mono)
-            new[tgid] = _Src(None, st, p, _is_quiet(p), len(out))
-            out.append(p)
-            fresh.append(p)
-
-        def prev_by_key(pid: int, start: int) -> ProcessSnapshot | None:
-            return next((c for c in reversed(cands.get(pid, ())) if c.start_ticks == start), None)
-
-        def prev_of(pid: int, start: int) -> ProcessSnapshot | None:
-            if start:
-                return prev_by_key(pid, start)
-            return next((c for c in reversed(cands.get(pid, ())) if not c.exited), None)
-
-        added: dict[tuple[int, int], ProcessSnapshot] = {}
-        replaced: set[int] = set()  # ids of records an exit row took the place of
-        for e in exits:
-            prev_p = prev_of(e.pid, e.start_ticks)
-            live = new.get(e.pid)
-            if live is not None and live.idx < 0:
-                live = None  # an exit row added by this loop, not a live record
-            if e.start_ticks:
-                same = live is not None and live.snap.start_ticks == e.start_ticks
-            else:
-                same = live is not None and (prev_p is None or prev_p.start_ticks == live.snap.start_ticks)
-            if same and live is not None:
-                # /proc still showed it this interval; it exited after the scan: one row, final counters
-                cur = out[live.idx]
-                merged = _ended(cur, e)
-                merged = _with_deltas(merged, prev_by_key(e.pid, cur.start_ticks), mono, prev_mono)
-                replaced.add(id(cur))
-                out[live.idx] = merged
-                live.snap, live.quiet, live.sample, live.stats = merged, False, _UNSEEN, None
-                fresh.append(merged)
-                continue
-            if e.final is None:
-                continue
-            p = _ended(_from_bpf(e.final, prev_p, comm=e.comm, boot=boot, tck=tck), e)
-            if p.start_time is None and p.start_ticks:
-                p = replace(p, start_time=boot + p.start_ticks / tck)
-            p = _with_deltas(p, prev_p, mono, prev_mono)
-            key = (p.pid, p.start_ticks)
-            if (live is not None and live.snap.start_ticks == p.start_ticks) or key in added:
-                continue
-            added[key] = p
-            out.append(p)
-            fresh.append(p)
-        extra: list[ProcessSnapshot] = []
-        for p in added.values():
-            if p.pid in new:
-                extra.append(p)
-            else:
-                new[p.pid] = _Src(_UNSEEN, None, p, False, -1)
-        if replaced:
-            fresh = [f for f in fresh if id(f) not in replaced]
-        # what the previous snapshot had and this one has not
-        left.extend((src.snap.pid, src.snap.start_ticks) for src in old.values())
-        left.extend((x.pid, x.start_ticks) for x in self._extra)
-        gone: dict[tuple[int, int], None] = {}
-        for k in left:
-            now_src = new.get(k[0])
-            if (now_src is None or now_src.snap.start_ticks != k[1]) and k not in added:
-                gone[k] = None
-        self._src = new
-        self._extra = extra
+        prev_mono = prev.mono if prev else None
+        changed = scan.changed
+        if changed is not None and scan.base_seq is not None and scan.base_seq == self._scan_seq:
+            part, processes = self._merge_changes(scan, changed, stats, exits, boot, tck, mono, prev_mono)
+        else:
+            part = self._merge_all(scan.samples, stats, exits, boot, tck, mono, prev_mono)
+            processes = tuple(part.out)
+        self._scan_seq = scan.seq or None
+        self._stats = stats
+        self._procs = processes
 
         health = bpf_health or (bpf.health if bpf else BpfHealth(state="disabled"))
         self._seq += 1
         snap = Snapshot(
             ts=ts,
             mono=mono,
-            processes=tuple(out),
+            processes=processes,
             meminfo=scan.meminfo,
             bpf=health,
             ooms=bpf.ooms if bpf else (),
@@ -396,11 +323,218 @@ class Merger:
             scan_errors=scan.errors,
             seq=self._seq,
             base_seq=prev.seq if prev is not None else None,
-            fresh=tuple(fresh),
-            gone=tuple(gone),
+            fresh=tuple(part.fresh),
+            gone=tuple(self._gone(part)),
         )
         self.prev = snap
         return snap
+
+    def _gone(self, part: _Part) -> dict[tuple[int, int], None]:
+        """What the previous snapshot had and this one has not, among the identities the pass looked at."""
+        gone: dict[tuple[int, int], None] = {}
+        src = self._src
+        for k in part.left:
+            now_src = src.get(k[0])
+            if (now_src is None or now_src.snap.start_ticks != k[1]) and k not in part.added:
+                gone[k] = None
+        return gone
+
+    def _merge_all(
+        self,
+        samples: tuple[ProcSample, ...],
+        stats: Mapping[int, BpfStats],
+        exits: tuple[ProcessExit, ...],
+        boot: float,
+        tck: int,
+        mono: float,
+        prev_mono: float | None,
+    ) -> _Part:
+        """Every process: the pass over all of them, and the merger's memory rebuilt from it."""
+        part = _run(samples, stats, exits, self._src, self._extra, boot, tck, mono, prev_mono)
+        self._src = part.new
+        self._extra = part.extra
+        self._recs = {pid: src.snap for pid, src in part.new.items()}
+        self._loud = {pid for pid, src in part.new.items() if not src.quiet}
+        self._loud.update(p.pid for p in part.extra)
+        return part
+
+    def _merge_changes(
+        self,
+        scan: ProcScan,
+        changed: tuple[ProcSample, ...],
+        stats: Mapping[int, BpfStats],
+        exits: tuple[ProcessExit, ...],
+        boot: float,
+        tck: int,
+        mono: float,
+        prev_mono: float | None,
+    ) -> tuple[_Part, tuple[ProcessSnapshot, ...]]:
+        """Only the pids a change names; the records of all others are the previous snapshot's objects."""
+        src = self._src
+        touched: set[int] = set(self._loud)
+        touched.update(s.pid for s in changed)
+        touched.update(k.pid for k in scan.gone)
+        touched.update(e.pid for e in exits)
+        old_stats = self._stats
+        if stats or old_stats:
+            # BPF hands back the very object of an entry that did not move: one lookup per entry
+            seen = 0
+            for tgid, st in stats.items():
+                have = src.get(tgid)
+                if have is None or have.stats is not st:
+                    touched.add(tgid)
+                if tgid in old_stats:
+                    seen += 1
+            if seen != len(old_stats):  # entries removed since the last poll
+                touched.update(t for t in old_stats if t not in stats)
+        if not touched:
+            return _Part(), self._procs
+        # each touched pid's sample in this scan: a changed one, else the last one unless it is gone
+        now: dict[int, ProcSample] = {}
+        gone_pids = {k.pid for k in scan.gone}
+        for pid in touched:
+            have = src.get(pid)
+            if have is not None and have.seen is not None and pid not in gone_pids:
+                now[pid] = have.seen
+        for s in changed:
+            now[s.pid] = s
+        old = {pid: src[pid] for pid in touched if pid in src}
+        sub_stats = {pid: stats[pid] for pid in touched if pid in stats}
+        part = _run(tuple(now.values()), sub_stats, exits, old, self._extra, boot, tck, mono, prev_mono)
+        recs, loud = self._recs, self._loud
+        for pid in touched:
+            got = part.new.get(pid)
+            loud.discard(pid)
+            if got is None:
+                src.pop(pid, None)
+                recs.pop(pid, None)
+            else:
+                src[pid] = got
+                recs[pid] = got.snap
+                if not got.quiet:
+                    loud.add(pid)
+        for p in part.extra:
+            loud.add(p.pid)
+        self._extra = part.extra
+        return part, (*recs.values(), *part.extra)
+
+
+def _run(
+    samples: tuple[ProcSample, ...],
+    stats: Mapping[int, BpfStats],
+    exits: tuple[ProcessExit, ...],
+    old_src: Mapping[int, _Src],
+    old_extra: list[ProcessSnapshot],
+    boot: float,
+    tck: int,
+    mono: float,
+    prev_mono: float | None,
+) -> _Part:
+    """One merge pass over the given samples and stats, against the previous records of their pids."""
+    old = dict(old_src)
+    part = _Part()
+    new, out, fresh, left = part.new, part.out, part.fresh, part.left
+    # exits are rare: the previous records of their pids, looked up before `old` is consumed
+    cands: dict[int, list[ProcessSnapshot]] = {}
+    for e in exits:
+        if e.pid not in cands:
+            c = [x for x in old_extra if x.pid == e.pid]
+            if e.pid in old:
+                c.append(old[e.pid].snap)
+            cands[e.pid] = c
+    for s in samples:
+        pid = s.pid
+        st = stats.get(pid)
+        if st is not None and st.start_ticks and st.start_ticks != s.start_ticks:
+            st = None  # another process's entry under a reused PID
+        src = old.pop(pid, None)
+        prev_p = None
+        if src is not None:
+            if src.sample is s and src.stats is st and src.quiet:
+                src.idx = len(out)
+                new[pid] = src
+                out.append(src.snap)
+                continue
+            prev_p = src.snap
+            if prev_p.start_ticks != s.start_ticks:
+                left.append((prev_p.pid, prev_p.start_ticks))
+                prev_p = None
+        p = _with_deltas(_from_proc(s, st, boot + s.start_ticks / tck, prev_p), prev_p, mono, prev_mono)
+        new[pid] = _Src(s, st, p, _is_quiet(p), len(out), s)
+        out.append(p)
+        fresh.append(p)
+    for tgid, st in stats.items():
+        if tgid in new:
+            continue
+        src = old.pop(tgid, None)
+        if src is not None and src.sample is None and src.stats is st and src.quiet:
+            src.idx = len(out)
+            new[tgid] = src
+            out.append(src.snap)
+            continue
+        prev_p = None
+        if src is not None:
+            if st.start_ticks:
+                prev_p = src.snap if src.snap.start_ticks == st.start_ticks else None
+            elif not src.snap.exited:
+                prev_p = src.snap
+            left.append((src.snap.pid, src.snap.start_ticks))
+        p = _with_deltas(_from_bpf(st, prev_p, boot=boot, tck=tck), prev_p, mono, prev_mono)
+        new[tgid] = _Src(None, st, p, _is_quiet(p), len(out), None)
+        out.append(p)
+        fresh.append(p)
+
+    def prev_by_key(pid: int, start: int) -> ProcessSnapshot | None:
+        return next((c for c in reversed(cands.get(pid, ())) if c.start_ticks == start), None)
+
+    def prev_of(pid: int, start: int) -> ProcessSnapshot | None:
+        if start:
+            return prev_by_key(pid, start)
+        return next((c for c in reversed(cands.get(pid, ())) if not c.exited), None)
+
+    added = part.added
+    replaced: set[int] = set()  # ids of records an exit row took the place of
+    for e in exits:
+        prev_p = prev_of(e.pid, e.start_ticks)
+        live = new.get(e.pid)
+        if live is not None and live.idx < 0:
+            live = None  # an exit row added by this loop, not a live record
+        if e.start_ticks:
+            same = live is not None and live.snap.start_ticks == e.start_ticks
+        else:
+            same = live is not None and (prev_p is None or prev_p.start_ticks == live.snap.start_ticks)
+        if same and live is not None:
+            # /proc still showed it this interval; it exited after the scan: one row, final counters
+            cur = out[live.idx]
+            merged = _ended(cur, e)
+            merged = _with_deltas(merged, prev_by_key(e.pid, cur.start_ticks), mono, prev_mono)
+            replaced.add(id(cur))
+            out[live.idx] = merged
+            live.snap, live.quiet, live.sample, live.stats = merged, False, _UNSEEN, None
+            fresh.append(merged)
+            continue
+        if e.final is None:
+            continue
+        p = _ended(_from_bpf(e.final, prev_p, comm=e.comm, boot=boot, tck=tck), e)
+        if p.start_time is None and p.start_ticks:
+            p = replace(p, start_time=boot + p.start_ticks / tck)
+        p = _with_deltas(p, prev_p, mono, prev_mono)
+        key = (p.pid, p.start_ticks)
+        if (live is not None and live.snap.start_ticks == p.start_ticks) or key in added:
+            continue
+        added[key] = p
+        out.append(p)
+        fresh.append(p)
+    for p in added.values():
+        if p.pid in new:
+            part.extra.append(p)
+        else:
+            new[p.pid] = _Src(_UNSEEN, None, p, False, -1, None)
+    if replaced:
+        part.fresh = [f for f in fresh if id(f) not in replaced]
+    left.extend((src.snap.pid, src.snap.start_ticks) for src in old.values())
+    left.extend((x.pid, x.start_ticks) for x in old_extra)
+    return part
 
 
 def merge(

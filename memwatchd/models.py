@@ -71,6 +71,15 @@ class ProcScan:
     boot_time: float  # unix seconds of boot (btime), to turn start_ticks into wall time
     clk_tck: int
     errors: int = 0  # processes that vanished or were unreadable (ENOENT/ESRCH/EACCES), counted not logged
+    # What changed since scan `base_seq` of the same collector (its previous one), so consumers work in
+    # proportion to change: `changed` holds the samples that are not the very objects of that scan (new
+    # identities, changed values); every other sample is that scan's object for its pid, unchanged. `gone`
+    # holds the identities that scan had and this one has not (exits, PID reuse, unreadable now).
+    # changed None: unknown (a first scan, or a collector that does not track it), consumers look at all.
+    seq: int = 0
+    base_seq: int | None = None
+    changed: tuple[ProcSample, ...] | None = None
+    gone: tuple[ProcKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

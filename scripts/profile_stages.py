@@ -30,7 +30,8 @@ from memwatchd.alerts.engine import AlertEngine  # noqa: E402
 from memwatchd.collectors.cgroupfs import ChargeReader  # noqa: E402
 from memwatchd.collectors.procfs import ProcfsCollector  # noqa: E402
 from memwatchd.config import load_config  # noqa: E402
-from memwatchd.groups import aggregate_groups, charge_paths, host_memory  # noqa: E402
+from memwatchd.group_tracker import GroupTracker  # noqa: E402
+from memwatchd.groups import charge_paths  # noqa: E402
 from memwatchd.merge import Merger  # noqa: E402
 from memwatchd.store.writer import StoreWriter  # noqa: E402
 
@@ -43,6 +44,7 @@ async def cycles(n_cycles: int, warm: int, interval: float, tmp: Path) -> tuple[
     procfs = ProcfsCollector(full_rescan_s=cfg.procfs.full_rescan_s)
     charges = ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
     merger = Merger()
+    tracker = GroupTracker()
     engine = AlertEngine(cfg.rules, [], cfg.notify.repeat_interval_s)
     spent: dict[str, float] = defaultdict(float)
     nprocs = 0
@@ -54,17 +56,15 @@ async def cycles(n_cycles: int, warm: int, interval: float, tmp: Path) -> tuple[
             scan = procfs.scan(mono)
             t.append(clock())
             ch = {}
-            if charges is not None:
-                ch = charges.read(charge_paths((s.cgroup, s.unit) for s in scan.samples if s.vm_kb > 0))
+            if charges is not None:  # as the daemon: last cycle's groups plus the places of changed processes
+                changed = scan.changed if scan.changed is not None else scan.samples
+                ch = charges.read(tracker.paths() | charge_paths({(s.cgroup, s.unit) for s in changed}))
             t.append(clock())
             snap = merger.merge(scan, None, ts=ts, mono=mono)
             t.append(clock())
             if charges is not None:
-                snap = dataclasses.replace(
-                    snap,
-                    groups=aggregate_groups(snap.processes, ch),
-                    host=host_memory(snap.meminfo, snap.processes),
-                )
+                groups, host = tracker.update(snap, ch)
+                snap = dataclasses.replace(snap, groups=groups, host=host)
                 merger.prev = snap
             t.append(clock())
             engine.observe(snap)

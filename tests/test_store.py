@@ -301,10 +301,16 @@ def test_retention_removes_exactly_what_is_older_than_each_tier(tmp_path: Path) 
         round(s.ts * 1000) for s in snaps if s.ts * 1000 >= cut_raw
     )
     for tier, cut in ((0, cut_raw), (1, cut_min), (2, cut_hour)):
-        assert (
-            c.execute("SELECT count(*) FROM chunks WHERE tier = ? AND t1_ms < ?", (tier, cut)).fetchone()[0]
-            == 0
-        )
+        # only what a live process's later periods are read from stays: its latest chunk (process 2 is
+        # constant: nothing stored since its first period)
+        kept = c.execute(
+            "SELECT c.proc, c.id = (SELECT max(id) FROM chunks n WHERE n.tier = c.tier AND n.proc = c.proc),"
+            " p.last_snap IS NULL FROM chunks c JOIN processes p ON p.id = c.proc"
+            " WHERE c.tier = ? AND c.t1_ms < ?",
+            (tier, cut),
+        ).fetchall()
+        assert all(latest and live for _, latest, live in kept), (tier, kept)
+        assert len(kept) <= 1
     # process 3 vanished more than `retention` ago: gone entirely
     assert c.execute("SELECT count(*) FROM processes WHERE pid = 3").fetchone()[0] == 0
     with StoreReader(str(db)) as r:
@@ -315,6 +321,14 @@ def test_retention_removes_exactly_what_is_older_than_each_tier(tmp_path: Path) 
             rows = r.history(p1, T0, now, tier)
             expect = sorted(b for b in agg_oracle(snaps, 1, bucket_s) if b * 1000 >= cut)
             assert [x.ts for x in rows] == expect
+            # the constant process reads the same over the retained range, from its one old chunk
+            truth2 = agg_oracle(snaps, 2, bucket_s)
+            rows2 = r.history(r.find_processes(pid=2), T0, now, tier)
+            assert [(x.ts, x.samples, x.rss_kb, x.rss_avg_kb) for x in rows2] == [
+                (b, truth2[b]["n"], 50, 50.0) for b in expect
+            ]
+        raw2 = r.history(r.find_processes(pid=2), T0, now, TIER_RAW)
+        assert [(x.ts, x.rss_kb) for x in raw2] == [(raw[0].ts, 50), (raw[-1].ts, 50)]
     assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
@@ -584,7 +598,7 @@ def test_a_schema_2_database_is_migrated_and_its_rows_read_without_the_new_field
     c.close()
     build(db, [snap(T0, [proc(1, 10)])])  # written by this version: after the migration
     c = sqlite3.connect(db)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4  # v4: the triage table
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5  # v5: periods (issue 18)
     # a row as version 2 wrote it: none of the new columns
     c.execute("UPDATE raw_head SET mapped_bytes = NULL, mremap_count = NULL")
     c.commit()

@@ -43,7 +43,7 @@ import resource
 import time
 from typing import NamedTuple
 
-from memwatchd.models import MemInfo, ProcSample, ProcScan
+from memwatchd.models import MemInfo, ProcKey, ProcSample, ProcScan
 from memwatchd.text import from_kernel
 
 PF_KTHREAD = 0x00200000
@@ -285,7 +285,9 @@ class ProcfsCollector:
         *,
         hold_fds: bool | None = None,
         max_held_fds: int | None = None,
+        pids: tuple[int, ...] | None = None,
     ) -> None:
+        """pids: scan only these processes instead of listing root (taskscan.py's complement)."""
         self._root = root.rstrip("/") or "/"
         self._smaps = smaps
         self._full_rescan_s = full_rescan_s
@@ -293,10 +295,13 @@ class ProcfsCollector:
         self._max_held = _default_max_held_fds() if max_held_fds is None else max_held_fds
         self._held = 0
         self._cache: dict[int, _Entry] = {}
+        self._pids = pids
         self._page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
         self._clk_tck = os.sysconf("SC_CLK_TCK")
         self._boot_time = read_boot_time(self._root)
         self._boot_time_read = time.monotonic()
+        self._seq = 0  # scans returned (ProcScan.seq)
+        self._chained = False  # the cache holds exactly what the last returned scan saw (change sets valid)
 
     @property
     def smaps(self) -> bool:
@@ -327,6 +332,7 @@ class ProcfsCollector:
         for e in self._cache.values():
             self._release(e)
         self._cache = {}
+        self._chained = False
 
     def __enter__(self) -> ProcfsCollector:
         return self
@@ -339,16 +345,20 @@ class ProcfsCollector:
         old = self._cache
         new: dict[int, _Entry] = {}
         samples: list[ProcSample] = []
+        changed: list[ProcSample] = []  # samples that are not the previous scan's objects
+        gone: list[ProcKey] = []  # identities of the previous scan's samples that are not in this one
         errors = 0
         pread = os.pread
         root = self._root
+        chained, self._chained = self._chained, False  # stays False if this scan fails half way
         try:
-            for name in os.listdir(root):
+            for name in os.listdir(root) if self._pids is None else [str(p) for p in self._pids]:
                 if not (name.isdigit() and name.isascii()):
                     continue  # self, sys, meminfo, ...
                 pid = int(name)
                 e = old.pop(pid, None)
                 raw = None
+                before = e.sample if e is not None else None
                 if e is not None:
                     try:
                         raw = pread(e.fd, _READ_MAX, 0) if e.fd >= 0 else _read_all(f"{root}/{name}/stat")
@@ -371,14 +381,28 @@ class ProcfsCollector:
                     if isinstance(exc, OSError) and exc.errno in _SYSTEMIC_ERRNOS:
                         raise
                     errors += 1
+                    if before is not None:
+                        gone.append(before.key)
                     continue
                 new[pid] = e
-                if e.sample is not None:
-                    samples.append(e.sample)
+                after = e.sample
+                if after is not before:
+                    if after is not None:
+                        samples.append(after)
+                        changed.append(after)
+                    if before is not None and (after is None or after.start_ticks != before.start_ticks):
+                        gone.append(before.key)
+                elif after is not None:
+                    samples.append(after)
         finally:
-            for gone in old.values():
-                self._release(gone)
+            for left in old.values():
+                if left.sample is not None:
+                    gone.append(left.sample.key)
+                self._release(left)
             self._cache = new
+        self._seq += 1
+        seq = self._seq
+        self._chained = True
         if now_mono - self._boot_time_read >= self._full_rescan_s:
             # btime follows wall-clock steps; refreshed now and then, it keeps start times in step.
             self._boot_time = read_boot_time(root)
@@ -389,6 +413,10 @@ class ProcfsCollector:
             boot_time=self._boot_time,
             clk_tck=self._clk_tck,
             errors=errors,
+            seq=seq,
+            base_seq=seq - 1 if chained else None,
+            changed=tuple(changed) if chained else None,
+            gone=tuple(gone),
         )
 
     def _release(self, e: _Entry) -> None:

@@ -28,7 +28,7 @@ from memwatchd.alerts.kinds.oom import OomKind
 from memwatchd.alerts.scopes import ScopeEngine, is_scoped
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
 from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
-from memwatchd.collectors.procfs import ProcfsCollector
+from memwatchd.collectors.source import ProcScanner, open_scanner
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.config_check import check_usable
 from memwatchd.daemon import heap
@@ -40,7 +40,8 @@ from memwatchd.daemon.pump import PRUNE_EVERY_S, WritePump
 from memwatchd.daemon.service import ServiceNotifier
 from memwatchd.daemon.status import DaemonStatus, alert_counts
 from memwatchd.daemon.triage import TriageService
-from memwatchd.groups import charge_paths, summarize
+from memwatchd.group_tracker import GroupTracker
+from memwatchd.groups import charge_paths
 from memwatchd.merge import Merger
 from memwatchd.models import AlertRecord, BpfHealth, BpfPoll, GroupCharge, ProcScan, Snapshot
 from memwatchd.notify.alertmanager import AlertmanagerFeed
@@ -197,12 +198,15 @@ class Daemon:
         self.prev: Snapshot | None = None
         self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.merger = Merger()
+        self.group_tracker = GroupTracker()  # group and host sums, kept from each snapshot's changes
         self._gone_since_trim = 0
         self._trimmed_at = float("-inf")
         self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
-        self.procfs: ProcfsCollector | None = None
+        self.procfs: ProcScanner | None = None
+        self.scan_source = "proc"  # "bpf" (the kernel's task iterator) or "proc" ([procfs] source)
+        self.scan_source_why: str | None = None  # why not the iterator, when not
         self.store: StoreWriter | None = None
         self.pump: WritePump | None = None
         self.alerts: AlertEngine | None = None
@@ -255,16 +259,17 @@ class Daemon:
         )
         if failure is not None:
             self.pump.unavailable(failure)
-        self.procfs = ProcfsCollector(
-            root=self.cfg.procfs.root,
-            smaps=self.cfg.procfs.smaps,
-            full_rescan_s=self.cfg.procfs.full_rescan_s,
-        )
         self._load_bpf()
+        # ScanSourceError ([procfs] source = "bpf" unusable here): a startup failure
+        self.procfs, self.scan_source, self.scan_source_why = open_scanner(
+            self.cfg.procfs, self.bpf, self.bpf_state
+        )
         await self._open_alerting(store)
         await self._open_triage(store)
         self._open_metrics()
-        self.status = DaemonStatus(bpf_state=self.bpf_state, write_failing=self.pump.write_failing)
+        self.status = DaemonStatus(
+            bpf_state=self.bpf_state, scan_source=self.scan_source, write_failing=self.pump.write_failing
+        )
         if store is not None:
             # this run's counters start at zero: status must not mix the previous run's counts with this pid
             await store.set_status(**self._status_fields(0))
@@ -392,7 +397,11 @@ class Daemon:
             log.warning("could not save alert state: %s", e)
 
     # ---- sampling ----------------------------------------------------------------------------
-    def _scan(self, procfs: ProcfsCollector, mono: float) -> tuple[ProcScan, dict[str, GroupCharge]]:
+    def _scan(
+        self, procfs: ProcScanner, mono: float, known: frozenset[str]
+    ) -> tuple[ProcScan, dict[str, GroupCharge]]:
+        """The /proc scan and the charges of every cgroup the groups need: those of the last cycle's groups
+        (known) plus the places of processes new or changed in this scan."""
         stall = self.hooks.stall_after
         if stall is not None and self.cycles >= stall:
             threading.Event().wait()  # test hook: a /proc read that never returns
@@ -401,7 +410,11 @@ class Daemon:
         if self.charges is not None:
             t0 = time.perf_counter()
             try:
-                charges = self.charges.read(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
+                if scan.changed is not None:
+                    paths = known | charge_paths({(s.cgroup, s.unit) for s in scan.changed})
+                else:
+                    paths = frozenset(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
+                charges = self.charges.read(paths)
             except Exception as e:  # an optional source: the cycle goes on without charges
                 log.debug("cgroup charges unreadable: %s", e)
             self.groups_ms = (time.perf_counter() - t0) * 1000
@@ -428,7 +441,8 @@ class Daemon:
         mono = self.clock.mono()
         ts = self.clock.wall()
         t0 = time.perf_counter()
-        scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono))
+        known = self.group_tracker.paths() if self.charges is not None else frozenset()
+        scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono, known))
         poll = self._poll_bpf()
         if poll is not None and self.bpf is not None and mono - self._bpf_gc_at >= BPF_GC_EVERY_S:
             self._bpf_gc_at = mono
@@ -436,7 +450,7 @@ class Daemon:
         health = poll.health if poll else BpfHealth(state=self.bpf_state)
         snap = self.merger.merge(scan, poll, ts=ts, mono=mono, bpf_health=health)
         if self.charges is not None:
-            groups, host = summarize(snap.processes, charges, snap.meminfo)
+            groups, host = self.group_tracker.update(snap, charges)
             snap = dataclasses.replace(snap, groups=groups, host=host)
             self.merger.prev = snap
         scan_ms = (time.perf_counter() - t0) * 1000
@@ -474,6 +488,7 @@ class Daemon:
             processes=len(snap.processes),
             last_snapshot_ts=snap.ts,
             bpf_state=snap.bpf.state if self.bpf is not None else self.bpf_state,
+            scan_source=self.scan_source,
             bpf_tracked=snap.bpf.tracked,
             map_full=snap.bpf.map_full,
             lost_events=snap.bpf.lost_events,
@@ -630,6 +645,8 @@ class Daemon:
             if new_v != old_v:
                 log.warning("[%s] changed: takes effect after a restart", section)
         new_procfs = new.procfs
+        if new_procfs.source != self.cfg.procfs.source:
+            log.warning("[procfs] source changed: takes effect after a restart")
         # sections that need a restart keep their running values (the storage path may come from --db)
         self.cfg = dataclasses.replace(
             new,
@@ -714,9 +731,10 @@ async def run(
     # First snapshot before READY=1 so `status` has data as soon as systemd considers us started.
     d.notifier.ready(d.status_line())
     log.info(
-        "memwatchd started: interval %gs, bpf %s, database %s",
+        "memwatchd started: interval %gs, bpf %s, scan %s, database %s",
         cfg.daemon.interval_s,
         d.bpf_state,
+        d.scan_source if d.scan_source_why is None else f"{d.scan_source} ({d.scan_source_why})",
         cfg.storage.path,
     )
     wd = asyncio.create_task(d.watchdog(), name="watchdog")

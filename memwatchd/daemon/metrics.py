@@ -30,7 +30,7 @@ import heapq
 import logging
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -45,6 +45,7 @@ from prometheus_client.core import (
 )
 
 from memwatchd.config import PrometheusConfig
+from memwatchd.daemon.metric_rows import RSS, GroupRows, group_of
 from memwatchd.daemon.status import DaemonStatus
 from memwatchd.models import HOST_FIELDS, MemInfo, ProcessSnapshot, Snapshot
 from memwatchd.text import shown
@@ -98,7 +99,10 @@ class _State:
 
     groups: tuple[_GroupRow, ...]  # kept groups by RSS, then "other"
     alloc: tuple[tuple[str, tuple[int, int, int, int]], ...] | None  # None until eBPF counters appear
-    top: tuple[_TopRow, ...]
+    # the snapshot's records and K: the top-K process series are picked when a scrape asks (top()), not
+    # every cycle
+    processes: tuple[ProcessSnapshot, ...]
+    top_k: int
     meminfo: MemInfo | None
     alerts: tuple[tuple[str, str, int], ...]  # (rule, state, count)
     scan_buckets: tuple[int, ...]  # cumulative counts per SCAN_BUCKETS_S bound, then +Inf
@@ -110,6 +114,14 @@ class _State:
     ] = ()  # cgroup, unit, charge, limit, rss, n
     host: tuple[tuple[str, int], ...] = ()  # (part, bytes) of the host breakdown
 
+    def top(self) -> tuple[_TopRow, ...]:
+        """The K biggest live processes by RSS, rank 1 first."""
+        live = (p for p in self.processes if not p.exited and p.rss_kb is not None)
+        biggest = heapq.nlargest(self.top_k, live, key=lambda p: (p.rss_kb or 0, -p.pid))
+        return tuple(
+            _TopRow(i + 1, p.comm, p.unit or "", (p.rss_kb or 0) * 1024) for i, p in enumerate(biggest)
+        )
+
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """'HOST:PORT' (IPv6 as '[::1]:9464') -> (host, port)."""
@@ -117,11 +129,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise MetricsError(f"expected HOST:PORT, got {listen!r}")
     return host.strip("[]"), int(port)
-
-
-def group_of(p: ProcessSnapshot) -> str:
-    """The group a process is exported under: its systemd unit, else its comm."""
-    return p.unit or p.comm or "unknown"
 
 
 def series_budget(cfg: PrometheusConfig, alloc: bool) -> tuple[int, int]:
@@ -141,6 +148,9 @@ def _inc(delta: int | None, cumulative: int | None, primed: bool) -> int:
     return cumulative if primed and cumulative is not None else 0
 
 
+_NO_INC = (0, 0, 0, 0)
+
+
 class _Aggregator:
     """Turns snapshots into _State; keeps the running counters between snapshots."""
 
@@ -149,6 +159,7 @@ class _Aggregator:
         self.state: _State | None = None
         self._primed = False
         self._alloc_seen = False
+        self._rows = GroupRows()
         self._acc: dict[str, tuple[int, int, int, int]] = {}  # kept groups only: bounded by the cap
         self._other_acc = (0, 0, 0, 0)
         self._scan_counts = [0] * (len(SCAN_BUCKETS_S) + 1)
@@ -161,47 +172,43 @@ class _Aggregator:
         self._alert_states: set[str] = set(ALERT_STATES)
 
     def update(self, snap: Snapshot, status: DaemonStatus | None) -> None:
-        # group -> [rss, anon, swap, processes, mmap calls, mmap bytes, munmap bytes, brk bytes]
-        rows: dict[str, list[int]] = {}
-        live: list[ProcessSnapshot] = []
+        # per-group sums from the snapshot's changes; allocation increments from its new records only (a
+        # record carried over unchanged has deltas 0)
+        changed = self._rows.update(snap)
+        rows = self._rows.rows
+        incs: dict[str, list[int]] = {}  # group -> [mmap calls, mmap bytes, munmap bytes, brk bytes]
         primed = self._primed
-        for p in snap.processes:
-            g = group_of(p)
-            row = rows.get(g)
-            if row is None:
-                row = rows[g] = [0, 0, 0, 0, 0, 0, 0, 0]
-            if not p.exited:
-                row[0] += (p.rss_kb or 0) * 1024
-                row[1] += (p.anon_kb or 0) * 1024
-                row[2] += (p.swap_kb or 0) * 1024
-                row[3] += 1
-                if p.rss_kb is not None:
-                    live.append(p)
+        for p in changed:
             if p.mmap_count is not None:
                 self._alloc_seen = True
-                row[4] += _inc(p.d_mmap_count, p.mmap_count, primed)
-                row[5] += _inc(p.d_mmap_bytes, p.mmap_bytes, primed)
-                row[6] += _inc(p.d_munmap_bytes, p.munmap_bytes, primed)
-                row[7] += _inc(p.d_brk_bytes, p.brk_bytes, primed)
+                g = group_of(p)
+                inc = incs.get(g)
+                if inc is None:
+                    inc = incs[g] = [0, 0, 0, 0]
+                inc[0] += _inc(p.d_mmap_count, p.mmap_count, primed)
+                inc[1] += _inc(p.d_mmap_bytes, p.mmap_bytes, primed)
+                inc[2] += _inc(p.d_munmap_bytes, p.munmap_bytes, primed)
+                inc[3] += _inc(p.d_brk_bytes, p.brk_bytes, primed)
         self._primed = True
 
         top_k, kept_n = series_budget(self.cfg, self._alloc_seen)
         # A real group named "other" would collide with the bucket: it is always folded into it.
         candidates = [g for g in rows if g != OTHER]
-        kept = heapq.nlargest(kept_n, candidates, key=lambda g: (rows[g][0], g))
+        kept = heapq.nlargest(kept_n, candidates, key=lambda g: (rows[g][RSS], g))
         kept_set = set(kept)
 
         other = [0, 0, 0, 0]
         other_acc = list(self._other_acc)
         acc: dict[str, tuple[int, int, int, int]] = {}
         for g, row in rows.items():
+            d: Sequence[int] = incs.get(g) or _NO_INC
             if g in kept_set:
                 a = self._acc.get(g, (0, 0, 0, 0))
-                acc[g] = (a[0] + row[4], a[1] + row[5], a[2] + row[6], a[3] + row[7])
+                acc[g] = (a[0] + d[0], a[1] + d[1], a[2] + d[2], a[3] + d[3])
             else:
                 for i in range(4):
                     other[i] += row[i]
-                    other_acc[i] += row[4 + i]
+                    other_acc[i] += d[i]
         self._acc = acc
         self._other_acc = (other_acc[0], other_acc[1], other_acc[2], other_acc[3])
 
@@ -209,10 +216,6 @@ class _Aggregator:
         alloc = None
         if self._alloc_seen:
             alloc = tuple((g, acc[g]) for g in kept) + ((OTHER, self._other_acc),)
-        biggest = heapq.nlargest(top_k, live, key=lambda p: (p.rss_kb or 0, -p.pid))
-        top = tuple(
-            _TopRow(i + 1, p.comm, p.unit or "", (p.rss_kb or 0) * 1024) for i, p in enumerate(biggest)
-        )
 
         st = status if status is not None else DaemonStatus()
         self._observe_health(snap, st)
@@ -223,7 +226,8 @@ class _Aggregator:
             else (),
             groups=groups,
             alloc=alloc,
-            top=top,
+            processes=snap.processes,
+            top_k=top_k,
             meminfo=snap.meminfo,
             alerts=self._alerts(st),
             scan_buckets=tuple(self._cumulative_buckets()),
@@ -233,7 +237,7 @@ class _Aggregator:
                 "memwatchd_bpf_up": 1.0 if snap.bpf.state == "active" else 0.0,
                 "memwatchd_bpf_tracked_processes": float(snap.bpf.tracked),
                 "memwatchd_database_write_failing": 1.0 if st.write_failing else 0.0,
-                "memwatchd_processes": float(sum(r[3] for r in rows.values())),
+                "memwatchd_processes": float(self._rows.live),
                 "memwatchd_groups": float(len(rows)),
                 "memwatchd_last_snapshot_timestamp_seconds": snap.ts,
             },
@@ -352,7 +356,7 @@ class _Collector:
             labels=["rank", "comm", "unit"],
             unit="bytes",
         )
-        for t in st.top:
+        for t in st.top():
             top.add_metric([str(t.rank), shown(t.comm), shown(t.unit)], float(t.rss_bytes))
         yield top
         if st.meminfo is not None:

@@ -183,3 +183,13 @@ def encode_agg(entries: Iterable[tuple[int, Values]]) -> bytes:
 
 def decode_agg(data: bytes) -> list[tuple[int, Values]]:
     return [(k, stored_to_agg(s)) for k, s in decode(data, _STORED_LEN)]
+
+
+def encode_snaps(snaps: Iterable[tuple[int, int]]) -> bytes:
+    """The snapshots of a period, (id, ts_ms) in id order (the ``periods.data`` blob)."""
+    return encode((sid, (ts,)) for sid, ts in snaps)
+
+
+def decode_snaps(data: bytes) -> list[tuple[int, int]]:
+    """Inverse of encode_snaps()."""
+    return [(sid, v[0] or 0) for sid, v in decode(data, 1)]

@@ -155,6 +155,8 @@ class StoreReader:
             raise ReaderError(
                 f"{path} has schema version {version}; this memwatchctl knows up to {SCHEMA_VERSION}"
             )
+        self.version = version  # a daemon not yet restarted on a newer memwatchd writes an older schema
+        self._snap0 = "snap0" if version >= 5 else "NULL"
 
     def close(self) -> None:
         self.db.close()
@@ -303,14 +305,23 @@ class StoreReader:
             rows.sort(key=lambda r: (r.ts, r.pid, r.start_ticks))
             return rows
 
+    def _chunks(self, tier: int, proc: int, lo_ms: int, hi_ms: int) -> list[tuple[int | None, bytes]]:
+        """(snap0, blob) of the chunks of one process and tier overlapping [lo_ms, hi_ms], oldest first,
+        and the latest one before lo_ms: a process that did not change since holds its values."""
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                f"SELECT {self._snap0}, data FROM chunks WHERE tier = :t AND proc = :p AND t0_ms <= :hi"
+                " AND t1_ms >= coalesce((SELECT max(t1_ms) FROM chunks WHERE tier = :t AND proc = :p"
+                " AND t1_ms < :lo), :lo) ORDER BY t0_ms, id",
+                {"t": tier, "p": proc, "lo": lo_ms, "hi": hi_ms},
+            )
+        ]
+
     def _entries(self, tier: int, proc: int, lo_ms: int, hi_ms: int) -> list[tuple[int, codec.Values]]:
         out: list[tuple[int, codec.Values]] = []
         dec = codec.decode_raw if tier == TIER_RAW else codec.decode_agg
-        for (data,) in self.db.execute(
-            "SELECT data FROM chunks WHERE tier = ? AND proc = ? AND t0_ms <= ? AND t1_ms >= ?"
-            " ORDER BY t0_ms, id",
-            (tier, proc, hi_ms, lo_ms),
-        ):
+        for _, data in self._chunks(tier, proc, lo_ms, hi_ms):
             out += dec(data)
         return out
 
@@ -343,7 +354,7 @@ class StoreReader:
             ).fetchone()
             w_snap = w[0] if w else min(head, default=sid)
             sql = (
-                "SELECT p.pid, p.start_ticks, p.start_time, p.comm, p.unit, c.snap,"
+                "SELECT p.pid, p.start_ticks, p.start_time, p.comm, p.unit, p.first_snap, c.snap,"
                 f" {', '.join('c.' + f for f in RAW_FIELDS)},"
                 " c.d_mmap_count, c.d_mmap_bytes, c.d_munmap_bytes, c.d_brk_bytes, c.dt_ms,"
                 " (SELECT h.snap FROM raw_head h WHERE h.proc = c.proc AND h.snap <= :w"
@@ -357,11 +368,15 @@ class StoreReader:
             rows: list[TopRow] = []
             nf = len(RAW_FIELDS)
             for r in self.db.execute(sql, {"w": w_snap}):
-                pid, st, start_time, comm, unit, csnap = r[:6]
-                vals = dict(zip(RAW_FIELDS, r[6 : 6 + nf], strict=True))
-                d_mc, d_mb, d_ub, d_bb, p_dt = r[6 + nf : 11 + nf]
-                ws, wrss, fs, frss = r[11 + nf :]
+                pid, st, start_time, comm, unit, first_snap, csnap = r[:7]
+                vals = dict(zip(RAW_FIELDS, r[7 : 7 + nf], strict=True))
+                d_mc, d_mb, d_ub, d_bb, p_dt = r[7 + nf : 12 + nf]
+                ws, wrss, fs, frss = r[12 + nf :]
                 base_snap, base_rss = (ws, wrss) if ws is not None else (fs, frss)
+                if fs is None and first_snap <= w_snap:
+                    # no head row at all (version 5 stores none for a process that did not change in the
+                    # head's periods): it held its current values over the whole window
+                    base_snap, base_rss = w_snap, vals["rss_kb"]
                 growth = None
                 if (
                     base_snap is not None
@@ -445,6 +460,8 @@ class StoreReader:
             oldest_chunk = self.db.execute(
                 "SELECT min(t0_ms) FROM chunks WHERE tier = ?", (TIER_HOUR,)
             ).fetchone()[0]
+            if oldest_chunk is not None:  # a constant live process's one old chunk is kept past the cut
+                oldest_chunk = max(oldest_chunk, self._cutoff(TIER_HOUR))
             starts = [t for t in (first, oldest_chunk) if t is not None]
             out["latest_snapshot_ts"] = _s(latest[1]) if latest else None
             out["span_start_ts"] = _s(min(starts)) if starts else None
@@ -526,10 +543,35 @@ class _Ctx:
         else:
             self.bucket_ms = BUCKET_MS[tier]
             self.cutoff = r._cutoff(tier)
+            self.lo_ms = max(since_ms - self.bucket_ms + 1, self.cutoff)
             head = db.execute(
-                "SELECT id, ts_ms FROM snapshots WHERE id > ? ORDER BY id", (self.compacted,)
+                "SELECT id, ts_ms, kf FROM snapshots WHERE id > ? ORDER BY id", (self.compacted,)
             ).fetchall()
             self.head_buckets = Buckets([x[0] for x in head], [x[1] for x in head], self.bucket_ms)
+            # the head's periods: [first id, last id] between period starts
+            starts = [x[0] for k, x in enumerate(head) if k == 0 or x[2]]
+            self.head_periods = [
+                (a, (starts[k + 1] - 1) if k + 1 < len(starts) else head[-1][0]) for k, a in enumerate(starts)
+            ]
+            # compacted periods of version 5 in the range: (snap0, snap1, blob); decoded when first needed
+            self.periods = (
+                db.execute(
+                    "SELECT snap0, snap1, data FROM periods WHERE t1_ms >= ? AND t0_ms <= ? ORDER BY snap0",
+                    (self.lo_ms, until_ms),
+                ).fetchall()
+                if r.version >= 5
+                else []
+            )
+            self._period_buckets: dict[int, Buckets] = {}
+
+    def _buckets(self, snap0: int, data: bytes) -> Buckets:
+        b = self._period_buckets.get(snap0)
+        if b is None:
+            snaps = codec.decode_snaps(data)
+            b = self._period_buckets[snap0] = Buckets(
+                [x[0] for x in snaps], [x[1] for x in snaps], self.bucket_ms
+            )
+        return b
 
     def _base(self, p: Proc) -> dict[str, Any]:
         return {
@@ -549,10 +591,12 @@ class _Ctx:
             return []
         first, last = ids[lo], ids[hi - 1]
         entries = []
-        if first <= self.compacted:
+        head = self.r._head(p.id) if last > self.compacted else []
+        if first <= self.compacted or not head or head[0][0] > first:
+            # the values held at `first` may be those of its last change before the range (version 5
+            # stores nothing for a period in which a process did not change)
             entries = self.r._entries(TIER_RAW, p.id, self.ts[first], self.ts[last])
-        if last > self.compacted:
-            entries += self.r._head(p.id)
+        entries += head
         keys = [e[0] for e in entries]
         emit = {first, last}
         # keyframe entries repeat the held values: only real changes become rows
@@ -581,13 +625,8 @@ class _Ctx:
 
     def rolled(self, p: Proc) -> list[HistoryRow]:
         bm = self.bucket_ms
-        lo_ms = max(self.since_ms - bm + 1, self.cutoff)
-        parts = [self.r._entries(self.tier, p.id, lo_ms, self.until_ms)]
         end = p.last_snap if p.last_snap is not None else self.latest[0]
-        if end > self.compacted:
-            head = self.r._head(p.id)
-            if head:
-                parts.append(rollup(head, self.head_buckets, max(head[0][0], p.first_snap), end))
+        parts = self._stored_and_implied(p, end)
         base = self._base(p)
         out = []
         for b, a in merge_sorted(parts):
@@ -604,6 +643,43 @@ class _Ctx:
                 row[f"{m}_avg_kb"] = round(sm / cnt, 3) if cnt and sm is not None else None
             out.append(HistoryRow(**{k: row[k] for k in HISTORY_FIELDS}))
         return out
+
+    def _stored_and_implied(self, p: Proc, end: int) -> list[list[tuple[int, codec.Values]]]:
+        """The process's buckets, period by period in time order: a stored chunk, the head's rows, or (a
+        period in which it did not change) the values it held, over the period's snapshots."""
+        parts: list[list[tuple[int, codec.Values]]] = []
+        carry: codec.Values | None = None
+        chunks = self.r._chunks(self.tier, p.id, self.lo_ms, self.until_ms)
+        stored = {s0 for s0, _ in chunks if s0 is not None}
+        items: list[tuple[int, int, bytes]] = [(-1 if s0 is None else s0, 0, d) for s0, d in chunks]
+        items += [
+            (s0, 1, d)
+            for s0, s1, d in self.periods
+            if s0 not in stored and s1 >= p.first_snap and s0 <= end and s0 <= self.compacted
+        ]
+        items.sort(key=lambda x: (x[0], x[1]))
+        for s0, implied, data in items:
+            if not implied:
+                buckets = codec.decode_agg(data)
+                parts.append(buckets)
+                if buckets:
+                    carry = tuple(last_of(buckets[-1][1], f) for f in RAW_FIELDS)
+            elif carry is not None:
+                b = self._buckets(s0, data)
+                parts.append(rollup([(s0, carry)], b, max(s0, p.first_snap), end))
+        if end > self.compacted:
+            head = self.r._head(p.id)
+            keys = [h[0] for h in head]
+            for a, b in self.head_periods:
+                if b < p.first_snap or a > end:
+                    continue
+                rows = head[bisect_left(keys, a) : bisect_right(keys, b)]
+                if rows:
+                    parts.append(rollup(rows, self.head_buckets, max(rows[0][0], p.first_snap), min(b, end)))
+                    carry = rows[-1][1]
+                elif carry is not None:
+                    parts.append(rollup([(a, carry)], self.head_buckets, max(a, p.first_snap), min(b, end)))
+        return parts
 
 
 __all__ = [

@@ -3,14 +3,25 @@
 Layout (all timestamps are integer unix milliseconds, sizes integer KiB, eBPF byte counters bytes):
 
 - ``snapshots``: one row per snapshot (id = sequence number, wall time, host meminfo, monotonic interval).
-  ``kf = 1`` marks a keyframe snapshot: every live process has a ``raw_head`` row there, so a compaction
-  range starting at a keyframe is self-contained.
+  ``kf`` marks the snapshot that starts a compaction period: 2 = a full keyframe (the first of a writer's
+  run: every live process has a ``raw_head`` row there), 1 = a period start (version 5: only processes that
+  change in the period get a row there, see ``raw_head``; before version 5 every live process had one).
 - ``processes``: one row per identity (pid, start_ticks). ``first_snap``/``last_snap`` bound its presence;
   ``last_snap IS NULL`` means "still live at the latest snapshot".
 - ``raw_head``: the uncompacted recent past (at most ~75 minutes): one plain row per process per snapshot
-  where its values changed (plus keyframes). The writer compacts it, period by period, into ``chunks``.
-- ``chunks``: compact series, one blob per (tier, process, compaction period). tier 0 = every change
-  (keyed by snapshot id), tier 1 = per-minute rollups, tier 2 = per-hour rollups; see codec.py.
+  where its values changed. A process that changes in a period also gets a row at the period's first
+  snapshot holding the values it had then (written with its first change), so each process's rows of a
+  period are self-contained; a process that does not change in a period has no row in it (version 5).
+- ``chunks``: compact series, one blob per (tier, process, compaction period in which the process
+  changed). tier 0 = every change (keyed by snapshot id), tier 1 = per-minute rollups, tier 2 = per-hour
+  rollups; see codec.py. ``snap0`` (version 5) is the first snapshot id of the chunk's period (NULL in
+  chunks written before). A period without a chunk of a process present in it is implied: its values
+  are those of the process's previous chunk (or head row), held for every snapshot of the period listed
+  in ``periods``. Retention keeps each process's latest chunk per tier while it is present after the cut,
+  since later periods are read from it.
+- ``periods`` (version 5): one row per compacted period: its snapshot ids [snap0, snap1], its wall times
+  and a blob of its snapshots (codec entries keyed by snapshot id holding ts_ms), so implied rollups can be
+  counted after the snapshot rows are past raw retention; kept as long as the hourly tier.
 - ``current``: the latest stored values of every live process with the merge's deltas (for ``top``).
 - ``status``, ``meta``: daemon status key/values (shown by ``memwatchctl status``), writer bookkeeping.
 - ``alerts``, ``ooms``: alert episodes (rule engine) and OOM kills.
@@ -28,13 +39,18 @@ or -N for signal N). An exited process's last raw row holds its VmHWM at the exi
 
 Version 4 added ``triage``: leak triage results (allocation stacks of one process over a bounded
 window); see memwatchd/store/triage.py.
+
+Version 5 (issue 18): writes proportional to change. Periods no longer start with a row for every live
+process (``kf`` above), compaction writes chunks only for processes that changed in the period
+(``chunks.snap0``), and ``periods`` lists each compacted period's snapshots. Databases of version 4 keep their
+full keyframes and chunks and read the same.
 """
 
 from __future__ import annotations
 
 from memwatchd.store.triage import SCHEMA as TRIAGE_SCHEMA
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Column order of a raw sample; most frequently changing first so the change mask stays one byte. New
 # fields go at the end, so chunks written by an older version still decode (their masks never set them).
@@ -76,6 +92,7 @@ SERIES_WIDTH = max(len(f) for f in SERIES_FIELDS.values())
 SERIES_COLS = tuple(f"v{i}" for i in range(SERIES_WIDTH))
 
 TIER_RAW, TIER_MINUTE, TIER_HOUR = 0, 1, 2
+KF_PERIOD, KF_FULL = 1, 2  # snapshots.kf: a period start; a period start where every live process has a row
 TIER_NAMES = {TIER_RAW: "raw", TIER_MINUTE: "minute", TIER_HOUR: "hour"}
 BUCKET_MS = {TIER_MINUTE: 60_000, TIER_HOUR: 3_600_000}
 
@@ -214,8 +231,20 @@ _V3 = "\n".join(
     + [f"ALTER TABLE processes ADD COLUMN {c} INTEGER;" for c in ("exit_signal", "oom_killed")]
 )
 
+_V5 = """
+ALTER TABLE chunks ADD COLUMN snap0 INTEGER;
+CREATE TABLE periods (
+    snap0 INTEGER PRIMARY KEY,
+    snap1 INTEGER NOT NULL,
+    t0_ms INTEGER NOT NULL,
+    t1_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX periods_t1 ON periods (t1_ms);
+"""
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, TRIAGE_SCHEMA)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, TRIAGE_SCHEMA, _V5)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

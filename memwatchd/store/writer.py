@@ -2,10 +2,14 @@
 
 Per snapshot, one ``BEGIN IMMEDIATE`` transaction writes a ``snapshots`` row and, for each process whose
 values changed since its last stored sample, one ``raw_head`` row; unchanged processes cost nothing. Every
-period (an hour of wall time) starts with a keyframe snapshot in which every live process gets a row, so
-each period is self-contained. Once a period is at least ``margin`` old, a separate transaction compacts it
-into per-process blobs for three tiers (every change, per-minute and per-hour rollups; see codec.py and
-rollup.py) and deletes its head rows. prune() applies retention per tier in small batches.
+period (an hour of wall time) starts at a period-start snapshot; a process's first change in a period also
+writes a row at that snapshot with the values it held there, so each process's rows of a period are
+self-contained. Once a period is at least ``margin`` old, a separate transaction compacts it into
+per-process blobs for three tiers (every change, per-minute and per-hour rollups; see codec.py and
+rollup.py) for the processes that changed in it, records its snapshots in ``periods`` (readers imply the
+periods of unchanged processes from them) and deletes its head rows. prune() applies retention per tier in
+small batches. Nothing here is proportional to the number of idle processes (issue 18), except the first
+snapshot of a run, which stores every process it sees.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from memwatchd.store.rollup import Buckets, coarsen, rollup
 from memwatchd.store.schema import (
     ALERT_COLS,
     BUCKET_MS,
+    KF_FULL,
+    KF_PERIOD,
     RAW_FIELDS,
     SCHEMA_VERSION,
     TIER_HOUR,
@@ -76,6 +82,10 @@ class _Live:
     comm: str
     unit: str | None
     cgroup: str | None
+    row_kf: int = 0  # the period start (snapshot id) of the period in which it last got a head row
+
+
+_Undo = list[tuple[dict[tuple[int, int], "_Live"], tuple[int, int], "_Live | None"]]  # (state, key, old)
 
 
 @dataclass(slots=True)
@@ -90,6 +100,7 @@ class _Cursor:
     last: tuple[int, int] | None = None  # (snap id, ts_ms) of the previous snapshot this session
     last_mono: float | None = None
     last_seq: int | None = None  # Snapshot.seq of the last snapshot stored (or planned in the batch)
+    kf_sid: int = 0  # the snapshot id that started the current period
 
 
 @dataclass(slots=True)
@@ -101,6 +112,9 @@ class _Plan:
     kf: bool
     period: int
     rows: list[tuple[int | None, tuple[int | None, ...], ProcessSnapshot]] = field(default_factory=list)
+    lazy: list[tuple[int, tuple[int | None, ...]]] = field(default_factory=list)  # (proc, values) at kf_sid
+    kf_sid: int = 0
+    full_kf: bool = False
     new: list[ProcessSnapshot] = field(default_factory=list)
     meta: list[tuple[str, str | None, str | None, int]] = field(default_factory=list)
     vanished: list[tuple[tuple[int, int], int]] = field(default_factory=list)
@@ -252,7 +266,7 @@ class StoreWriter:
         )
         self._cur.next_proc = 1 + int(await self._scalar("SELECT max(id) FROM processes") or 0)
         async with db.execute(
-            "SELECT id, ts_ms FROM snapshots WHERE kf = 1 AND id > ? ORDER BY id", (self._compacted,)
+            "SELECT id, ts_ms FROM snapshots WHERE kf >= 1 AND id > ? ORDER BY id", (self._compacted,)
         ) as cur:
             self._keyframes = [(r[0], r[1]) async for r in cur]
         await self._series.setup(db)
@@ -313,6 +327,7 @@ class StoreWriter:
             return
         async with self._lock:
             plans: list[_Plan] = []
+            undo: _Undo = []
 
             async def run() -> _Cursor:
                 cur = self._cur
@@ -322,7 +337,7 @@ class StoreWriter:
                     plan.series = series = self._series.plan(snap, plan.kf, series)
                     await self._apply(snap, plan, cur)
                     plans.append(plan)
-                    cur = _advance(cur, snap, plan)
+                    cur = _advance(cur, snap, plan, undo)
                 if status:
                     await self._status_rows(status)
                 if clear_status:
@@ -331,7 +346,15 @@ class StoreWriter:
                     )
                 return cur
 
-            self._cur = await self._tx(run)
+            try:
+                self._cur = await self._tx(run)
+            except BaseException:
+                for state, k, old in reversed(undo):  # the cursor's state as it was before the batch
+                    if old is None:
+                        state.pop(k, None)
+                    else:
+                        state[k] = old
+                raise
             self._keyframes += [(p.sid, p.ts_ms) for p in plans if p.kf]
             for p in plans:
                 if p.series is not None:
@@ -353,9 +376,14 @@ class StoreWriter:
         period = ts_ms // self.period_ms
         kf = cur.force_kf or period != cur.period
         plan = _Plan(sid=cur.next_snap, ts_ms=ts_ms, kf=kf, period=period, next_proc=cur.next_proc)
+        plan.full_kf = cur.force_kf
+        kf_sid = plan.kf_sid = plan.sid if kf else cur.kf_sid
         # Work in proportion to change: when this snapshot follows the last one written (or planned in the
-        # same batch), only its fresh records can differ from what is stored (a keyframe looks at all).
-        incremental = not kf and snap.fresh is not None and snap.base_seq == cur.last_seq is not None
+        # same batch), only its fresh records can differ from what is stored (a run's first snapshot looks
+        # at all; a period start is no different from any other snapshot).
+        incremental = (
+            not cur.force_kf and snap.fresh is not None and snap.base_seq == cur.last_seq is not None
+        )
         plan.full = not incremental
         state = plan.state
         for p in snap.fresh if incremental and snap.fresh is not None else snap.processes:
@@ -366,19 +394,22 @@ class StoreWriter:
             old = cur.state.get(key)
             if old is None:
                 plan.new.append(p)
-                state[key] = _Live(0, vals, p.comm, p.unit, p.cgroup)
+                state[key] = _Live(0, vals, p.comm, p.unit, p.cgroup, kf_sid)
                 continue
             same_meta = p.comm == old.comm and p.unit == old.unit and p.cgroup == old.cgroup
             if vals == old.vals and same_meta:
                 state[key] = old  # the common case: nothing to write, nothing to allocate
-                if kf:
-                    plan.rows.append((old.proc, vals, p))
             else:
                 if not same_meta:
                     plan.meta.append((p.comm, p.unit, p.cgroup, old.proc))
-                if kf or vals != old.vals:
+                row_kf = old.row_kf
+                if vals != old.vals:
                     plan.rows.append((old.proc, vals, p))
-                state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup)
+                    if row_kf != kf_sid and not kf:
+                        # its first change this period: the period starts with the values it held
+                        plan.lazy.append((old.proc, old.vals))
+                    row_kf = kf_sid
+                state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup, row_kf)
             if p.exited:
                 plan.exited.append(key)
         if incremental:
@@ -414,7 +445,7 @@ class StoreWriter:
                 plan.sid,
                 plan.ts_ms,
                 dt_ms,
-                int(plan.kf),
+                KF_FULL if plan.full_kf else KF_PERIOD if plan.kf else 0,
                 plan.nproc,
                 mi.mem_total_kb if mi else None,
                 mi.mem_available_kb if mi else None,
@@ -423,6 +454,11 @@ class StoreWriter:
                 snap.scan_errors,
             ),
         )
+        if plan.lazy:
+            await db.executemany(
+                f"INSERT INTO raw_head (proc, snap, {_RAW_COLS}) VALUES (?, ?, {_RAW_QS})",
+                [(proc, plan.kf_sid, *vals) for proc, vals in plan.lazy],
+            )
         if plan.rows:
             await db.executemany(
                 f"INSERT INTO raw_head (proc, snap, {_RAW_COLS}) VALUES (?, ?, {_RAW_QS})",
@@ -566,7 +602,7 @@ class StoreWriter:
         if not due:
             return
         try:
-            await self.compact(due[-1][0] - 1)
+            await self.compact(due[-1][0] - 1)  # period by period
         except StoreError as e:  # the snapshot is committed; compaction is retried after the next one
             if not self._compact_failing:
                 log.warning("compaction failed (will retry): %s", e)
@@ -577,15 +613,21 @@ class StoreWriter:
     async def compact(self, through: int) -> int:
         """Move the head's rows of snapshots up to ``through`` into chunks; returns the processes compacted.
 
-        ``through`` + 1 must be a keyframe snapshot (or the next one to be written).
+        ``through`` + 1 must be a period start (or the next snapshot to be written). Each period is compacted
+        in a transaction of its own (a process's rows of one period are self-contained).
         """
+        n = 0
         async with self._lock:
-            if through <= self._compacted:
-                return 0
-            n = await self._tx(self._compact, self._compacted, through)
-            self._compacted = through
-            self._keyframes = [k for k in self._keyframes if k[0] > through]
-            return int(n)
+            ends = [k[0] - 1 for k in self._keyframes if self._compacted + 1 < k[0] <= through]
+            for end in [*ends, through]:
+                if end <= self._compacted:
+                    continue
+                n += int(await self._tx(self._compact, self._compacted, end))
+                self._compacted = end
+                self._keyframes = [k for k in self._keyframes if k[0] > end]
+            if self._compacted >= self._cur.next_snap - 1:
+                self._cur.period = None  # the current period is compacted: the next snapshot starts one
+        return n
 
     async def _compact(self, after: int, through: int) -> int:
         db = self._db
@@ -602,9 +644,16 @@ class StoreWriter:
         ) as cur:
             ends = {r[0]: r[1] async for r in cur}
         chunks = await asyncio.to_thread(_build_chunks, snaps, list(rows), ends, through)
+        snap0 = snaps[0][0] if snaps else after + 1
         if chunks:
             await db.executemany(
-                "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)", chunks
+                "INSERT INTO chunks (tier, proc, t0_ms, t1_ms, data, snap0) VALUES (?, ?, ?, ?, ?, ?)",
+                [(*c, snap0) for c in chunks],
+            )
+        if snaps:  # readers count the snapshots of the processes that did not change in it from this
+            await db.execute(
+                "INSERT OR REPLACE INTO periods (snap0, snap1, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)",
+                (snap0, through, snaps[0][1], max(t for _, t in snaps), codec.encode_snaps(snaps)),
             )
         await db.execute("DELETE FROM raw_head WHERE snap <= ?", (through,))
         await self._series.compact(db, snaps, after, through)
@@ -629,11 +678,21 @@ class StoreWriter:
         steps = [
             *(
                 (
-                    f"SELECT id FROM chunks WHERE tier = {t} AND t1_ms < ? LIMIT ?",
+                    # a process's latest chunk of a tier stays while it is present after the cut: the
+                    # periods since, in which it did not change, are read from it (schema.py, version 5)
+                    f"SELECT id FROM chunks c WHERE tier = {t} AND t1_ms < ?1 AND ("
+                    f" EXISTS (SELECT 1 FROM chunks n WHERE n.tier = {t} AND n.proc = c.proc AND n.id > c.id)"
+                    " OR NOT EXISTS (SELECT 1 FROM processes p WHERE p.id = c.proc"
+                    " AND (p.last_snap IS NULL OR p.last_seen_ms >= ?1))) LIMIT ?2",
                     "DELETE FROM chunks WHERE id IN",
                     c,
                 )
                 for t, c in cut.items()
+            ),
+            (
+                "SELECT snap0 FROM periods WHERE t1_ms < ? LIMIT ?",
+                "DELETE FROM periods WHERE snap0 IN",
+                oldest,
             ),
             (
                 "SELECT id FROM snapshots WHERE ts_ms < ? LIMIT ?",
@@ -759,20 +818,27 @@ class StoreWriter:
         return row_id
 
 
-def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan) -> _Cursor:
-    """The cursor after ``plan`` is stored (the cursor's own state is not changed: a failed
-    transaction leaves the writer as it was)."""
+def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan, undo: _Undo) -> _Cursor:
+    """The cursor after ``plan`` is stored. An incremental plan changes the cursor's state in place (no
+    per-process copy each snapshot) and logs each change in ``undo``, so a failed transaction can leave
+    the writer as it was."""
     if plan.full:
         state = plan.state
         for key in plan.exited:
             state.pop(key, None)
     else:
-        state = dict(cur.state)  # one dict copy per snapshot: cheap next to the scan
+        state = cur.state
         for k, _ in plan.vanished:
-            state.pop(k, None)
-        state.update(plan.state)
+            old = state.pop(k, None)
+            if old is not None:
+                undo.append((state, k, old))
+        for k, live in plan.state.items():
+            undo.append((state, k, state.get(k)))
+            state[k] = live
         for key in plan.exited:
-            state.pop(key, None)
+            old = state.pop(key, None)
+            if old is not None:
+                undo.append((state, key, old))
     return _Cursor(
         state=state,
         last_seq=snap.seq,
@@ -782,6 +848,7 @@ def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan) -> _Cursor:
         period=plan.period,
         last=(plan.sid, plan.ts_ms),
         last_mono=snap.mono,
+        kf_sid=plan.kf_sid,
     )
 
 

@@ -72,11 +72,11 @@ def _kill9_rounds(tmp_path: Path, daemons: Daemons, rounds: int, seed: int) -> d
         if after - before:
             runs_with_writes += 1
         seen_total |= seen
-        # no half-written snapshot: each run starts with a keyframe, which has one row per process it counted
+        # no half-written snapshot: a run starts with a full keyframe (kf = 2), one row per process it counted
         half = query(
             db,
             "SELECT s.id, s.nproc, (SELECT count(*) FROM raw_head r WHERE r.snap = s.id) FROM snapshots s"
-            " WHERE s.kf = 1"
+            " WHERE s.kf = 2"
             " AND s.id > (SELECT coalesce(max(value), 0) FROM meta WHERE key = 'compacted_through')",
         )
         bad = [h for h in half if h[1] != h[2]]
