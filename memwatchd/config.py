@@ -57,6 +57,7 @@ class ProcfsConfig:
     root: str = "/proc"
     smaps: bool = False  # PSS/USS from smaps_rollup (costs more)
     full_rescan_s: float = 60.0  # status/cgroup of unchanged processes are re-read at least this often
+    source: str = "auto"  # "auto" | "bpf" (the kernel's task iterator, collectors/taskscan.py) | "proc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +452,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         root=p.get("root", "/proc", path),
         smaps=p.get("smaps", False, _bool),
         full_rescan_s=p.get("full_rescan", 60.0, _duration(0.0)),
+        source=p.get("source", "auto", _choice("auto", "bpf", "proc")),
     )
     p.finish()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from memwatchd.collectors.bpf import BpfCollector
+from memwatchd.collectors.bpf import _MAPS, BpfCollector
 from memwatchd.config import BpfConfig
 from memwatchd.models import BpfStats
 from tests.bpf_support import load_collector
@@ -190,10 +190,11 @@ def test_close_releases_every_map_and_attachment_fd(collector: BpfCollector) -> 
     before, ids_before = _bpf_fds(), _map_ids()  # the module's collector holds its own
     c = _load(BpfConfig())
     added = _bpf_fds() - before
-    assert added["anon_inode:bpf-map"] >= 4  # stats, counters, events, exits (+ the ring mmap's dup)
+    # stats, counters, events, exits, the task iterator's maps (+ the ring mmap's dup)
+    assert added["anon_inode:bpf-map"] >= len(_MAPS)
     assert added["anon_inode:[perf_event]"] + added["anon_inode:bpf_link"] >= 4, added  # one per probe
     ours = _map_ids() - ids_before
-    assert len(ours) == 4 and all(_map_exists(i) for i in ours)
+    assert len(ours) == len(_MAPS) and all(_map_exists(i) for i in ours)
     c.close()
     assert _bpf_fds() == before
     # the maps are freed, so no program using them is still attached anywhere (freeing is deferred)

@@ -23,6 +23,8 @@ SHIPPED = REPO / "etc" / "memwatchd.toml"
         ("[daemon]\ninterval = 'fast'\n", "daemon.interval: expected a number"),
         ("[daemon]\ninterval = 0\n", "daemon.interval: must be between"),
         ("[bpf]\nenabled = 'yes'\n", "bpf.enabled: expected true or false"),
+        ("[procfs]\nsource = 'kernel'\n", "procfs.source: expected one of auto, bpf, proc"),
+        ("[procfs]\nsource = 1\n", "procfs.source: expected a string"),
         ("[storage]\nretention = '3 fortnights'\n", "storage.retention:"),
         (
             "[storage]\nraw_retention = '30d'\nminute_retention = '1d'\n",

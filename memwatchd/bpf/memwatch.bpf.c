@@ -8,6 +8,7 @@
  *   -DMW_PAGE_SIZE=N      the page size (mapped_bytes rounds lengths up to pages, as the kernel does)
  *   -DMW_HAVE_GROUP_DEAD  when sched:sched_process_exit has the group_dead field
  *   -DMW_STATS_SIZE / -DMW_EXIT_SIZE / -DMW_EVENT_SIZE  ctypes sizes of the Python mirrors (checked below)
+ *   -DMW_TASK_SIZE        ctypes size of struct mw_task's mirror (collectors/taskscan.py)
  *   -DMW_OFF_*            byte offsets of task_struct, signal_struct and mm_struct fields, taken from the
  *                         running kernel's BTF (collectors/btf.py); without them (no BTF) start times, exit
  *                         statuses, OOM marks and peak RSS are reported as unknown
@@ -66,7 +67,7 @@ _Static_assert(sizeof(struct mw_event) == MW_EVENT_SIZE, "struct mw_event differ
 #endif
 
 /* Exits of processes without a stats entry (they never mapped while tracked) are reported only when the
- * process lived this long, or was an OOM victim: long enough for a /proc scan to have seen it, so its exit
+ * process lived this long, was an OOM victim, or was reported by the task iterator: long enough for a /proc scan to have seen it, so its exit
  * status is worth keeping; fork storms of short children cost no records. */
 #define MW_EXIT_MIN_AGE_NS 1000000000ULL
 
@@ -129,6 +130,13 @@ BPF_HASH(stats, u32, struct mw_stats, MAX_PIDS);
 BPF_HASH(exits, struct mw_exit_key, struct mw_exit, MAX_EXITS);
 BPF_PERCPU_ARRAY(counters, u64, MW_CTR_COUNT);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* The task iterator's state (see the end of this file): the last record emitted per tgid, as a digest;
+ * freed identities for the daemon; scan_ctl[0] != 0 asks for a full pass. */
+BPF_HASH(scan_last, u32, struct mw_task_seen, MAX_PIDS);
+BPF_HASH(scan_gone, struct mw_exit_key, u64, MAX_EXITS);
+BPF_ARRAY(scan_ctl, u32, 1);
+#define MW_MAX_CPUS 64
+BPF_ARRAY(pcpu_off, u64, MW_MAX_CPUS); /* each CPU's per-CPU area offset, see mw_calibrate() */
 
 static __always_inline void count(u32 idx)
 {
@@ -301,7 +309,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	void *sig = (void *)read_u64(task, MW_OFF_TASK_SIGNAL);
 	if (read_u64(sig, MW_OFF_SIGNAL_OOM_MM))
 		x.flags |= MW_EXIT_OOM;
-	if (!s && !(x.flags & MW_EXIT_OOM) && bpf_ktime_get_boot_ns() - key.start_ns < MW_EXIT_MIN_AGE_NS)
+	/* a process the task iterator reported is worth its exit record, however young */
+	if (!s && !(x.flags & MW_EXIT_OOM) && !scan_last.lookup(&tgid) &&
+	    bpf_ktime_get_boot_ns() - key.start_ns < MW_EXIT_MIN_AGE_NS)
 		return 0;
 	if (key.start_ns)
 		x.flags |= MW_EXIT_START_KNOWN;
@@ -355,3 +365,261 @@ TRACEPOINT_PROBE(oom, mark_victim)
 	events.ringbuf_submit(e, 0);
 	return 0;
 }
+
+/* ---- The /proc scan in the kernel: a task iterator with change detection (collectors/taskscan.py) ----
+ *
+ * bpf_iter__task runs once per task when the daemon read()s an iterator fd. For each thread-group leader
+ * that is not a kernel thread it builds a struct mw_task from the fields /proc/PID/{stat,statm,status}
+ * derive from, and writes it to the reader only when it differs from what was last written for that tgid
+ * (a 64-bit digest kept in scan_last), or on a full pass (scan_ctl[0] != 0, set by the daemon). So a scan
+ * of idle processes sends nothing to user space. scan_last entries go when the task struct is freed
+ * (sched_process_free, after the parent reaped it and after the task left the task list, so the iterator
+ * cannot put the entry back), and the freed identity is reported through scan_gone. A tgid that finds
+ * scan_last full is emitted on every pass, marked MW_TASK_UNTRACKED, and counted.
+ *
+ * Fields are read with bpf_probe_read_kernel at offsets from the running kernel's BTF; neighbouring fields
+ * are fetched in one read (a window), since each read is the dominant cost of the program. A kernel whose
+ * layout spreads a window beyond MW_WINDOW_MAX bytes fails the compile (the daemon then scans /proc).
+ */
+#if defined(MW_HAVE_TASK) && defined(MW_OFF_TASK_PID) && defined(MW_OFF_TASK_TGID) && \
+	defined(MW_OFF_TASK_FLAGS) && defined(MW_OFF_TASK_STATE) && defined(MW_OFF_TASK_EXIT_STATE) && \
+	defined(MW_OFF_TASK_REAL_PARENT) && defined(MW_OFF_TASK_COMM) && defined(MW_OFF_TASK_CGROUPS) && \
+	defined(MW_OFF_MM_TOTAL_VM) && defined(MW_OFF_MM_RSS_SWAP) && defined(MW_OFF_MM_PCPU_FILE) && \
+	defined(MW_OFF_MM_PCPU_ANON) && defined(MW_OFF_MM_PCPU_SWAP) && defined(MW_OFF_MM_PCPU_SHMEM) && \
+	defined(MW_OFF_TASK_CFS_RQ) && defined(MW_OFF_CFS_RQ_RQ) && defined(MW_OFF_RQ_CPU) && \
+	defined(MW_PCPU_THIS_CPU_OFF) && defined(MW_NR_CPUS)
+#define MW_HAVE_SCAN 1
+#endif
+
+#ifdef MW_HAVE_SCAN
+#ifdef MW_TASK_SIZE
+_Static_assert(sizeof(struct mw_task) == MW_TASK_SIZE, "struct mw_task differs from its Python mirror");
+#endif
+#define MW_PF_KTHREAD 0x00200000
+#define MW_SCAN_FULL 1      /* scan_ctl[0] bits: emit every process */
+#define MW_SCAN_CALIBRATE 2 /* only learn the per-CPU offsets (pcpu_off), emit nothing */
+#define MW_WINDOW_MAX 192
+#define MW_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MW_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* window 1 of the task: mm, exit_state, pid, tgid, real_parent (adjacent in task_struct) */
+#define MW_TW_LO MW_MIN(MW_MIN(MW_MIN(MW_OFF_TASK_MM, MW_OFF_TASK_EXIT_STATE), MW_MIN(MW_OFF_TASK_PID, \
+	MW_OFF_TASK_TGID)), MW_OFF_TASK_REAL_PARENT)
+#define MW_TW_HI (MW_MAX(MW_MAX(MW_MAX(MW_OFF_TASK_MM, MW_OFF_TASK_EXIT_STATE), MW_MAX(MW_OFF_TASK_PID, \
+	MW_OFF_TASK_TGID)), MW_OFF_TASK_REAL_PARENT) + 8)
+/* window 2 of the task: __state and flags */
+#define MW_SW_LO MW_MIN(MW_OFF_TASK_STATE, MW_OFF_TASK_FLAGS)
+#define MW_SW_HI (MW_MAX(MW_OFF_TASK_STATE, MW_OFF_TASK_FLAGS) + 4)
+/* the mm: hiwater_rss and total_vm; the four rss_stat counters */
+#define MW_MW_LO MW_MIN(MW_OFF_MM_HIWATER, MW_OFF_MM_TOTAL_VM)
+#define MW_MW_HI (MW_MAX(MW_OFF_MM_HIWATER, MW_OFF_MM_TOTAL_VM) + 8)
+/* the four rss_stat percpu_counters: their central counts and their per-CPU parts' pointers */
+#define MW_RW_LO MW_MIN(MW_MIN(MW_OFF_MM_RSS_FILE, MW_OFF_MM_RSS_ANON), MW_MIN(MW_OFF_MM_RSS_SWAP, \
+	MW_OFF_MM_RSS_SHMEM))
+#define MW_RW_HI (MW_MAX(MW_MAX(MW_MAX(MW_OFF_MM_PCPU_FILE, MW_OFF_MM_PCPU_ANON), MW_MAX(MW_OFF_MM_PCPU_SWAP, \
+	MW_OFF_MM_PCPU_SHMEM)), MW_MAX(MW_MAX(MW_OFF_MM_RSS_FILE, MW_OFF_MM_RSS_ANON), \
+	MW_MAX(MW_OFF_MM_RSS_SWAP, MW_OFF_MM_RSS_SHMEM))) + 8)
+_Static_assert(MW_TW_HI - MW_TW_LO <= MW_WINDOW_MAX, "task_struct fields too far apart for one read");
+_Static_assert(MW_SW_HI - MW_SW_LO <= MW_WINDOW_MAX, "task_struct state and flags too far apart");
+_Static_assert(MW_MW_HI - MW_MW_LO <= MW_WINDOW_MAX, "mm_struct hiwater_rss and total_vm too far apart");
+_Static_assert(MW_RW_HI - MW_RW_LO <= MW_WINDOW_MAX, "mm_struct rss_stat counters too far apart");
+#define MW_AT(buf, lo, off, type) (*(type *)((char *)(buf) + ((off) - (lo))))
+
+/* bpf_iter's context; declared here because the kernel headers bcc compiles against lack it */
+struct bpf_iter_meta__mw {
+	void *seq;
+	u64 session_id;
+	u64 seq_num;
+};
+struct bpf_iter__task {
+	struct bpf_iter_meta__mw *meta;
+	void *task;
+};
+
+/* Each CPU's per-CPU area offset (__per_cpu_offset[cpu]), learnt from the kernel threads: a task's
+ * se.cfs_rq->rq is its CPU's runqueue, a per-CPU variable, and this_cpu_off (x86) sits at a fixed distance
+ * from it in the same area and holds that area's offset. /proc sums an rss_stat counter's per-CPU parts
+ * (get_mm_counter_sum); without these offsets only the central count (off by up to the batch per CPU)
+ * could be read. Filled on calibration and full passes; the collector checks every online CPU has one. */
+_Static_assert(MW_NR_CPUS <= MW_MAX_CPUS, "more possible CPUs than the per-CPU sum handles");
+
+static __always_inline void mw_calibrate(char *task)
+{
+	char *cfs_rq = (char *)read_u64(task, MW_OFF_TASK_CFS_RQ);
+	char *rq = (char *)read_u64(cfs_rq, MW_OFF_CFS_RQ_RQ);
+	u32 cpu = 0;
+	if (!rq || bpf_probe_read_kernel(&cpu, sizeof(cpu), rq + MW_OFF_RQ_CPU) || cpu >= MW_NR_CPUS)
+		return;
+	u64 off = read_u64(rq, MW_PCPU_THIS_CPU_OFF);
+	if (off)
+		pcpu_off.update(&cpu, &off);
+}
+
+/* Add each CPU's part of the four counters (s32 each) to sums: file, anon, swap, shmem. The kernel
+ * allocates the four parts of one mm together (percpu_counter_init_many), so one read per CPU fetches
+ * them; otherwise four. */
+static __always_inline void mw_sum_pcpu(char *rw, s64 sums[4])
+{
+	char *p[4] = {
+		MW_AT(rw, MW_RW_LO, MW_OFF_MM_PCPU_FILE, char *),
+		MW_AT(rw, MW_RW_LO, MW_OFF_MM_PCPU_ANON, char *),
+		MW_AT(rw, MW_RW_LO, MW_OFF_MM_PCPU_SWAP, char *),
+		MW_AT(rw, MW_RW_LO, MW_OFF_MM_PCPU_SHMEM, char *),
+	};
+	int together = p[1] == p[0] + 4 && p[2] == p[0] + 8 && p[3] == p[0] + 12;
+	for (u32 c = 0; c < MW_NR_CPUS; c++) {
+		u64 *off = pcpu_off.lookup(&c);
+		if (!off || !*off)
+			continue;
+		s32 v[4] = {};
+		if (together) {
+			bpf_probe_read_kernel(v, sizeof(v), p[0] + *off);
+		} else {
+#pragma unroll
+			for (int i = 0; i < 4; i++)
+				bpf_probe_read_kernel(&v[i], sizeof(v[i]), p[i] + *off);
+		}
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			sums[i] += v[i];
+	}
+}
+
+/* task_state_index() of include/linux/sched.h: the index of the letter /proc/PID/stat shows */
+static __always_inline u16 mw_state_index(u32 state, u32 exit_state)
+{
+	u32 s = (state | exit_state) & 0x7f; /* TASK_REPORT */
+	if ((state & 0x402) == 0x402)        /* TASK_IDLE */
+		s = 0x80;                    /* TASK_REPORT_IDLE */
+	if (state & (0x1000 | 0x8000))       /* TASK_RTLOCK_WAIT, TASK_FROZEN: shown as D */
+		s = 2;
+	u16 i = 0;
+#pragma unroll
+	for (int b = 0; b < 8; b++)
+		if (s & (1u << b))
+			i = b + 1; /* fls() */
+	return i;
+}
+
+static __always_inline u64 mw_clamp(s64 v)
+{
+	return v > 0 ? (u64)v : 0;
+}
+
+static __always_inline u64 mw_digest(const struct mw_task *r)
+{
+	const u64 *w = (const u64 *)r;
+	u64 h = 0x9E3779B97F4A7C15ULL;
+#pragma unroll
+	for (int i = 0; i < MW_TASK_CMP_WORDS; i++) {
+		h = (h ^ w[i]) * 0xBF58476D1CE4E5B9ULL;
+		h ^= h >> 31;
+	}
+	return h;
+}
+
+/* Scratch space for one task (the windows and the record exceed the 512-byte BPF stack together). */
+struct mw_scan_scratch {
+	char tw[MW_TW_HI - MW_TW_LO];
+	char sw[MW_SW_HI - MW_SW_LO];
+	char mw[MW_MW_HI - MW_MW_LO];
+	char rw[MW_RW_HI - MW_RW_LO];
+	struct mw_task r;
+};
+BPF_PERCPU_ARRAY(scan_scratch, struct mw_scan_scratch, 1);
+
+int bpf_iter__task(struct bpf_iter__task *ctx)
+{
+	char *task = ctx->task;
+	if (!task)
+		return 0;
+	u32 zero = 0;
+	struct mw_scan_scratch *x = scan_scratch.lookup(&zero);
+	if (!x)
+		return 0;
+	if (bpf_probe_read_kernel(x->tw, sizeof(x->tw), task + MW_TW_LO))
+		return 0;
+	u32 tgid = MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_TGID, u32);
+	if (MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_PID, u32) != tgid)
+		return 0; /* a thread: /proc lists the leader only */
+	if (bpf_probe_read_kernel(x->sw, sizeof(x->sw), task + MW_SW_LO))
+		return 0;
+	u32 *ctl = scan_ctl.lookup(&zero);
+	u32 mode = ctl ? *ctl : 0;
+	if (MW_AT(x->sw, MW_SW_LO, MW_OFF_TASK_FLAGS, u32) & MW_PF_KTHREAD) {
+		if (mode)
+			mw_calibrate(task);
+		return 0;
+	}
+	if (mode & MW_SCAN_CALIBRATE)
+		return 0;
+
+	struct mw_task *r = &x->r;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->tgid = tgid;
+	r->state = mw_state_index(MW_AT(x->sw, MW_SW_LO, MW_OFF_TASK_STATE, u32),
+				  MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_EXIT_STATE, u32));
+	r->start_ns = read_u64(task, MW_OFF_TASK_START);
+	r->cgroup_token = read_u64(task, MW_OFF_TASK_CGROUPS);
+	bpf_probe_read_kernel(r->comm, sizeof(r->comm), task + MW_OFF_TASK_COMM);
+	char *parent = MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_REAL_PARENT, char *);
+	if (parent)
+		bpf_probe_read_kernel(&r->ppid, sizeof(r->ppid), parent + MW_OFF_TASK_TGID);
+	char *mm = MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_MM, char *);
+	if (mm) {
+		if (bpf_probe_read_kernel(x->mw, sizeof(x->mw), mm + MW_MW_LO) ||
+		    bpf_probe_read_kernel(x->rw, sizeof(x->rw), mm + MW_RW_LO))
+			return 0;
+		r->total_vm = MW_AT(x->mw, MW_MW_LO, MW_OFF_MM_TOTAL_VM, u64);
+		r->hiwater = MW_AT(x->mw, MW_MW_LO, MW_OFF_MM_HIWATER, u64);
+		s64 sums[4] = {
+			MW_AT(x->rw, MW_RW_LO, MW_OFF_MM_RSS_FILE, s64),
+			MW_AT(x->rw, MW_RW_LO, MW_OFF_MM_RSS_ANON, s64),
+			MW_AT(x->rw, MW_RW_LO, MW_OFF_MM_RSS_SWAP, s64),
+			MW_AT(x->rw, MW_RW_LO, MW_OFF_MM_RSS_SHMEM, s64),
+		};
+		mw_sum_pcpu(x->rw, sums);
+		r->file = mw_clamp(sums[0]); /* percpu_counter_sum_positive */
+		r->anon = mw_clamp(sums[1]);
+		r->swap = mw_clamp(sums[2]);
+		r->shmem = mw_clamp(sums[3]);
+	} else {
+		r->flags = MW_TASK_NO_MM;
+	}
+
+	struct mw_task_seen seen = {.start_ns = r->start_ns, .digest = mw_digest(r)};
+	struct mw_task_seen *last = scan_last.lookup(&tgid);
+	if (last) {
+		if (last->digest == seen.digest && last->start_ns == seen.start_ns && !(mode & MW_SCAN_FULL))
+			return 0;
+		scan_last.update(&tgid, &seen); /* replacing an entry works on a full map */
+	} else if (scan_last.insert(&tgid, &seen)) {
+		count(MW_CTR_SCAN_MAP_FULL);
+		r->emit = MW_TASK_UNTRACKED;
+	}
+	bpf_seq_write(ctx->meta->seq, r, sizeof(*r));
+	return 0;
+}
+
+/* The task struct is freed: an RCU grace period after the parent reaped it (release_task), so it is off
+ * the task list and no later iterator pass can meet it again. A freed leader the iterator tracked is
+ * reported in scan_gone; its scan_last entry goes unless the pid was reused meanwhile. */
+RAW_TRACEPOINT_PROBE(sched_process_free)
+{
+	char *task = (char *)ctx->args[0];
+	u32 ids[2] = {};
+	if (!task || bpf_probe_read_kernel(&ids[0], 4, task + MW_OFF_TASK_PID) ||
+	    bpf_probe_read_kernel(&ids[1], 4, task + MW_OFF_TASK_TGID) || ids[0] != ids[1])
+		return 0;
+	u32 tgid = ids[1];
+	struct mw_task_seen *last = scan_last.lookup(&tgid);
+	if (!last)
+		return 0;
+	struct mw_exit_key key = {.tgid = tgid, .start_ns = read_u64(task, MW_OFF_TASK_START)};
+	if (last->start_ns == key.start_ns)
+		scan_last.delete(&tgid);
+	u64 now = bpf_ktime_get_ns();
+	if (scan_gone.update(&key, &now))
+		count(MW_CTR_SCAN_GONE_LOST);
+	return 0;
+}
+#endif /* MW_HAVE_SCAN */

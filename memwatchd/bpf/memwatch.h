@@ -68,11 +68,50 @@ struct mw_event {
 	char comm[MW_COMM_LEN];
 };
 
+/* One record of the task iterator (bpf_iter__task, collectors/taskscan.py): a process as /proc shows it.
+ * The first MW_TASK_CMP_WORDS u64 words are what the kernel compares with the previous record of the tgid;
+ * emit is set on the copy written to the reader only. */
+struct mw_task {
+	__u64 start_ns;     /* the leader's start_boottime (CLOCK_BOOTTIME ns) */
+	__u64 cgroup_token; /* task->cgroups (its css_set): changes on any cgroup move */
+	__u64 file;         /* mm rss_stat counters (pages) summed over CPUs, clamped at 0, as /proc shows them */
+	__u64 anon;
+	__u64 shmem;
+	__u64 swap;         /* MM_SWAPENTS */
+	__u64 total_vm;     /* pages */
+	__u64 hiwater;      /* mm->hiwater_rss (pages) */
+	__u32 tgid;
+	__u32 ppid;         /* real_parent->tgid */
+	__u16 state;        /* task_state_index(): index into "RSDTtXZPI" as fs/proc/array.c shows it */
+	__u16 flags;        /* enum mw_task_flags */
+	__u32 _pad;
+	char comm[MW_COMM_LEN];
+	__u32 emit;         /* enum mw_task_emit, not compared */
+	__u32 _pad2;
+};
+#define MW_TASK_CMP_WORDS 12
+
+/* Value of scan_last: what the iterator last emitted for a tgid, as a digest of the compared words. */
+struct mw_task_seen {
+	__u64 start_ns;
+	__u64 digest;
+};
+
+enum mw_task_flags {
+	MW_TASK_NO_MM = 1, /* no address space (zombie, or past exit_mm): sizes 0 as /proc shows them */
+};
+
+enum mw_task_emit {
+	MW_TASK_UNTRACKED = 1, /* scan_last was full: emitted on every pass, its exit is not reported */
+};
+
 /* Slots of the per-CPU counters array. */
 enum mw_counter {
-	MW_CTR_MAP_FULL = 0,    /* a new tgid could not be added: stats map full */
-	MW_CTR_LOST_EVENTS = 1, /* an exit record or ring-buffer event could not be stored: dropped */
-	MW_CTR_COUNT = 2,
+	MW_CTR_MAP_FULL = 0,       /* a new tgid could not be added: stats map full */
+	MW_CTR_LOST_EVENTS = 1,    /* an exit record or ring-buffer event could not be stored: dropped */
+	MW_CTR_SCAN_MAP_FULL = 2,  /* the task iterator emitted a process it could not track (scan_last full) */
+	MW_CTR_SCAN_GONE_LOST = 3, /* a freed process could not be reported (scan_gone full) */
+	MW_CTR_COUNT = 4,
 };
 
 #endif /* MEMWATCH_H */

@@ -733,12 +733,13 @@ def status(obj: Obj, as_json: bool) -> None:
         ("last snapshot", f"{R.when(last)} ({R.span(now() - last)} ago)" if last else "-"),
         ("daemon pid", str(st.get("pid", "-"))),
         ("BPF", str(st.get("bpf_state", "-"))),
+        ("scan source", str(st.get("scan_source", "-"))),
         ("lost events", str(st.get("lost_events", "-"))),
         ("BPF map full", str(st.get("map_full", "-"))),
         ("processes", f"{st['processes_live']} live, {st['processes_known']} known"),
         ("OOM kills", str(st["ooms"])),
     ]
-    shown = {"pid", "bpf_state", "lost_events", "map_full", "last_snapshot_ts"}
+    shown = {"pid", "bpf_state", "scan_source", "lost_events", "map_full", "last_snapshot_ts"}
     computed = {
         "db_path",
         "db_bytes",

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from memwatchd.collectors import bpfsys
+from memwatchd.collectors.taskscan import TASK_RECORD, TaskIter
 from memwatchd.config import BpfConfig
 from memwatchd.models import BpfHealth, BpfPoll, BpfStats, OomKill, ProcessExit
 from memwatchd.text import from_kernel
@@ -62,13 +63,16 @@ _TRACEPOINTS = (
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),
     ("oom", "mark_victim"),
+    ("sched", "sched_process_free"),  # raw tracepoint: the task iterator's freed identities
 )
 _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
 _BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
 _MAX_EXITS = 32768  # exit records the kernel holds until the next poll (fewer when max_pids is smaller)
-_MAPS = ("stats", "counters", "events", "exits")  # handed over by the loader in this order
+# handed over by the loader in this order
+_MAPS = ("stats", "counters", "events", "exits", "scan_last", "scan_gone", "scan_ctl", "pcpu_off")
+_ITER = "bpf_iter__task"  # the task iterator (collectors/taskscan.py)
 # Kernel struct fields the probes read, resolved from BTF by the loader (see memwatch.bpf.c).
 _BTF_FIELDS = {
     "MW_OFF_TASK_START": "task_struct.start_boottime",
@@ -82,6 +86,28 @@ _BTF_FIELDS = {
     "MW_OFF_MM_RSS_ANON": "mm_struct.rss_stat[MM_ANONPAGES].count",
     "MW_OFF_MM_RSS_SHMEM": "mm_struct.rss_stat[MM_SHMEMPAGES].count",
 }
+# What only the task iterator reads (a kernel without one of them loses the iterator, not the probes).
+_BTF_ITER_FIELDS = {
+    "MW_OFF_TASK_PID": "task_struct.pid",
+    "MW_OFF_TASK_TGID": "task_struct.tgid",
+    "MW_OFF_TASK_FLAGS": "task_struct.flags",
+    "MW_OFF_TASK_STATE": "task_struct.__state",
+    "MW_OFF_TASK_EXIT_STATE": "task_struct.exit_state",
+    "MW_OFF_TASK_REAL_PARENT": "task_struct.real_parent",
+    "MW_OFF_TASK_COMM": "task_struct.comm",
+    "MW_OFF_TASK_CGROUPS": "task_struct.cgroups",
+    "MW_OFF_MM_TOTAL_VM": "mm_struct.total_vm",
+    "MW_OFF_MM_RSS_SWAP": "mm_struct.rss_stat[MM_SWAPENTS].count",
+    "MW_OFF_MM_PCPU_FILE": "mm_struct.rss_stat[MM_FILEPAGES].counters",
+    "MW_OFF_MM_PCPU_ANON": "mm_struct.rss_stat[MM_ANONPAGES].counters",
+    "MW_OFF_MM_PCPU_SWAP": "mm_struct.rss_stat[MM_SWAPENTS].counters",
+    "MW_OFF_MM_PCPU_SHMEM": "mm_struct.rss_stat[MM_SHMEMPAGES].counters",
+    "MW_OFF_TASK_CFS_RQ": "task_struct.se.cfs_rq",
+    "MW_OFF_CFS_RQ_RQ": "cfs_rq.rq",
+    "MW_OFF_RQ_CPU": "rq.cpu",
+    "MW_PCPU_THIS_CPU_OFF": "percpu:this_cpu_off-runqueues",  # x86 only: elsewhere no iterator
+}
+_MAX_SCAN_CPUS = 64  # memwatch.bpf.c MW_MAX_CPUS: the per-CPU sum reads each possible CPU
 _LOADER_TIMEOUT_S = 60.0  # a cold compile takes a few seconds; a hung loader must not hang the daemon
 _MAX_FDS = 64
 # An entry updated this recently is never collected: its process may have started after the caller's
@@ -257,6 +283,8 @@ def _cflags(
         f"-DMW_STATS_SIZE={ctypes.sizeof(_Stats)}",
         f"-DMW_EXIT_SIZE={ctypes.sizeof(_Exit)}",
         f"-DMW_EVENT_SIZE={ctypes.sizeof(_Event)}",
+        f"-DMW_TASK_SIZE={TASK_RECORD.size}",
+        f"-DMW_NR_CPUS={bpfsys.possible_cpus()}",
     ]
     if "group_dead" in (tracefs / "events/sched/sched_process_exit/format").read_text():
         cflags.append("-DMW_HAVE_GROUP_DEAD")
@@ -335,10 +363,11 @@ def _close_all(fds: list[int]) -> None:
 class BpfCollector:
     """Attached probes held as file descriptors. Create with BpfCollector.load(cfg); close() when done."""
 
-    def __init__(self, fds: list[int]) -> None:
-        """fds: the maps in _MAPS order, then the attachments (closing those detaches the probes)."""
+    def __init__(self, fds: list[int], links: list[list[str]] | None = None) -> None:
+        """fds: the maps in _MAPS order, then the attachments (closing those detaches the probes), whose
+        [kind, name] are in links."""
         self._fds = fds
-        stats_fd, counters_fd, events_fd, exits_fd = fds[: len(_MAPS)]
+        stats_fd, counters_fd, events_fd, exits_fd, last_fd, gone_fd, ctl_fd, pcpu_fd = fds[: len(_MAPS)]
         # the layout as the kernel sees it, not as the loader reported it
         stats, counters, events, exits = (
             bpfsys.map_info(fd) for fd in (stats_fd, counters_fd, events_fd, exits_fd)
@@ -357,6 +386,22 @@ class BpfCollector:
             exits_fd, _Exit, min(exits.max_entries, _BATCH), _ExitKey, drain=True
         )
         self.btf_error: str | None = None  # why start times and exit statuses are unknown, if they are
+        self.iter_error: str | None = None  # why there is no task iterator, if there is none
+        iter_fd = next(
+            (fd for fd, (kind, _) in zip(fds[len(_MAPS) :], links or [], strict=False) if kind == "iter"), -1
+        )
+        self.task_iter: TaskIter | None = None  # the /proc scan in the kernel (collectors/taskscan.py)
+        if iter_fd >= 0:
+            last = bpfsys.map_info(last_fd)
+            self.task_iter = TaskIter(
+                link_fd=iter_fd,
+                last_fd=last_fd,
+                gone_fd=gone_fd,
+                ctl_fd=ctl_fd,
+                counters_fd=counters_fd,
+                pcpu_fd=pcpu_fd,
+                max_pids=last.max_entries,
+            )
         self._ncpus = bpfsys.possible_cpus()
         self._ring = bpfsys.RingBuffer(events_fd, events.max_entries)
         self._ooms: list[OomKill] = []
@@ -384,16 +429,26 @@ class BpfCollector:
                 "tracepoints": _TRACEPOINTS,
                 "maps": _MAPS,
                 "btf": _BTF_FIELDS if btf else {},
+                "btf_iter": _BTF_ITER_FIELDS if btf else {},
+                "iters": [_ITER] if bpfsys.possible_cpus() <= _MAX_SCAN_CPUS else [],
             }
             reply, fds = _run_loader(request)
         try:
             if reply["maps"] != list(_MAPS) or len(fds) != len(_MAPS) + len(reply["links"]):
                 raise ValueError(f"unexpected reply from the loader: {len(fds)} fds for {reply}")
-            collector = cls(fds)
+            collector = cls(fds, reply["links"])
         except (OSError, ValueError) as e:
             _close_all(fds)
             raise BpfUnavailable(f"cannot open BPF maps: {_first_line(e)}") from None
         collector.btf_error = reply.get("btf_error")
+        if collector.task_iter is None:
+            collector.iter_error = reply.get("iter_error") or (
+                "no kernel BTF"
+                if collector.btf_error
+                else f"more than {_MAX_SCAN_CPUS} possible CPUs"
+                if bpfsys.possible_cpus() > _MAX_SCAN_CPUS
+                else "not loaded"
+            )
         if collector.btf_error:
             log.warning(
                 "BPF: no kernel BTF (%s): start times, exit statuses and OOM marks of exits unknown",

@@ -12,9 +12,15 @@ Request (JSON on stdin):
   {"source": path of the .c file, "cflags": [...], "tracepoints": [[category, event], ...] that must exist,
    "maps": [names of the maps to hand over],
    "btf": {DEFINE: "struct.member..." or "enum:NAME"} (optional: resolved from the running kernel's BTF,
-          collectors/btf.py, and added as -DDEFINE=value; all or none)}
+          collectors/btf.py, and added as -DDEFINE=value; all or none),
+   "iters": [names of bpf_iter__* functions to load and link as BPF iterators] (optional; a failure here
+          is reported in iter_error, the rest is still handed over),
+   "btf_iter": {DEFINE: ...} (optional, as btf: the fields only the iterators read; when they do not
+          resolve, the iterators are left out and iter_error says why)}
 Reply (one SOCK_SEQPACKET message): JSON with the fds attached, in this order: the maps, then the attachments.
-  {"maps": [names], "links": [[kind, name], ...], "btf_error": why the BTF defines were left out, or null}
+  {"maps": [names], "links": [[kind, name], ...], "btf_error": why the BTF defines were left out, or null,
+   "iter_error": why an iterator could not be linked, or null}
+  (an iterator's link has kind "iter": BPF_ITER_CREATE on it gives an fd whose read() runs the program)
   (sizes and types: ask the kernel, BPF_OBJ_GET_INFO_BY_FD)
 or, without fds, {"error": one-line reason} (and exit status 1).
 """
@@ -62,6 +68,14 @@ def load(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
             cflags += [f"-D{k}={v}" for k, v in btf.resolve(request["btf"]).items()]
         except btf.BtfError as e:
             btf_error = str(e)
+    iter_error = None
+    if request.get("btf_iter") and btf_error is None:
+        from memwatchd.collectors import btf
+
+        try:
+            cflags += [f"-D{k}={v}" for k, v in btf.resolve(request["btf_iter"]).items()]
+        except btf.BtfError as e:
+            iter_error = f"kernel BTF lacks a field the task iterator reads: {e}"
     bpf = _compile(bcc, request["source"], cflags)
     for attr in _NOT_SUPPORTED:
         if getattr(bpf, attr, None):
@@ -74,11 +88,40 @@ def load(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         except KeyError:
             raise LoadError(f"the program has no map named {name}") from None
     links: list[list[str]] = []
+    for name in request.get("iters", ()) if iter_error is None and btf_error is None else ():
+        try:
+            fds.append(_link_iter(bcc, bpf, name))
+        except LoadError as e:
+            iter_error = str(e)
+        else:
+            links.append(["iter", name])
     for attr in _HANDED_OVER:
         for name, fd in getattr(bpf, attr).items():
             links.append([attr.removesuffix("_fds"), name.decode() if isinstance(name, bytes) else str(name)])
             fds.append(fd)
-    return {"maps": request["maps"], "links": links, "btf_error": btf_error}, fds
+    reply = {"maps": request["maps"], "links": links, "btf_error": btf_error, "iter_error": iter_error}
+    return reply, fds
+
+
+_BPF_TRACE_ITER = 28  # enum bpf_attach_type
+
+
+def _link_iter(bcc: Any, bpf: Any, name: str) -> int:
+    """Load NAME as a BPF_PROG_TYPE_TRACING iterator program and create its link (BPF_LINK_CREATE)."""
+    import ctypes
+
+    if not name.startswith("bpf_iter__"):
+        raise LoadError(f"{name}: an iterator program's name starts with bpf_iter__")
+    try:
+        fn = bpf.load_func(name.encode(), bcc.BPF.TRACING)
+    except Exception as e:  # bcc raises bare Exception; absent when the BTF offsets were missing
+        raise LoadError(f"cannot load the iterator {name}: {_first_line(e)}") from None
+    bcc.lib.bpf_link_create.restype = ctypes.c_int
+    link = int(bcc.lib.bpf_link_create(fn.fd, 0, _BPF_TRACE_ITER, None))
+    if link < 0:
+        err = -link if link < -1 else ctypes.get_errno()  # libbpf returns -errno, or -1 and sets errno
+        raise LoadError(f"cannot link the iterator {name}: {os.strerror(err) if err else 'failed'}")
+    return link
 
 
 def _compile(bcc: Any, path: str, cflags: list[str]) -> Any:

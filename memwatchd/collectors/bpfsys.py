@@ -22,12 +22,15 @@ T = TypeVar("T")
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
 _BPF_MAP_LOOKUP_ELEM = 1
+_BPF_MAP_UPDATE_ELEM = 2
 _BPF_MAP_DELETE_ELEM = 3
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_MAP_LOOKUP_BATCH = 24
 _BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
+_BPF_ITER_CREATE = 33
 
 MAP_TYPE_HASH = 1
+MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_RINGBUF = 27
 
@@ -57,6 +60,12 @@ class _BatchAttr(ctypes.Structure):
         ("elem_flags", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
     ]
+
+
+class _IterAttr(ctypes.Structure):
+    """union bpf_attr for BPF_ITER_CREATE."""
+
+    _fields_ = [("link_fd", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
 
 
 class _InfoAttr(ctypes.Structure):
@@ -115,13 +124,18 @@ def map_info(map_fd: int) -> MapInfo:
 
 def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     """Number of possible CPUs ("0-3,6" -> 5): the kernel sizes per-CPU map values by it."""
+    return len(cpu_list(path))
+
+
+def cpu_list(path: str) -> list[int]:
+    """The CPUs of a sysfs CPU list file ("0-3,6" -> [0, 1, 2, 3, 6])."""
     with open(path) as f:
         text = f.read().strip()
-    n = 0
+    out: list[int] = []
     for part in text.split(","):
         lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return n
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def lookup_percpu_u64(map_fd: int, key: int, ncpus: int) -> list[int]:
@@ -131,6 +145,24 @@ def lookup_percpu_u64(map_fd: int, key: int, ncpus: int) -> list[int]:
     attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(values))
     _bpf(_BPF_MAP_LOOKUP_ELEM, attr)
     return list(values)
+
+
+def lookup_u64(map_fd: int, key: int) -> int:
+    """One u32-keyed u64 element (e.g. a slot of a BPF_MAP_TYPE_ARRAY)."""
+    k, v = ctypes.c_uint32(key), ctypes.c_uint64(0)
+    _bpf(_BPF_MAP_LOOKUP_ELEM, _ElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
+    return int(v.value)
+
+
+def update_u32(map_fd: int, key: int, value: int) -> None:
+    """Set one u32-keyed u32 element (BPF_ANY), e.g. a slot of a BPF_MAP_TYPE_ARRAY."""
+    k, v = ctypes.c_uint32(key), ctypes.c_uint32(value)
+    _bpf(_BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
+
+
+def iter_create(link_fd: int) -> int:
+    """A new fd whose read() runs the BPF iterator program behind link_fd over its objects (close it)."""
+    return _bpf(_BPF_ITER_CREATE, _IterAttr(link_fd=link_fd))
 
 
 def delete_u32(map_fd: int, key: int) -> bool:

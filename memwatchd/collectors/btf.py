@@ -179,14 +179,30 @@ class Btf:
                     return int(val)
         raise BtfError(f"no enumerator {name} in BTF")
 
+    def percpu_offset(self, name: str) -> int:
+        """Offset of per-CPU variable `name` in the per-CPU area (the .data..percpu section's VAR entry)."""
+        for t in self._types:
+            if t is None or t.kind != _DATASEC or t.name != ".data..percpu":
+                continue
+            for i in range(t.vlen):
+                type_id, off, _size = _MEMBER.unpack_from(self._data, t.extra + i * _MEMBER.size)
+                var = self._types[type_id]
+                if var is not None and var.kind == _VAR and var.name == name:
+                    return int(off)
+        raise BtfError(f"no per-CPU variable {name} in BTF")
+
 
 def resolve(fields: dict[str, str], path: str = VMLINUX) -> dict[str, int]:
-    """{define name: value} for {define name: "struct.member..." (an offset) or "enum:ENUMERATOR"}."""
+    """{define name: value} for {define name: "struct.member..." (an offset), "enum:ENUMERATOR", or
+    "percpu:A-B" (the distance from per-CPU variable B to A inside one CPU's per-CPU area)}."""
     btf = Btf.load(path)
     out = {}
     for define, spec in fields.items():
         if spec.startswith("enum:"):
             out[define] = btf.enumerator(spec[5:])
+        elif spec.startswith("percpu:"):
+            a, _, b = spec[7:].partition("-")
+            out[define] = btf.percpu_offset(a) - (btf.percpu_offset(b) if b else 0)
         else:
             out[define] = btf.offset(spec)
     return out

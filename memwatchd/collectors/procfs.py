@@ -285,7 +285,9 @@ class ProcfsCollector:
         *,
         hold_fds: bool | None = None,
         max_held_fds: int | None = None,
+        pids: tuple[int, ...] | None = None,
     ) -> None:
+        """pids: scan only these processes instead of listing root (taskscan.py's complement)."""
         self._root = root.rstrip("/") or "/"
         self._smaps = smaps
         self._full_rescan_s = full_rescan_s
@@ -293,6 +295,7 @@ class ProcfsCollector:
         self._max_held = _default_max_held_fds() if max_held_fds is None else max_held_fds
         self._held = 0
         self._cache: dict[int, _Entry] = {}
+        self._pids = pids
         self._page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
         self._clk_tck = os.sysconf("SC_CLK_TCK")
         self._boot_time = read_boot_time(self._root)
@@ -349,7 +352,7 @@ class ProcfsCollector:
         root = self._root
         chained, self._chained = self._chained, False  # stays False if this scan fails half way
         try:
-            for name in os.listdir(root):
+            for name in os.listdir(root) if self._pids is None else [str(p) for p in self._pids]:
                 if not (name.isdigit() and name.isascii()):
                     continue  # self, sys, meminfo, ...
                 pid = int(name)

@@ -28,7 +28,7 @@ from memwatchd.alerts.kinds.oom import OomKind
 from memwatchd.alerts.scopes import ScopeEngine, is_scoped
 from memwatchd.collectors.bpf import BpfCollector, BpfUnavailable
 from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
-from memwatchd.collectors.procfs import ProcfsCollector
+from memwatchd.collectors.source import ProcScanner, open_scanner
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.config_check import check_usable
 from memwatchd.daemon import heap
@@ -204,7 +204,9 @@ class Daemon:
         self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
-        self.procfs: ProcfsCollector | None = None
+        self.procfs: ProcScanner | None = None
+        self.scan_source = "proc"  # "bpf" (the kernel's task iterator) or "proc" ([procfs] source)
+        self.scan_source_why: str | None = None  # why not the iterator, when not
         self.store: StoreWriter | None = None
         self.pump: WritePump | None = None
         self.alerts: AlertEngine | None = None
@@ -257,16 +259,17 @@ class Daemon:
         )
         if failure is not None:
             self.pump.unavailable(failure)
-        self.procfs = ProcfsCollector(
-            root=self.cfg.procfs.root,
-            smaps=self.cfg.procfs.smaps,
-            full_rescan_s=self.cfg.procfs.full_rescan_s,
-        )
         self._load_bpf()
+        # ScanSourceError ([procfs] source = "bpf" unusable here): a startup failure
+        self.procfs, self.scan_source, self.scan_source_why = open_scanner(
+            self.cfg.procfs, self.bpf, self.bpf_state
+        )
         await self._open_alerting(store)
         await self._open_triage(store)
         self._open_metrics()
-        self.status = DaemonStatus(bpf_state=self.bpf_state, write_failing=self.pump.write_failing)
+        self.status = DaemonStatus(
+            bpf_state=self.bpf_state, scan_source=self.scan_source, write_failing=self.pump.write_failing
+        )
         if store is not None:
             # this run's counters start at zero: status must not mix the previous run's counts with this pid
             await store.set_status(**self._status_fields(0))
@@ -395,7 +398,7 @@ class Daemon:
 
     # ---- sampling ----------------------------------------------------------------------------
     def _scan(
-        self, procfs: ProcfsCollector, mono: float, known: frozenset[str]
+        self, procfs: ProcScanner, mono: float, known: frozenset[str]
     ) -> tuple[ProcScan, dict[str, GroupCharge]]:
         """The /proc scan and the charges of every cgroup the groups need: those of the last cycle's groups
         (known) plus the places of processes new or changed in this scan."""
@@ -485,6 +488,7 @@ class Daemon:
             processes=len(snap.processes),
             last_snapshot_ts=snap.ts,
             bpf_state=snap.bpf.state if self.bpf is not None else self.bpf_state,
+            scan_source=self.scan_source,
             bpf_tracked=snap.bpf.tracked,
             map_full=snap.bpf.map_full,
             lost_events=snap.bpf.lost_events,
@@ -641,6 +645,8 @@ class Daemon:
             if new_v != old_v:
                 log.warning("[%s] changed: takes effect after a restart", section)
         new_procfs = new.procfs
+        if new_procfs.source != self.cfg.procfs.source:
+            log.warning("[procfs] source changed: takes effect after a restart")
         # sections that need a restart keep their running values (the storage path may come from --db)
         self.cfg = dataclasses.replace(
             new,
@@ -725,9 +731,10 @@ async def run(
     # First snapshot before READY=1 so `status` has data as soon as systemd considers us started.
     d.notifier.ready(d.status_line())
     log.info(
-        "memwatchd started: interval %gs, bpf %s, database %s",
+        "memwatchd started: interval %gs, bpf %s, scan %s, database %s",
         cfg.daemon.interval_s,
         d.bpf_state,
+        d.scan_source if d.scan_source_why is None else f"{d.scan_source} ({d.scan_source_why})",
         cfg.storage.path,
     )
     wd = asyncio.create_task(d.watchdog(), name="watchdog")

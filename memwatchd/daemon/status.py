@@ -23,6 +23,7 @@ class DaemonStatus:
     processes: int = 0  # processes in the latest snapshot
     last_snapshot_ts: float | None = None  # wall time of the latest snapshot
     bpf_state: str = "disabled"
+    scan_source: str = "proc"  # "bpf": the kernel's task iterator (collectors/taskscan.py); "proc": /proc
     bpf_tracked: int = 0
     map_full: int = 0
     lost_events: int = 0
@@ -54,6 +55,7 @@ class DaemonStatus:
             "last_snapshot_ts": self.last_snapshot_ts,
             "snapshot_processes": self.processes,
             "bpf_state": self.bpf_state,
+            "scan_source": self.scan_source,
             "bpf_tracked": self.bpf_tracked,
             "map_full": self.map_full,
             "lost_events": self.lost_events,
