@@ -173,10 +173,12 @@ class Tool:
     cleanup: Callable[[], None] | None = None
 
 
-def _memwatchd(tmp: Path, repo: Path = REPO, name: str = "memwatchd") -> Tool:
+def _memwatchd(tmp: Path, repo: Path = REPO, name: str = "memwatchd", source: str | None = None) -> Tool:
     shipped = (repo / "etc" / "memwatchd.toml").read_text()
     d = Path(tempfile.mkdtemp(dir=tmp))
     text = shipped.replace('path = "/var/lib/memwatchd/memwatchd.db"', f'path = "{d}/m.db"')
+    if source is not None:  # [procfs] source: the task iterator ("bpf") or /proc ("proc")
+        text = text.replace('source = "auto" ', f'source = "{source}" ')
     text = text.replace("interval = 3 ", f"interval = {INTERVAL_S:g} ")
     cfg = d / "memwatchd.toml"
     cfg.write_text(text)
@@ -188,6 +190,11 @@ def _memwatchd(tmp: Path, repo: Path = REPO, name: str = "memwatchd") -> Tool:
 def _memwatchd_base(tmp: Path) -> Tool:
     assert BASE is not None
     return _memwatchd(tmp, BASE, "memwatchd-base")
+
+
+def _memwatchd_proc(tmp: Path) -> Tool:
+    """The same daemon scanning /proc instead of the kernel's task iterator ([procfs] source = "proc")."""
+    return _memwatchd(tmp, REPO, "memwatchd-proc", source="proc")
 
 
 def _atop(tmp: Path) -> Tool:
@@ -244,6 +251,7 @@ def _process_exporter(tmp: Path) -> Tool:
 MAKERS: dict[str, Callable[[Path], Tool]] = {
     "memwatchd": _memwatchd,
     "memwatchd-base": _memwatchd_base,
+    "memwatchd-proc": _memwatchd_proc,
     "atop": _atop,
     "pidstat": _pidstat,
     "apps.plugin": _apps_plugin,
@@ -257,6 +265,7 @@ def available(name: str) -> str | None:
         return "no --base checkout given"
     exe = {
         "memwatchd": str(BIN / "memwatchd"),
+        "memwatchd-proc": str(BIN / "memwatchd"),
         "memwatchd-base": str(BASE / ".venv" / "bin" / "memwatchd") if BASE else "",
         "atop": "atop",
         "pidstat": "pidstat",

@@ -3,9 +3,11 @@
 Spawns N idle processes, then runs the cycle the daemon runs (procfs scan, cgroup charges, merge, group
 aggregation, rules with the shipped configuration, the store write on a real SQLite file) for a number of
 cycles after a warm-up, and reports thread CPU time per stage in µs per process per cycle. BPF is left out
-(it needs the loader; its poll is reported by py-spy on the real daemon instead).
+(it needs the loader; its poll is reported by py-spy on the real daemon instead), except that
+--source bpf scans with the kernel's task iterator (collectors/taskscan.py, loaded through the loader child)
+instead of /proc; the scan stage then includes the kernel's walk (system time of this thread).
 
-Usage: .venv/bin/python scripts/profile_stages.py [--processes 2000] [--cycles 20]
+Usage: .venv/bin/python scripts/profile_stages.py [--processes 2000] [--cycles 20] [--source proc|bpf]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bench_daemon import build_sleepers, spawn  # noqa: E402
 from memwatchd.alerts.engine import AlertEngine  # noqa: E402
 from memwatchd.collectors.cgroupfs import ChargeReader  # noqa: E402
 from memwatchd.collectors.procfs import ProcfsCollector  # noqa: E402
+from memwatchd.collectors.source import ProcScanner  # noqa: E402
 from memwatchd.config import load_config  # noqa: E402
 from memwatchd.group_tracker import GroupTracker  # noqa: E402
 from memwatchd.groups import charge_paths  # noqa: E402
@@ -36,12 +39,24 @@ from memwatchd.merge import Merger  # noqa: E402
 from memwatchd.store.writer import StoreWriter  # noqa: E402
 
 
-async def cycles(n_cycles: int, warm: int, interval: float, tmp: Path) -> tuple[dict[str, float], int]:
+async def cycles(
+    n_cycles: int, warm: int, interval: float, tmp: Path, source: str = "proc"
+) -> tuple[dict[str, float], int]:
     cfg = load_config(str(REPO / "etc" / "memwatchd.toml"))
     store = await StoreWriter.open(
         str(tmp / "p.db"), dataclasses.replace(cfg.storage, path=str(tmp / "p.db"))
     )
-    procfs = ProcfsCollector(full_rescan_s=cfg.procfs.full_rescan_s)
+    bpf = None
+    procfs: ProcScanner
+    if source == "bpf":
+        from memwatchd.collectors.bpf import BpfCollector
+        from memwatchd.collectors.taskscan import TaskScanCollector
+
+        bpf = BpfCollector.load(cfg.bpf)
+        assert bpf.task_iter is not None, bpf.iter_error
+        procfs = TaskScanCollector(bpf.task_iter, full_rescan_s=cfg.procfs.full_rescan_s)
+    else:
+        procfs = ProcfsCollector(full_rescan_s=cfg.procfs.full_rescan_s)
     charges = ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
     merger = Merger()
     tracker = GroupTracker()
@@ -87,6 +102,8 @@ async def cycles(n_cycles: int, warm: int, interval: float, tmp: Path) -> tuple[
             await asyncio.sleep(interval)
     finally:
         procfs.close()
+        if bpf is not None:
+            bpf.close()
         await store.close()
     return spent, nprocs
 
@@ -96,13 +113,14 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=2000)
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--source", choices=("proc", "bpf"), default="proc", help="/proc or the task iterator")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         pop = spawn(build_sleepers(tmp), args.processes)
         try:
             p0 = time.process_time()
-            spent, nprocs = asyncio.run(cycles(args.cycles, 3, args.interval, tmp))
+            spent, nprocs = asyncio.run(cycles(args.cycles, 3, args.interval, tmp, args.source))
             total = time.process_time() - p0
         finally:
             pop.stop()
