@@ -653,7 +653,7 @@ class StoreWriter:
         if snaps:  # readers count the snapshots of the processes that did not change in it from this
             await db.execute(
                 "INSERT OR REPLACE INTO periods (snap0, snap1, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)",
-                (snap0, through, snaps[0][1], max(t for _, t in snaps), codec.encode_snaps(snaps)),
+                (snap0, through, snaps[0][1], max(t for _, t in snaps), codec.encode_period(snaps)),
             )
         await db.execute("DELETE FROM raw_head WHERE snap <= ?", (through,))
         await self._series.compact(db, snaps, after, through)
