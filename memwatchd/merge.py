@@ -257,7 +257,9 @@ class Merger:
     can skip the rest. Pure: no I/O, no clock reads.
     """
 
-    __slots__ = ("_src", "_extra", "prev", "_seq", "_recs", "_loud", "_scan_seq", "_stats", "_procs")
+    __slots__ = (
+        "_src", "_extra", "prev", "_seq", "_recs", "_loud", "_scan_seq", "_stats", "_procs", "_poll_seq",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._src: dict[int, _Src] = {}  # pid -> the latest record of that pid and its sources
@@ -271,6 +273,7 @@ class Merger:
         self._loud: set[int] = set()
         self._scan_seq: int | None = None
         self._stats: Mapping[int, BpfStats] = {}
+        self._poll_seq: int | None = None  # seq of the last BPF poll merged (None: unknown)
         self._procs: tuple[ProcessSnapshot, ...] = ()
 
     @classmethod
@@ -302,12 +305,16 @@ class Merger:
         prev_mono = prev.mono if prev else None
         changed = scan.changed
         if changed is not None and scan.base_seq is not None and scan.base_seq == self._scan_seq:
-            part, processes = self._merge_changes(scan, changed, stats, exits, boot, tck, mono, prev_mono)
+            moved = bpf.changed if bpf is not None and bpf.base_seq == self._poll_seq is not None else None
+            part, processes = self._merge_changes(
+                scan, changed, stats, moved, exits, boot, tck, mono, prev_mono
+            )
         else:
             part = self._merge_all(scan.samples, stats, exits, boot, tck, mono, prev_mono)
             processes = tuple(part.out)
         self._scan_seq = scan.seq or None
         self._stats = stats
+        self._poll_seq = (bpf.seq or None) if bpf is not None else None
         self._procs = processes
 
         health = bpf_health or (bpf.health if bpf else BpfHealth(state="disabled"))
@@ -363,6 +370,7 @@ class Merger:
         scan: ProcScan,
         changed: tuple[ProcSample, ...],
         stats: Mapping[int, BpfStats],
+        moved: tuple[int, ...] | None,
         exits: tuple[ProcessExit, ...],
         boot: float,
         tck: int,
@@ -376,7 +384,14 @@ class Merger:
         touched.update(k.pid for k in scan.gone)
         touched.update(e.pid for e in exits)
         old_stats = self._stats
-        if stats or old_stats:
+        if moved is not None:
+            # the poll names its moved entries; those that left are the exits' when the sizes add up
+            touched.update(moved)
+            added = sum(1 for t in moved if t not in old_stats)
+            ended = {e.pid for e in exits if e.pid in old_stats and e.pid not in stats}
+            if len(stats) != len(old_stats) + added - len(ended):
+                touched.update(t for t in old_stats if t not in stats)
+        elif stats or old_stats:
             # BPF hands back the very object of an entry that did not move: one lookup per entry
             seen = 0
             for tgid, st in stats.items():

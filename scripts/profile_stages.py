@@ -1,11 +1,14 @@
 """Where one daemon cycle's CPU goes, stage by stage, with the daemon's real parts on this host's /proc.
 
 Spawns N idle processes, then runs the cycle the daemon runs (procfs scan, cgroup charges, merge, group
-aggregation, rules with the shipped configuration, the store write on a real SQLite file) for a number of
-cycles after a warm-up, and reports thread CPU time per stage in µs per process per cycle. BPF is left out
-(it needs the loader; its poll is reported by py-spy on the real daemon instead), except that
---source bpf scans with the kernel's task iterator (collectors/taskscan.py, loaded through the loader child)
-instead of /proc; the scan stage then includes the kernel's walk (system time of this thread).
+aggregation, rules with the shipped configuration, the store write on a real SQLite file, the Prometheus
+aggregation) for a number of cycles after a warm-up, and reports thread CPU time per stage in µs per
+process per cycle. BPF is left out (it needs the loader; its poll is reported by py-spy on the real daemon
+instead), except that --source bpf scans with the kernel's task iterator (collectors/taskscan.py, loaded
+through the loader child) instead of /proc; the scan stage then includes the kernel's walk (system time of
+this thread). Run it in a PID namespace of its own (`unshare -p -f --mount-proc ...`) to keep other
+processes of a shared host out of the population (--source proc only: the iterator needs the initial
+namespace).
 
 Usage: .venv/bin/python scripts/profile_stages.py [--processes 2000] [--cycles 20] [--source proc|bpf]
 """
@@ -32,7 +35,9 @@ from memwatchd.alerts.engine import AlertEngine  # noqa: E402
 from memwatchd.collectors.cgroupfs import ChargeReader  # noqa: E402
 from memwatchd.collectors.procfs import ProcfsCollector  # noqa: E402
 from memwatchd.collectors.source import ProcScanner  # noqa: E402
-from memwatchd.config import load_config  # noqa: E402
+from memwatchd.config import PrometheusConfig, load_config  # noqa: E402
+from memwatchd.daemon.metrics import MetricsServer  # noqa: E402
+from memwatchd.daemon.status import DaemonStatus  # noqa: E402
 from memwatchd.group_tracker import GroupTracker  # noqa: E402
 from memwatchd.groups import charge_paths  # noqa: E402
 from memwatchd.merge import Merger  # noqa: E402
@@ -60,6 +65,8 @@ async def cycles(
     charges = ChargeReader(cfg.groups.cgroup_root) if cfg.groups.enabled else None
     merger = Merger()
     tracker = GroupTracker()
+    # the Prometheus aggregation as the daemon runs it with [prometheus] listen set (never started here)
+    metrics = MetricsServer(PrometheusConfig(listen="127.0.0.1:0"))
     engine = AlertEngine(cfg.rules, [], cfg.notify.repeat_interval_s)
     spent: dict[str, float] = defaultdict(float)
     nprocs = 0
@@ -86,6 +93,8 @@ async def cycles(
             t.append(clock())
             await store.write(snap)  # the SQLite work runs in aiosqlite's thread: measured by process time
             t.append(clock())
+            metrics.update(snap, DaemonStatus(processes=len(snap.processes), groups=len(snap.groups)))
+            t.append(clock())
             if i == 0:
                 gc.collect()
                 gc.freeze()
@@ -93,7 +102,7 @@ async def cycles(
             if i >= warm:
                 nprocs += len(snap.processes)
                 for name, a, b in zip(
-                    ("scan", "charges", "merge", "groups", "rules", "store (loop side)"),
+                    ("scan", "charges", "merge", "groups", "rules", "store (loop side)", "metrics+status"),
                     t,
                     t[1:],
                     strict=False,

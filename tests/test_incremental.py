@@ -9,6 +9,8 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from memwatchd.config import StorageConfig
 from memwatchd.merge import Merger
 from memwatchd.models import (
@@ -21,6 +23,7 @@ from memwatchd.models import (
     ProcScan,
     Snapshot,
 )
+from memwatchd.store.files import StoreError
 from memwatchd.store.writer import StoreWriter
 
 MEM = MemInfo(mem_total_kb=1000, mem_available_kb=500, swap_total_kb=0, swap_free_kb=0)
@@ -219,3 +222,27 @@ def test_state_of_20000_exited_identities_is_dropped_by_every_component(tmp_path
     assert all(len(t) <= live for t in eng._tracks.values())  # noqa: SLF001
     assert len(eng._seen) <= live and len(eng._gone_q) <= MAX_GONE  # noqa: SLF001
     assert len(w._cur.state) == live  # noqa: SLF001
+
+
+def test_a_failed_batch_leaves_the_writer_as_it_was(tmp_path: Path) -> None:
+    """The writer's state moves in place (no per-process copy per snapshot): a transaction that fails after
+    planning puts it back, and what is stored afterwards is what a run without the failure stores."""
+    snaps = _snapshots(30, seed=5)
+
+    async def run() -> None:
+        w = await StoreWriter.open(
+            str(tmp_path / "failed.db"), StorageConfig(path=str(tmp_path / "failed.db"))
+        )
+        try:
+            for s in snaps[:10]:
+                await w.write(s)
+            with pytest.raises(StoreError):  # a status value SQLite cannot bind: the transaction fails late
+                await w.write_batch(snaps[10:14], status={"bad": object()})  # type: ignore[dict-item]
+            for s in snaps[10:]:
+                await w.write(s)
+        finally:
+            await w.close()
+
+    asyncio.run(run())
+    asyncio.run(_write(tmp_path / "clean.db", snaps))
+    assert _dump(tmp_path / "failed.db") == _dump(tmp_path / "clean.db")

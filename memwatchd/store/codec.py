@@ -185,11 +185,19 @@ def decode_agg(data: bytes) -> list[tuple[int, Values]]:
     return [(k, stored_to_agg(s)) for k, s in decode(data, _STORED_LEN)]
 
 
-def encode_snaps(snaps: Iterable[tuple[int, int]]) -> bytes:
-    """The snapshots of a period, (id, ts_ms) in id order (the ``periods.data`` blob)."""
-    return encode((sid, (ts,)) for sid, ts in snaps)
+def encode_period(snaps: Sequence[tuple[int, int]]) -> bytes:
+    """The snapshots of a period, (id, ts_ms) in id order, as runs of consecutive ids in one minute (the
+    ``periods.data`` blob): entries keyed by a run's first id holding (minute number, snapshot count)."""
+    runs: list[tuple[int, list[int]]] = []
+    for sid, ts in snaps:
+        m = ts // 60_000
+        if runs and runs[-1][1][0] == m and runs[-1][0] + runs[-1][1][1] == sid:
+            runs[-1][1][1] += 1
+        else:
+            runs.append((sid, [m, 1]))
+    return encode((sid, (m, n)) for sid, (m, n) in runs)
 
 
-def decode_snaps(data: bytes) -> list[tuple[int, int]]:
-    """Inverse of encode_snaps()."""
-    return [(sid, v[0] or 0) for sid, v in decode(data, 1)]
+def decode_period(data: bytes) -> list[tuple[int, int, int]]:
+    """Inverse of encode_period(): (first id, minute number, count) per run."""
+    return [(sid, v[0] or 0, v[1] or 0) for sid, v in decode(data, 2)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memwatchd.store import codec, series_read
-from memwatchd.store.rollup import Buckets, last_of, merge_sorted, rollup
+from memwatchd.store.rollup import Buckets, constant, last_of, merge_sorted, rollup
 from memwatchd.store.rows import (
     HISTORY_FIELDS,
     AlertRow,
@@ -562,16 +562,13 @@ class _Ctx:
                 if r.version >= 5
                 else []
             )
-            self._period_buckets: dict[int, Buckets] = {}
+            self._period_runs: dict[int, list[tuple[int, int, int]]] = {}
 
-    def _buckets(self, snap0: int, data: bytes) -> Buckets:
-        b = self._period_buckets.get(snap0)
-        if b is None:
-            snaps = codec.decode_snaps(data)
-            b = self._period_buckets[snap0] = Buckets(
-                [x[0] for x in snaps], [x[1] for x in snaps], self.bucket_ms
-            )
-        return b
+    def _runs(self, snap0: int, data: bytes) -> list[tuple[int, int, int]]:
+        runs = self._period_runs.get(snap0)
+        if runs is None:
+            runs = self._period_runs[snap0] = codec.decode_period(data)
+        return runs
 
     def _base(self, p: Proc) -> dict[str, Any]:
         return {
@@ -665,8 +662,8 @@ class _Ctx:
                 if buckets:
                     carry = tuple(last_of(buckets[-1][1], f) for f in RAW_FIELDS)
             elif carry is not None:
-                b = self._buckets(s0, data)
-                parts.append(rollup([(s0, carry)], b, max(s0, p.first_snap), end))
+                runs = self._runs(s0, data)
+                parts.append(constant(carry, runs, max(s0, p.first_snap), end, self.bucket_ms))
         if end > self.compacted:
             head = self.r._head(p.id)
             keys = [h[0] for h in head]

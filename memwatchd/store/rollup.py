@@ -95,6 +95,24 @@ def rollup(
     return [(k, tuple(out[k])) for k in sorted(out)]
 
 
+def constant(
+    vals: Values, runs: Sequence[tuple[int, int, int]], lo: int, hi: int, bucket_ms: int
+) -> list[tuple[int, Values]]:
+    """Buckets of a process that held ``vals`` over snapshots [lo, hi] (inclusive) of a period given as runs
+    of consecutive snapshot ids in one minute: (first id, minute number, count); see codec.encode_period."""
+    out: dict[int, list[int | None]] = {}
+    for first, minute, count in runs:
+        n = min(first + count - 1, hi) - max(first, lo) + 1
+        if n <= 0:
+            continue
+        b = minute * 60_000 // bucket_ms
+        acc = out.get(b)
+        if acc is None:
+            acc = out[b] = _new()
+        _add(acc, vals, n)
+    return [(k, tuple(out[k])) for k in sorted(out)]
+
+
 def merge(a: Values, b: Values) -> Values:
     """Combine two aggregates of the same bucket; b holds the later samples."""
     out: list[int | None] = [(a[0] or 0) + (b[0] or 0)]

@@ -85,6 +85,9 @@ class _Live:
     row_kf: int = 0  # the period start (snapshot id) of the period in which it last got a head row
 
 
+_Undo = list[tuple[dict[tuple[int, int], "_Live"], tuple[int, int], "_Live | None"]]  # (state, key, old)
+
+
 @dataclass(slots=True)
 class _Cursor:
     """Where the stored history stands: what the next snapshot is planned against."""
@@ -324,6 +327,7 @@ class StoreWriter:
             return
         async with self._lock:
             plans: list[_Plan] = []
+            undo: _Undo = []
 
             async def run() -> _Cursor:
                 cur = self._cur
@@ -333,7 +337,7 @@ class StoreWriter:
                     plan.series = series = self._series.plan(snap, plan.kf, series)
                     await self._apply(snap, plan, cur)
                     plans.append(plan)
-                    cur = _advance(cur, snap, plan)
+                    cur = _advance(cur, snap, plan, undo)
                 if status:
                     await self._status_rows(status)
                 if clear_status:
@@ -342,7 +346,15 @@ class StoreWriter:
                     )
                 return cur
 
-            self._cur = await self._tx(run)
+            try:
+                self._cur = await self._tx(run)
+            except BaseException:
+                for state, k, old in reversed(undo):  # the cursor's state as it was before the batch
+                    if old is None:
+                        state.pop(k, None)
+                    else:
+                        state[k] = old
+                raise
             self._keyframes += [(p.sid, p.ts_ms) for p in plans if p.kf]
             for p in plans:
                 if p.series is not None:
@@ -641,7 +653,7 @@ class StoreWriter:
         if snaps:  # readers count the snapshots of the processes that did not change in it from this
             await db.execute(
                 "INSERT OR REPLACE INTO periods (snap0, snap1, t0_ms, t1_ms, data) VALUES (?, ?, ?, ?, ?)",
-                (snap0, through, snaps[0][1], max(t for _, t in snaps), codec.encode_snaps(snaps)),
+                (snap0, through, snaps[0][1], max(t for _, t in snaps), codec.encode_period(snaps)),
             )
         await db.execute("DELETE FROM raw_head WHERE snap <= ?", (through,))
         await self._series.compact(db, snaps, after, through)
@@ -806,20 +818,27 @@ class StoreWriter:
         return row_id
 
 
-def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan) -> _Cursor:
-    """The cursor after ``plan`` is stored (the cursor's own state is not changed: a failed
-    transaction leaves the writer as it was)."""
+def _advance(cur: _Cursor, snap: Snapshot, plan: _Plan, undo: _Undo) -> _Cursor:
+    """The cursor after ``plan`` is stored. An incremental plan changes the cursor's state in place (no
+    per-process copy each snapshot) and logs each change in ``undo``, so a failed transaction can leave
+    the writer as it was."""
     if plan.full:
         state = plan.state
         for key in plan.exited:
             state.pop(key, None)
     else:
-        state = dict(cur.state)  # one dict copy per snapshot: cheap next to the scan
+        state = cur.state
         for k, _ in plan.vanished:
-            state.pop(k, None)
-        state.update(plan.state)
+            old = state.pop(k, None)
+            if old is not None:
+                undo.append((state, k, old))
+        for k, live in plan.state.items():
+            undo.append((state, k, state.get(k)))
+            state[k] = live
         for key in plan.exited:
-            state.pop(key, None)
+            old = state.pop(key, None)
+            if old is not None:
+                undo.append((state, key, old))
     return _Cursor(
         state=state,
         last_seq=snap.seq,
