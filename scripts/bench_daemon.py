@@ -178,8 +178,6 @@ def _memwatchd(tmp: Path, repo: Path = REPO, name: str = "memwatchd", source: st
     shipped = (repo / "etc" / "memwatchd.toml").read_text()
     d = Path(tempfile.mkdtemp(dir=tmp))
     text = shipped.replace('path = "/var/lib/memwatchd/memwatchd.db"', f'path = "{d}/m.db"')
-    if source is not None:  # [procfs] source: the task iterator ("bpf") or /proc ("proc")
-        text = text.replace('source = "auto" ', f'source = "{source}" ')
     text = text.replace("interval = 3 ", f"interval = {INTERVAL_S:g} ")
     if source is not None:  # [procfs] source: "proc" measures the /proc scan (no BPF task iterator)
         text, n = re.subn(r'(?m)^source = "auto"', f'source = "{source}"', text)
@@ -199,11 +197,6 @@ def _memwatchd_proc(tmp: Path) -> Tool:
 def _memwatchd_base(tmp: Path) -> Tool:
     assert BASE is not None
     return _memwatchd(tmp, BASE, "memwatchd-base")
-
-
-def _memwatchd_proc(tmp: Path) -> Tool:
-    """The same daemon scanning /proc instead of the kernel's task iterator ([procfs] source = "proc")."""
-    return _memwatchd(tmp, REPO, "memwatchd-proc", source="proc")
 
 
 def _atop(tmp: Path) -> Tool:
@@ -261,7 +254,6 @@ MAKERS: dict[str, Callable[[Path], Tool]] = {
     "memwatchd": _memwatchd,
     "memwatchd-proc": _memwatchd_proc,
     "memwatchd-base": _memwatchd_base,
-    "memwatchd-proc": _memwatchd_proc,
     "atop": _atop,
     "pidstat": _pidstat,
     "apps.plugin": _apps_plugin,
