@@ -431,7 +431,8 @@ class Merger:
         for p in part.extra:
             loud.add(p.pid)
         self._extra = part.extra
-        return part, (*recs.values(), *part.extra)
+        processes = tuple(recs.values())  # tuple(values) is a C loop; (*values, ...) is several times slower
+        return part, processes + tuple(part.extra) if part.extra else processes
 
 
 def _run(

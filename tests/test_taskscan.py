@@ -234,11 +234,14 @@ def test_full_pass_reconciles_a_missed_exit(bpf: Any, scanner: TaskScanCollector
         assert p.pid in scanner.live_pids or p.pid in by_pid(scanner.scan(1.0).samples)
         p.kill()
         p.wait()
-        time.sleep(0.3)
-        # lose the kernel's report of the exit, as an overflowing scan_gone would
-        bpfsys.HashBatchReader(bpf.task_iter.gone_fd, _Gone, 1024, _GoneKey, drain=True).values(
-            lambda k, v: 0
-        )
+        # lose the kernel's report of the exit, as an overflowing scan_gone would; it comes an RCU grace
+        # period after the reap
+        peek = bpfsys.HashBatchReader(bpf.task_iter.gone_fd, _Gone, 1024, _GoneKey)
+        deadline = time.monotonic() + 5
+        while p.pid not in peek.values(lambda k, v: int(k.tgid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        drain = bpfsys.HashBatchReader(bpf.task_iter.gone_fd, _Gone, 1024, _GoneKey, drain=True)
+        drain.values(lambda k, v: 0)
         assert p.pid in by_pid(scanner.scan(2.0).samples), "the exit was not reported, so it is not known yet"
         assert p.pid not in by_pid(scanner.scan(1000.0).samples), "the full pass reconciles it"
 
