@@ -285,3 +285,40 @@ def test_map_full_emits_untracked_processes_every_pass_and_counts_them() -> None
             assert (pids - {ps[0].pid}) <= s.live_pids
     finally:
         small.close()
+
+
+FORKER = (
+    "import subprocess, sys\n"
+    "sys.stdin.readline()\n"
+    "kids = [subprocess.Popen(['sleep', '60']) for _ in range(200)]\n"
+    "print(' '.join(str(k.pid) for k in kids), flush=True)\n"
+    "sys.stdin.readline()\n"
+    "for k in kids: k.kill(); k.wait()\n"
+)
+
+
+def test_children_of_a_tracked_parent_borrow_its_cgroup(scanner: TaskScanCollector) -> None:
+    p = subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        time.sleep(0.3)
+        assert p.pid in agree(scanner, {p.pid}, 1.0)
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        kids = {int(x) for x in p.stdout.readline().split()}
+        time.sleep(0.2)
+        files = scanner.files_read
+        mine = by_pid(scanner.scan(2.0).samples)
+        assert kids <= set(mine)
+        assert scanner.files_read - files < 20, "the fork storm's children borrow their parent's cgroup"
+        agree(scanner, kids, 2.0)  # and it is what /proc says
+        files = scanner.files_read
+        agree(scanner, kids, 1000.0)  # the next full pass checks each borrowed value against the file
+        assert scanner.files_read - files >= len(kids)
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        p.wait(timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+        p.wait()

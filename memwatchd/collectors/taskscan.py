@@ -45,6 +45,11 @@ Limits:
   from x86's this_cpu_off (learnt at start from each CPU's runqueue, checked for every online CPU); at most
   64 possible CPUs (the sum reads one 16-byte part per CPU). Elsewhere "auto" scans /proc.
 * The task iterator of this kernel (6.18) never visits PID 1; the collector reads PID 1 through procfs.py.
+* A new process in the same css_set as its live, tracked parent takes the parent's unit and cgroup without
+  reading /proc/PID/cgroup (a fork storm reads no file; see _witness for why the pointer identifies the
+  same cgroups), and reads the file at the next full pass to confirm; a css_set freed and reused at the
+  same address in the microseconds between the iterator's visits of parent and child could mislabel the
+  child until then.
 * Between full passes an identity's cgroup path is re-read only when its css_set changes, which every
   cgroup move does; a cgroup renamed in place keeps its old path until the process's next change of
   identity (procfs.py has the same lag until its full rescan).
@@ -118,12 +123,13 @@ class _GoneValue(ctypes.Structure):
 class _Entry:
     """What the collector remembers about one identity between scans."""
 
-    __slots__ = ("raw", "start_ns", "token", "unit", "cgroup", "pss", "uss", "sample")
+    __slots__ = ("raw", "start_ns", "token", "borrowed", "unit", "cgroup", "pss", "uss", "sample")
 
     def __init__(self, start_ns: int, token: int) -> None:
         self.raw = b""  # the compared part of the last record
         self.start_ns = start_ns
         self.token = token  # css_set pointer when unit and cgroup were read
+        self.borrowed = False  # unit and cgroup copied from the parent (_witness): read at the next full pass
         self.unit: str | None = None
         self.cgroup: str | None = None
         self.pss: int | None = None
@@ -148,6 +154,8 @@ class TaskScanCollector:
         self._cache: dict[int, _Entry] = {}
         self._samples: tuple[ProcSample, ...] = ()
         self._side_samples: tuple[ProcSample, ...] = ()
+        self._pending: set[int] = set()  # tgids whose record in the pass being applied is still to come
+        self._freed: set[tuple[int, int]] = set()  # (tgid, start_ns) the kernel reported freed, this scan
         # the change sets of the scan being built (ProcScan.changed and .gone)
         self._changed: list[ProcSample] = []
         self._gone_keys: list[ProcKey] = []
@@ -248,6 +256,9 @@ class TaskScanCollector:
         self._changed, self._gone_keys = changed, gone
         try:
             data = self._read_pass(full)
+            # freed identities are read before the records are applied (_witness needs them) and
+            # applied after (a record of a task whose free already ran must not bring it back)
+            self._freed = set(self._gone.values(_gone_key))
             seen = self._apply_records(data, full)
             removed = self._drain_gone() + self._reconcile(seen, full)
         except BaseException:
@@ -315,16 +326,19 @@ class TaskScanCollector:
         cache, untracked = self._cache, self._untracked
         parsed = self.last_parsed = []
         u32 = _U32.unpack_from
-        for off in range(0, len(data), size):
-            tgid = u32(data, off + _TGID_AT)[0]
-            seen.add(tgid)
+        offsets = range(0, len(data), size)
+        tgids = [u32(data, off + _TGID_AT)[0] for off in offsets]
+        seen.update(tgids)
+        self._pending = pending = set(seen)  # records of this pass not applied yet (see _witness)
+        for off, tgid in zip(offsets, tgids, strict=True):
+            pending.discard(tgid)
             if u32(data, off + _EMIT_AT)[0] == _UNTRACKED:
                 untracked.add(tgid)
             elif untracked:
                 untracked.discard(tgid)
             raw = data[off : off + _CMP_LEN]
             e = cache.get(tgid)
-            if e is not None and e.raw == raw:
+            if e is not None and e.raw == raw and not (full and e.borrowed):
                 if full and self._smaps and e.sample is not None:
                     self._refresh_smaps(tgid, e)
                 continue
@@ -341,9 +355,9 @@ class TaskScanCollector:
         return seen
 
     def _drain_gone(self) -> int:
-        """Drop the identities the kernel reported freed; returns how many were dropped."""
+        """Drop the identities the kernel reported freed (read by _read_gone); returns how many."""
         cache, n = self._cache, 0
-        for tgid, start_ns in self._gone.values(_gone_key):
+        for tgid, start_ns in self._freed:
             e = cache.get(tgid)
             if e is not None and e.start_ns == start_ns:  # else the pid was reused: the new one stays
                 del cache[tgid]
@@ -361,9 +375,13 @@ class TaskScanCollector:
         fresh = e is None or e.start_ns != start_ns
         if e is None or fresh:
             e = _Entry(start_ns, token)
-            e.unit, e.cgroup = self._read_cgroup(tgid)
-        elif token != e.token:
-            e.token = token
+            w = self._witness(ppid, token)
+            if w is not None:
+                e.unit, e.cgroup, e.borrowed = w.unit, w.cgroup, True
+            else:
+                e.unit, e.cgroup = self._read_cgroup(tgid)
+        elif token != e.token or (full and e.borrowed):
+            e.token, e.borrowed = token, False
             e.unit, e.cgroup = self._read_cgroup(tgid)
         e.raw = raw
         pk = self._page_kb
@@ -399,6 +417,26 @@ class TaskScanCollector:
                 pss_kb=e.pss, uss_kb=e.uss,
             )  # fmt: skip
         return e
+
+    def _witness(self, ppid: int, token: int) -> _Entry | None:
+        """The parent's entry when it vouches for a new child's cgroup: same css_set, read from the file.
+
+        Its token is current (its record is not waiting later in this pass, which a move would have
+        produced) and it is alive (not freed: a freed parent's css_set may have been freed and its memory
+        reused). A css_set is freed only after every task in it has been freed, and the kernel writes a
+        task's scan_gone record before it drops the task's reference; so a live parent in css_set T and a
+        child in T share one object, with one set of cgroups. Fork storms then read no cgroup file.
+        """
+        p = self._cache.get(ppid)
+        if (
+            p is None
+            or p.token != token
+            or p.cgroup is None
+            or ppid in self._pending
+            or (ppid, p.start_ns) in self._freed
+        ):
+            return None
+        return p if not p.borrowed else None  # only a value read from the file vouches
 
     def _reconcile(self, seen: set[int], full: bool) -> int:
         """Drop untracked processes a pass missed and, on a full pass, every process it missed."""
