@@ -120,6 +120,7 @@ _EVENT_OOM = 2
 _EXIT_HAS_STATS, _EXIT_START_KNOWN, _EXIT_STATUS_KNOWN, _EXIT_OOM = 1, 2, 4, 8
 _CTR_MAP_FULL = 0
 _CTR_LOST_EVENTS = 1
+_CTR_SCAN_MAP_FULL, _CTR_SCAN_GONE_LOST = 2, 3
 
 
 class _Stats(ctypes.Structure):
@@ -544,7 +545,10 @@ class BpfCollector:
         def total(idx: int) -> int:
             return sum(bpfsys.lookup_percpu_u64(self._counters_fd, idx, self._ncpus))
 
-        return total(_CTR_MAP_FULL), total(_CTR_LOST_EVENTS)
+        # the task iterator's own (scan_last full; a freed process not reported) count the same way
+        return total(_CTR_MAP_FULL) + total(_CTR_SCAN_MAP_FULL), total(_CTR_LOST_EVENTS) + total(
+            _CTR_SCAN_GONE_LOST
+        )
 
     def _consume(self) -> None:
         self._ring.consume(self._on_record)
