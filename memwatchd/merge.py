@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from operator import attrgetter
 from typing import TypedDict
 
 from memwatchd.models import (
@@ -230,6 +231,9 @@ def _is_quiet(p: ProcessSnapshot) -> bool:
     )
 
 
+_SNAP = attrgetter("snap")
+
+
 class _Part:
     """What one merge pass over some pids produced."""
 
@@ -258,7 +262,7 @@ class Merger:
     """
 
     __slots__ = (
-        "_src", "_extra", "prev", "_seq", "_recs", "_loud", "_scan_seq", "_stats", "_procs", "_poll_seq",
+        "_src", "_extra", "prev", "_seq", "_loud", "_scan_seq", "_stats", "_procs", "_poll_seq",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -266,10 +270,8 @@ class Merger:
         self._extra: list[ProcessSnapshot] = []  # last snapshot's records not held in _src (exit rows)
         self.prev: Snapshot | None = None
         self._seq = 0
-        # for change sets: each pid's record in _src order (the snapshot's records, exit rows in _extra
-        # aside), the pids whose record is not quiet or that have an exit row, the seq of the last scan
-        # merged (None: unknown) and the BPF stats of the last poll
-        self._recs: dict[int, ProcessSnapshot] = {}
+        # for change sets: the pids whose record is not quiet or that have an exit row, the seq of the last
+        # scan merged (None: unknown) and the BPF stats of the last poll
         self._loud: set[int] = set()
         self._scan_seq: int | None = None
         self._stats: Mapping[int, BpfStats] = {}
@@ -360,7 +362,6 @@ class Merger:
         part = _run(samples, stats, exits, self._src, self._extra, boot, tck, mono, prev_mono)
         self._src = part.new
         self._extra = part.extra
-        self._recs = {pid: src.snap for pid, src in part.new.items()}
         self._loud = {pid for pid, src in part.new.items() if not src.quiet}
         self._loud.update(p.pid for p in part.extra)
         return part
@@ -416,22 +417,21 @@ class Merger:
         old = {pid: src[pid] for pid in touched if pid in src}
         sub_stats = {pid: stats[pid] for pid in touched if pid in stats}
         part = _run(tuple(now.values()), sub_stats, exits, old, self._extra, boot, tck, mono, prev_mono)
-        recs, loud = self._recs, self._loud
+        loud = self._loud
         for pid in touched:
             got = part.new.get(pid)
             loud.discard(pid)
             if got is None:
                 src.pop(pid, None)
-                recs.pop(pid, None)
             else:
                 src[pid] = got
-                recs[pid] = got.snap
                 if not got.quiet:
                     loud.add(pid)
         for p in part.extra:
             loud.add(p.pid)
         self._extra = part.extra
-        processes = tuple(recs.values())  # tuple(values) is a C loop; (*values, ...) is several times slower
+        # a C loop over the records (~15 ns each), instead of a second map pid -> record kept for it
+        processes = tuple(map(_SNAP, src.values()))
         return part, processes + tuple(part.extra) if part.extra else processes
 
 
