@@ -12,15 +12,15 @@ hiwater_rss, MM_SWAPENTS, and the css_set pointer as a cgroup-membership token),
 read() that returns nothing.
 
 Costs (measured on this 2-CPU VM, 10,000 idle sleepers plus ~4,000 other processes, the same scans
-interleaved): 0.65-0.96 µs of CPU per process per scan, against 4.5 µs for procfs.py's scan. The kernel
-walk alone costs ~0.17 µs per task; the reads of task_struct and mm_struct fields (cache misses, fetched in
-a few windows; the parent's tgid only for a record written out) most of the rest; user space parses only
-the records that arrive, plus /proc/PID/cgroup for a new identity or a cgroup move and, with smaps on,
-smaps_rollup for a process whose sizes moved. An unchanged process costs nothing in Python: its ProcSample
-is the very object of the previous scan, as procfs.py gives it, so merge's reuse applies. A full pass
-(every full_rescan_s) costs ~0.9 µs per process plus a comparison of each record's bytes. Kernel memory:
-scan_last is preallocated for [bpf] max_pids tgids (~64 bytes each with the hash table's overhead: ~4 MB
-at 65,536) and scan_gone for the exits map's size.
+interleaved): 0.65-0.96 µs of CPU per process per scan, against 4.5 µs for procfs.py's scan. The kernel walk
+alone costs ~0.17 µs per task; the reads of task_struct and mm_struct fields (cache misses, fetched in a few
+windows; the parent's tgid and the start time only for a record written out) most of the rest; user space
+parses only the records that arrive, plus /proc/PID/cgroup for a new identity or a cgroup move and, with smaps
+on, smaps_rollup for a process whose sizes moved. An unchanged process costs nothing in Python: its ProcSample
+is the very object of the previous scan, as procfs.py gives it, so merge's reuse applies. A full pass (every
+full_rescan_s) costs ~0.9 µs per process plus a comparison of each record's bytes. Kernel memory: scan_last is
+preallocated for [bpf] max_pids tgids (~64 bytes each with the hash table's overhead: ~4 MB at 65,536) and
+scan_gone for the exits map's size.
 
 Exits: the kernel removes a tgid's scan_last entry when its task struct is freed (sched_process_free: the
 parent has reaped it and it is off the task list, so no later pass can meet it again) and reports the
