@@ -1,10 +1,11 @@
 """Bytes the daemon writes per day (issue 18), beside atop's raw-file growth in the same run.
 
 A host of N real extra processes (forked by a small C program: idle ones wait in pause(), "changing" ones
-flip 512 KiB in and out every interval, so their RSS changes each cycle) is watched by the real daemon at
-a 3 s interval with its database on the root file system (ext4: write_bytes counts what reaches the page
-cache for the disk), all in a PID namespace of their own (unshare --pid --mount-proc) so the host's other
-processes are not part of the measurement. Two phases per host:
+map and unmap 512 KiB alternately every interval, so their RSS changes each cycle; before 2026-12-01 they
+used malloc/free, whose memory stayed resident after the first round: that host was in fact idle) is
+watched by the real daemon at a 3 s interval with its database on the root file system (ext4: write_bytes
+counts what reaches the page cache for the disk), all in a PID namespace of their own (unshare --pid
+--mount-proc) so the host's other processes are not part of the measurement. Two phases per host:
 
 - steady: write_bytes and wchar of the daemon and its children (/proc/PID/io) over the run, between the
   hourly keyframes (atop -w FILE 3 runs beside it; its file growth is scaled to a day the same way);
@@ -38,8 +39,11 @@ PROCS_C = r"""
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
-/* procs N CHANGING PERIOD_MS: forks N children; the first CHANGING flip 512 KiB every PERIOD_MS */
+/* procs N CHANGING PERIOD_MS: forks N children; the first CHANGING map and touch 512 KiB, then unmap it,
+   alternately every PERIOD_MS (mmap/munmap, not malloc/free: glibc's dynamic mmap threshold keeps a freed
+   512 KiB block in the heap after the first round, so RSS would stop changing) */
 int main(int argc, char **argv) {
     int n = atoi(argv[1]), changing = atoi(argv[2]), period = atoi(argv[3]);
     for (int i = 0; i < n; i++) {
@@ -49,7 +53,14 @@ int main(int argc, char **argv) {
             usleep((useconds_t)(rand() % period) * 1000u + (useconds_t)i * 7919u % 1000000u);
             char *m = 0;
             for (;;) {
-                if (m) { free(m); m = 0; } else { m = malloc(512 << 10); memset(m, 1, 512 << 10); }
+                if (m) {
+                    munmap(m, 512 << 10);
+                    m = 0;
+                } else {
+                    m = mmap(0, 512 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                    if (m == MAP_FAILED) return 1;
+                    memset(m, 1, 512 << 10);
+                }
                 usleep((useconds_t)period * 1000u);
             }
         }
