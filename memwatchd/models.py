@@ -156,6 +156,12 @@ class BpfPoll:
     exits: tuple[ProcessExit, ...]
     ooms: tuple[OomKill, ...]
     health: BpfHealth
+    # What moved since poll `base_seq` of the same collector (its previous map read): `changed` holds the
+    # tgids whose entry is not that poll's very object (new or moved); every other entry is. Entries that
+    # left are not listed (consumers compare sizes). changed None: unknown, consumers look at every entry.
+    seq: int = 0
+    base_seq: int | None = None
+    changed: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -44,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 INTERVAL_S = 3.0
 TICK = os.sysconf("SC_CLK_TCK")
-TOOLS = ["memwatchd", "atop", "pidstat", "apps.plugin", "process-exporter"]
+TOOLS = ["memwatchd", "memwatchd-proc", "atop", "pidstat", "apps.plugin", "process-exporter"]
 BASE: Path | None = None  # --base CHECKOUT: that checkout's memwatchd also runs, as "memwatchd-base"
 APPS_PLUGIN = "/usr/lib/netdata/plugins.d/apps.plugin"
 
@@ -173,16 +174,24 @@ class Tool:
     cleanup: Callable[[], None] | None = None
 
 
-def _memwatchd(tmp: Path, repo: Path = REPO, name: str = "memwatchd") -> Tool:
+def _memwatchd(tmp: Path, repo: Path = REPO, name: str = "memwatchd", source: str | None = None) -> Tool:
     shipped = (repo / "etc" / "memwatchd.toml").read_text()
     d = Path(tempfile.mkdtemp(dir=tmp))
     text = shipped.replace('path = "/var/lib/memwatchd/memwatchd.db"', f'path = "{d}/m.db"')
     text = text.replace("interval = 3 ", f"interval = {INTERVAL_S:g} ")
+    if source is not None:  # [procfs] source: "proc" measures the /proc scan (no BPF task iterator)
+        text, n = re.subn(r'(?m)^source = "auto"', f'source = "{source}"', text)
+        if n != 1:
+            raise RuntimeError("etc/memwatchd.toml has no [procfs] source line to override")
     cfg = d / "memwatchd.toml"
     cfg.write_text(text)
     # warm-up: BPF compile, the first full read of every process and the windows' first points
     exe = BIN / "memwatchd" if repo == REPO else repo / ".venv" / "bin" / "memwatchd"
     return Tool(name, [str(exe), "--config", str(cfg)], warm_s=20.0)
+
+
+def _memwatchd_proc(tmp: Path) -> Tool:
+    return _memwatchd(tmp, REPO, "memwatchd-proc", source="proc")
 
 
 def _memwatchd_base(tmp: Path) -> Tool:
@@ -243,6 +252,7 @@ def _process_exporter(tmp: Path) -> Tool:
 
 MAKERS: dict[str, Callable[[Path], Tool]] = {
     "memwatchd": _memwatchd,
+    "memwatchd-proc": _memwatchd_proc,
     "memwatchd-base": _memwatchd_base,
     "atop": _atop,
     "pidstat": _pidstat,
@@ -257,6 +267,7 @@ def available(name: str) -> str | None:
         return "no --base checkout given"
     exe = {
         "memwatchd": str(BIN / "memwatchd"),
+        "memwatchd-proc": str(BIN / "memwatchd"),
         "memwatchd-base": str(BASE / ".venv" / "bin" / "memwatchd") if BASE else "",
         "atop": "atop",
         "pidstat": "pidstat",
@@ -380,6 +391,7 @@ def summarize(raw: list[dict[str, object]]) -> list[dict[str, object]]:
 
 LABELS = {
     "memwatchd": "memwatchd (shipped rules, BPF on)",
+    "memwatchd-proc": 'memwatchd, /proc scan ([procfs] source = "proc")',
     "memwatchd-base": "memwatchd before (--base checkout, same config)",
     "atop": "atop -w FILE 3",
     "pidstat": "pidstat -r -h -p ALL 3",

@@ -134,45 +134,67 @@ class _Scanner:
         )
 
 
-@settings(max_examples=150, deadline=None)
+class _Poller:
+    """Hands out BpfPolls the way the real collector does: same objects when unchanged, and change sets."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.last: dict[int, BpfStats] = {}
+
+    def poll(self, stats: dict[int, BpfStats], exits: tuple[ProcessExit, ...], chained: bool) -> BpfPoll:
+        self.seq += 1
+        changed = tuple(t for t, s in stats.items() if self.last.get(t) is not s)
+        self.last = stats
+        first = self.seq == 1 or not chained
+        return BpfPoll(
+            stats,
+            exits,
+            (),
+            BpfHealth("active", len(stats)),
+            seq=self.seq,
+            base_seq=None if first else self.seq - 1,
+            changed=None if first else changed,
+        )
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(
             st.lists(st.tuples(st.integers(1, 8), st.integers(1, 2), st.integers(0, 2)), max_size=8),
             st.lists(st.integers(1, 8), max_size=3),  # exits this step
             st.booleans(),  # BPF on this step
-            st.integers(0, 9),  # 0: the scan lost its chain (no change set)
+            st.lists(st.tuples(st.integers(1, 8), st.integers(0, 2)), max_size=8),  # BPF entries (pid, count)
+            st.integers(0, 9),  # 0: the scan lost its chain (no change set); 1: the BPF poll did
         ),
         min_size=1,
         max_size=10,
     )
 )
 def test_merger_on_change_sets_matches_merge(
-    steps: list[tuple[list[tuple[int, int, int]], list[int], bool, int]],
+    steps: list[tuple[list[tuple[int, int, int]], list[int], bool, list[tuple[int, int]], int]],
 ) -> None:
     """Same records as the stateless merge() (dt_s aside, order aside); every record is fresh or the previous
     snapshot's very object, and prev - gone + fresh == this snapshot."""
     m = Merger()
-    sc = _Scanner()
+    sc, bp = _Scanner(), _Poller()
     want_prev: Snapshot | None = None
     got_prev: Snapshot | None = None
     cache: dict[tuple[int, int, int], ProcSample] = {}
     bcache: dict[tuple[int, int], BpfStats] = {}
-    for i, (step, exit_pids, bpf_on, chain) in enumerate(steps):
+    for i, (step, exit_pids, bpf_on, entries, chain) in enumerate(steps):
         by_pid = {pid: (start, size) for pid, start, size in step}
         samples = tuple(
             cache.setdefault((pid, s0, sz), _sample(pid, s0, 1000 + sz))
             for pid, (s0, sz) in sorted(by_pid.items())
         )
-        bstats = {
-            pid: bcache.setdefault((pid, sz), _stats(pid, sz + 1))
-            for pid, (_, sz) in by_pid.items()
-            if pid % 2
-        }
+        # BPF entries move independently of /proc: entries of processes /proc does not show, entries gone
+        # without an exit event (the GC), counters that move while the sizes do not
+        bstats = {pid: bcache.setdefault((pid, n), _stats(pid, n + 1)) for pid, n in entries}
         ex = tuple(
             ProcessExit(pid, "app", 0, bcache.setdefault((pid, 9), _stats(pid, 9)), 1) for pid in exit_pids
         )
-        poll = BpfPoll(bstats, ex, (), BpfHealth("active", len(bstats))) if bpf_on else None
+        poll = bp.poll(bstats, ex, chained=chain != 1) if bpf_on else None
         scan = sc.scan(samples, chained=chain != 0)
         mono = 3.0 * (i + 1)
         want = merge(scan, poll, want_prev, ts=mono, mono=mono)
@@ -243,3 +265,16 @@ def test_one_change_among_2000_costs_one_record(tmp_path: Path) -> None:
     assert [(p.pid, p.rss_kb) for p in snap.fresh or ()] == [(150, 999 * 4)]
     old = {p.pid: p for p in before.processes}
     assert sum(1 for p in snap.processes if p is not old[p.pid]) == 1
+
+
+def test_a_bpf_entry_dropped_without_an_exit_is_seen_with_poll_change_sets() -> None:
+    """An entry the GC deletes (no exit event) is listed nowhere in the poll's change set: the Merger sees it
+    from the map's size, for a process /proc still shows and for one only BPF saw."""
+    m, sc, bp = Merger(), _Scanner(), _Poller()
+    s5, b5, b6 = _sample(5, 100, 1000), _stats(5, 2), _stats(6, 3)
+    for i in range(4):  # quiet: the same objects every time
+        snap = m.merge(sc.scan((s5,)), bp.poll({5: b5, 6: b6}, (), True), ts=T0 + i, mono=float(i))
+    assert {p.pid: p.mmap_count for p in snap.processes} == {5: 2, 6: 3} and snap.fresh == ()
+    snap = m.merge(sc.scan((s5,)), bp.poll({}, (), True), ts=T0 + 4, mono=4.0)
+    assert [(p.pid, p.mmap_count) for p in snap.processes] == [(5, None)]
+    assert snap.gone == ((6, 0),)

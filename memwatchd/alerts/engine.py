@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from memwatchd.alerts.axis import Axis, Series
 from memwatchd.alerts.fit import Fit, Window, fit, forecast_s, metric_value
 from memwatchd.alerts.kinds import kind_of
 from memwatchd.alerts.kinds.oom import OomKind
@@ -71,28 +72,38 @@ def _recency(sn: _Seen) -> float:
     return math.inf if sn.gone_at is None else sn.gone_at
 
 
-def _window(rule: RuleConfig) -> Window:
-    return kind_of(rule.kind).window(rule)
+class _Track(Series):
+    """Mutable state of one rule for one process identity: its window (a Series on the rule's Axis, one
+    object with the state below: ~100 bytes less per process than two) and its episode."""
 
-
-@dataclass(slots=True)
-class _Track:
-    """Mutable state of one rule for one process identity."""
-
-    window: Window
-    comm: str
-    unit: str | None
-    record: AlertRecord | None = None  # the open (firing) episode
-    pending_since: float | None = None  # mono: the fire condition has held since
-    pending_wall: float = 0.0  # wall time the evidence starts (becomes record.since)
-    confirmed: bool = False  # strong evidence was seen while pending (growth and leak rules)
-    watch: bool = (
-        False  # the window could show growth: looked at every cycle even when its record is unchanged
+    __slots__ = (
+        "comm",
+        "unit",
+        "record",
+        "pending_since",
+        "pending_wall",
+        "confirmed",
+        "watch",
+        "clear_since",
+        "last_emit",
+        "fit",
     )
-    clear_since: float | None = None  # mono: the clear condition has held since
-    last_emit: float = 0.0  # mono of the last notification made due
-    fit: Fit | None = None
-    upto: float | None = None  # mono of the newest sample in the window; None: do not carry the value forward
+
+    def __init__(
+        self, rule: RuleConfig, comm: str, unit: str | None, record: AlertRecord | None = None
+    ) -> None:
+        super().__init__(with_counter=kind_of(rule.kind).keeps_counter)
+        self.comm = comm
+        self.unit = unit
+        self.record = record  # the open (firing) episode
+        self.pending_since: float | None = None  # mono: the fire condition has held since
+        self.pending_wall = 0.0  # wall time the evidence starts (becomes record.since)
+        self.confirmed = False  # strong evidence was seen while pending (growth and leak rules)
+        # the window could show growth: looked at every cycle even when its record is unchanged
+        self.watch = False
+        self.clear_since: float | None = None  # mono: the clear condition has held since
+        self.last_emit = 0.0  # mono of the last notification made due
+        self.fit: Fit | None = None
 
 
 @dataclass(slots=True)
@@ -122,6 +133,7 @@ class AlertEngine:
     ) -> None:
         self._rules: dict[str, RuleConfig] = {}
         self._tracks: dict[str, dict[Key, _Track]] = {}
+        self._axes: dict[str, Axis] = {}  # per rule with windows: the point times its tracks share
         self._seen: dict[Key, _Seen] = {}
         self._closing: dict[Episode, AlertRecord] = {}
         self._restored: list[AlertRecord] | None = list(open_alerts)
@@ -157,25 +169,30 @@ class AlertEngine:
                 self._orphans += [t.record for t in tracks.values() if t.record is not None]
                 self._tracks.pop(name, None)
                 self._active.pop(name, None)
+                self._axes.pop(name, None)
             elif (r.metric, r.window_s) != (old.metric, old.window_s):
+                self._axes.pop(name, None)
                 for t in tracks.values():
-                    t.window = _window(r)
+                    t.reset()
                     t.pending_since = t.clear_since = None
                     t.fit = None
-                    t.upto = None
         for name, r in new.items():
             if self._rules.get(name) != r:
                 self._recheck.add(name)  # new or changed: every present process is looked at once
         self._rules = new
-        for name in new:
+        for name, r in new.items():
             self._tracks.setdefault(name, {})
             self._active.setdefault(name, set())
+            if not kind_of(r.kind).instant and name not in self._axes:
+                self._axes[name] = Axis(r.window_s)
         self._keep_s = max([OOM_HISTORY_S] + [r.window_s for r in new.values() if r.window_s > 0]) + 60.0
 
     def observe(self, snap: Snapshot) -> tuple[list[AlertRecord], list[Transition]]:
         """Evaluate one snapshot: returns (records to persist, notifications due)."""
         cyc = _Cycle(snap)
         self._advance_axis(snap.mono)
+        for ax in self._axes.values():
+            ax.advance(snap.mono)
         changed, gone = self._changes(snap)
         present = self._present
         assert present is not None
@@ -247,6 +264,10 @@ class AlertEngine:
         if i < end:
             w.add_run(axis, i, end, w.v[-1], w.c[-1] if w.c is not None else None)
 
+    def _view(self, rule: str, tr: _Track) -> Window:
+        """The track's points as a Window (what kinds judge and messages show)."""
+        return tr.view(self._axes[rule])
+
     def _add(self, w: Window, upto: float | None, now: float, value: float, counter: float | None) -> bool:
         """Window.add(now, ...) after catching the window up with the snapshots it was not shown."""
         self._catch_up(w, upto, len(self._axis) - 1)
@@ -317,11 +338,13 @@ class AlertEngine:
                     self._observe_one(cyc, rule, tracks, active, key, cur)
                 else:  # an episode restored from the store whose process is not here
                     gone.append(key)
+        axis = self._axes[rule.name]
         for key in dict.fromkeys(gone):
             tr = tracks.pop(key, None)
             active.discard(key)
             if tr is not None and (tr.record is not None or donor):
-                self._catch_up(tr.window, tr.upto, len(self._axis) - 1)
+                # it was last seen at the previous snapshot
+                tr.catch_up(axis, axis.last - 1 if axis.new else axis.last)
                 if donor:
                     self._donated[key] = tr  # its rss history outlives it a little, for an OOM message
             if tr is not None and tr.record is not None:
@@ -351,18 +374,16 @@ class AlertEngine:
                 return  # kernel threads, no BPF data: nothing to watch yet
             if not kind.worth_tracking(rule, value):
                 return  # far from firing: no state needed
-            tr = tracks[key] = _Track(kind.window(rule), p.comm, p.unit)
+            tr = tracks[key] = _Track(rule, p.comm, p.unit)
         elif value is not None and tr.record is None and not kind.worth_tracking(rule, value):
             del tracks[key]
             active.discard(key)
             return
         tr.comm, tr.unit = p.comm, p.unit
         if value is None:
-            tr.upto = None  # a source missing for a moment does not end an episode; no points meanwhile
+            tr.stop_carry()  # a source missing for a moment does not end an episode; no points now
             return
-        now = cyc.snap.mono
-        appended = self._add(tr.window, tr.upto, now, value, kind.counter(p))
-        tr.upto = now
+        appended = tr.add(self._axes[rule.name], value, kind.counter(p))
         # a changed record is always worth a look (the window's newest point may only have been replaced)
         self._step(cyc, rule, tr, key, appended or fresh)
         if tr.record is not None or tr.pending_since is not None or tr.clear_since is not None or tr.watch:
@@ -371,7 +392,7 @@ class AlertEngine:
             active.discard(key)
 
     def _step(self, cyc: _Cycle, rule: RuleConfig, tr: _Track, key: Key, appended: bool) -> None:
-        w, now = tr.window, cyc.snap.mono
+        w, now = self._view(rule.name, tr), cyc.snap.mono
         value = w.last
         assert value is not None
         j = kind_of(rule.kind).judge(
@@ -420,12 +441,12 @@ class AlertEngine:
             tr.last_emit = now
 
     def _rate(self, rule: RuleConfig, tr: _Track) -> float | None:
-        tr.fit = kind_of(rule.kind).rate_fit(tr.window, tr.fit)
+        tr.fit = kind_of(rule.kind).rate_fit(self._view(rule.name, tr), tr.fit)
         return tr.fit.slope if tr.fit is not None else None
 
     def _fire(self, cyc: _Cycle, rule: RuleConfig, tr: _Track, key: Key) -> None:
         s = cyc.snap
-        value = tr.window.last
+        value = tr.last
         rate = self._rate(rule, tr)
         assert value is not None
         summary = kind_of(rule.kind).fire_summary(rule, value, rate, tr.fit)
@@ -450,11 +471,11 @@ class AlertEngine:
         cyc.due.append(self._transition(cyc, rule, tr, rec, "firing"))
 
     def _clear_summary(self, rule: RuleConfig, tr: _Track) -> str:
-        return kind_of(rule.kind).clear_summary(rule, tr.window.last, tr.fit)
+        return kind_of(rule.kind).clear_summary(rule, tr.last, tr.fit)
 
     def _resolve_record(self, cyc: _Cycle, rec: AlertRecord, tr: _Track | None, why: str) -> None:
         s = cyc.snap
-        value = tr.window.last if tr is not None and len(tr.window) else rec.value
+        value = tr.last if tr is not None and len(tr) else rec.value
         rate = tr.fit.slope if tr is not None and tr.fit is not None else rec.rate
         done = replace(rec, state="resolved", resolved_at=s.ts, value=value, rate=rate, summary=why)
         cyc.changed.append(done)
@@ -478,7 +499,7 @@ class AlertEngine:
         return Transition(
             record=rec,
             reason=reason,
-            series=tr.window.series(s.ts, s.mono),
+            series=self._view(rule.name, tr).series(s.ts, s.mono),
             at=s.ts,
             rule=rule,
             forecast_s=forecast_s(rec.rate, s.meminfo) if reason != "resolved" else None,
@@ -505,7 +526,7 @@ class AlertEngine:
                 self._resolve_record(cyc, rec, None, "rule removed from the configuration")
                 continue
             key = (rec.pid, rec.start_ticks)
-            tr = _Track(_window(rule), rec.comm, rec.unit, record=rec)
+            tr = _Track(rule, rec.comm, rec.unit, record=rec)
             # the repeat clock continues from the last delivery; wall time is all the store has
             last = rec.notified_at or rec.fired_at or rec.since
             tr.last_emit = s.mono - min(max(s.ts - last, 0.0), self.repeat_interval_s)
@@ -571,8 +592,8 @@ class AlertEngine:
         for key in gone:
             sn = seen.get(key)
             tr = self._donated.get(key)
-            if tr is not None and (sn is None or sn.gone_at is None):
-                sn = seen[key] = _Seen(tr.window, tr.comm, tr.unit)
+            if tr is not None and donor is not None and (sn is None or sn.gone_at is None):
+                sn = seen[key] = _Seen(self._view(donor, tr), tr.comm, tr.unit)
             if sn is not None and sn.gone_at is None:
                 self._catch_up(sn.window, sn.upto, len(self._axis) - 1)  # it was last seen before now
                 sn.upto = None
@@ -593,8 +614,10 @@ class AlertEngine:
         donor = self._donor
         if donor is not None and (best is None or best[1].gone_at is not None):
             for key, tr in self._tracks.get(donor, {}).items():
-                if key[0] == pid:  # still here: its history is the donor rule's window
-                    best = (key, _Seen(tr.window, tr.comm, tr.unit, upto=tr.upto))
+                if key[0] == pid:  # still here: its history is the donor rule's window, through this snapshot
+                    axis = self._axes[donor]
+                    tr.catch_up(axis, axis.last)
+                    best = (key, _Seen(self._view(donor, tr), tr.comm, tr.unit))
                     break
         if best is not None and best[1].gone_at is None:
             self._catch_up(best[1].window, best[1].upto, len(self._axis))  # through this snapshot

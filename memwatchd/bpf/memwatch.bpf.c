@@ -558,12 +558,11 @@ int bpf_iter__task(struct bpf_iter__task *ctx)
 	r->tgid = tgid;
 	r->state = mw_state_index(MW_AT(x->sw, MW_SW_LO, MW_OFF_TASK_STATE, u32),
 				  MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_EXIT_STATE, u32));
-	r->start_ns = read_u64(task, MW_OFF_TASK_START);
 	r->cgroup_token = read_u64(task, MW_OFF_TASK_CGROUPS);
 	bpf_probe_read_kernel(r->comm, sizeof(r->comm), task + MW_OFF_TASK_COMM);
+	/* The parent's tgid costs a read of another task (a cache miss): the digest covers the parent
+	 * pointer instead, and the tgid is read only for a record that is written out. */
 	char *parent = MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_REAL_PARENT, char *);
-	if (parent)
-		bpf_probe_read_kernel(&r->ppid, sizeof(r->ppid), parent + MW_OFF_TASK_TGID);
 	char *mm = MW_AT(x->tw, MW_TW_LO, MW_OFF_TASK_MM, char *);
 	if (mm) {
 		if (bpf_probe_read_kernel(x->mw, sizeof(x->mw), mm + MW_MW_LO) ||
@@ -586,23 +585,32 @@ int bpf_iter__task(struct bpf_iter__task *ctx)
 		r->flags = MW_TASK_NO_MM;
 	}
 
-	struct mw_task_seen seen = {.start_ns = r->start_ns, .digest = mw_digest(r)};
+	/* The task's identity is its task_struct while scan_last holds the entry (the entry goes when that
+	 * struct is freed): its start time, another cache miss, is read only for a record written out. */
+	struct mw_task_seen seen = {
+		.task = (u64)task,
+		.digest = mw_digest(r) ^ ((u64)parent * 0x94D049BB133111EBULL),
+	};
 	struct mw_task_seen *last = scan_last.lookup(&tgid);
 	if (last) {
-		if (last->digest == seen.digest && last->start_ns == seen.start_ns && !(mode & MW_SCAN_FULL))
+		if (last->digest == seen.digest && last->task == seen.task && !(mode & MW_SCAN_FULL))
 			return 0;
 		scan_last.update(&tgid, &seen); /* replacing an entry works on a full map */
 	} else if (scan_last.insert(&tgid, &seen)) {
 		count(MW_CTR_SCAN_MAP_FULL);
 		r->emit = MW_TASK_UNTRACKED;
 	}
+	if (parent)
+		bpf_probe_read_kernel(&r->ppid, sizeof(r->ppid), parent + MW_OFF_TASK_TGID);
+	r->start_ns = read_u64(task, MW_OFF_TASK_START);
 	bpf_seq_write(ctx->meta->seq, r, sizeof(*r));
 	return 0;
 }
 
 /* The task struct is freed: an RCU grace period after the parent reaped it (release_task), so it is off
  * the task list and no later iterator pass can meet it again. A freed leader the iterator tracked is
- * reported in scan_gone; its scan_last entry goes unless the pid was reused meanwhile. */
+ * reported in scan_gone (with its start time: the daemon ignores it when it already knows the pid's next
+ * process); its scan_last entry goes unless the pid was reused meanwhile. */
 RAW_TRACEPOINT_PROBE(sched_process_free)
 {
 	char *task = (char *)ctx->args[0];
@@ -614,9 +622,9 @@ RAW_TRACEPOINT_PROBE(sched_process_free)
 	struct mw_task_seen *last = scan_last.lookup(&tgid);
 	if (!last)
 		return 0;
-	struct mw_exit_key key = {.tgid = tgid, .start_ns = read_u64(task, MW_OFF_TASK_START)};
-	if (last->start_ns == key.start_ns)
+	if (last->task == (u64)task) /* else the pid was reused before this free: the entry is the new one's */
 		scan_last.delete(&tgid);
+	struct mw_exit_key key = {.tgid = tgid, .start_ns = read_u64(task, MW_OFF_TASK_START)};
 	u64 now = bpf_ktime_get_ns();
 	if (scan_gone.update(&key, &now))
 		count(MW_CTR_SCAN_GONE_LOST);

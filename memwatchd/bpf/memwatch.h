@@ -91,9 +91,10 @@ struct mw_task {
 };
 #define MW_TASK_CMP_WORDS 12
 
-/* Value of scan_last: what the iterator last emitted for a tgid, as a digest of the compared words. */
+/* Value of scan_last: what the iterator last emitted for a tgid: its task_struct (the identity while the
+ * entry lives: the entry goes when that struct is freed) and a digest of the compared words. */
 struct mw_task_seen {
-	__u64 start_ns;
+	__u64 task;
 	__u64 digest;
 };
 

@@ -120,6 +120,7 @@ _EVENT_OOM = 2
 _EXIT_HAS_STATS, _EXIT_START_KNOWN, _EXIT_STATUS_KNOWN, _EXIT_OOM = 1, 2, 4, 8
 _CTR_MAP_FULL = 0
 _CTR_LOST_EVENTS = 1
+_CTR_SCAN_MAP_FULL, _CTR_SCAN_GONE_LOST = 2, 3
 
 
 class _Stats(ctypes.Structure):
@@ -408,6 +409,7 @@ class BpfCollector:
         self._last: dict[
             int, BpfStats
         ] = {}  # the previous poll's records, reused while an entry is unchanged
+        self._poll_seq = 0  # map reads done (BpfPoll.seq)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -476,6 +478,7 @@ class BpfCollector:
         """
         self._consume()
         last = self._last
+        changed: list[int] = []  # tgids whose entry is new or moved (BpfPoll.changed)
 
         def convert(tgid: int, v: Any) -> BpfStats:
             # every event bumps one of the four call counters: an entry whose counters did not move is
@@ -490,14 +493,25 @@ class BpfCollector:
                 and old.last_update_ns == v.last_update_ns
             ):
                 return old
+            changed.append(tgid)
             return _to_stats(tgid, v)
 
         stats = self._last = self._reader.read(convert)
+        self._poll_seq += 1  # the next poll's change set is relative to this map read
+        seq = self._poll_seq
         exits = tuple(self._exit_reader.values(_to_exit))
         ooms, self._ooms = tuple(self._ooms), []
         map_full, lost = self._counter_sums()
         health = BpfHealth(state="active", tracked=len(stats), map_full=map_full, lost_events=lost)
-        return BpfPoll(stats=stats, exits=exits, ooms=ooms, health=health)
+        return BpfPoll(
+            stats=stats,
+            exits=exits,
+            ooms=ooms,
+            health=health,
+            seq=seq,
+            base_seq=seq - 1 if seq > 1 else None,
+            changed=tuple(changed),
+        )
 
     def gc(self, live_tgids: set[int], min_idle_s: float = _GC_MIN_IDLE_S) -> int:
         """Delete entries of processes not in live_tgids and idle for min_idle_s; returns how many.
@@ -531,7 +545,10 @@ class BpfCollector:
         def total(idx: int) -> int:
             return sum(bpfsys.lookup_percpu_u64(self._counters_fd, idx, self._ncpus))
 
-        return total(_CTR_MAP_FULL), total(_CTR_LOST_EVENTS)
+        # the task iterator's own (scan_last full; a freed process not reported) count the same way
+        return total(_CTR_MAP_FULL) + total(_CTR_SCAN_MAP_FULL), total(_CTR_LOST_EVENTS) + total(
+            _CTR_SCAN_GONE_LOST
+        )
 
     def _consume(self) -> None:
         self._ring.consume(self._on_record)

@@ -59,8 +59,6 @@ log = logging.getLogger("memwatchd")
 T = TypeVar("T")
 
 BPF_GC_EVERY_S = 10.0  # the map sweep for entries that outlived their process (exits remove them)
-TRIM_AFTER_GONE = 1000  # processes gone since the last malloc_trim that make the next one due ...
-TRIM_EVERY_S = 10.0  # ... at most this often
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -199,8 +197,7 @@ class Daemon:
         self._older: Snapshot | None = None  # the snapshot before prev (an OOM victim's last sighting)
         self.merger = Merger()
         self.group_tracker = GroupTracker()  # group and host sums, kept from each snapshot's changes
-        self._gone_since_trim = 0
-        self._trimmed_at = float("-inf")
+        self._trim = heap.TrimPolicy()
         self._bpf_gc_at = float("-inf")
         self.bpf: BpfCollector | None = None
         self.bpf_state = "disabled"
@@ -473,12 +470,7 @@ class Daemon:
             heap.trim()
             return
         snap = self.prev
-        if snap is not None:
-            self._gone_since_trim += len(snap.gone)
-        mono = self.clock.mono()
-        if self._gone_since_trim >= TRIM_AFTER_GONE and mono - self._trimmed_at >= TRIM_EVERY_S:
-            self._gone_since_trim = 0
-            self._trimmed_at = mono
+        if self._trim.due(len(snap.gone) if snap is not None else 0, self.clock.mono()):
             heap.trim()
 
     def _build_status(self, snap: Snapshot, scan_ms: float) -> DaemonStatus:

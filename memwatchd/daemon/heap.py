@@ -14,6 +14,7 @@ import ctypes.util
 import functools
 import gc
 import logging
+import math
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,10 @@ ARENA_MAX = 2
 # allocates little (unchanged processes reuse their records) and what is alive after the first cycle is
 # frozen out of the collector's sight, so a collection no longer walks every live record.
 GC_THRESHOLDS = (20_000, 20, 10)
+TRIM_AFTER_GONE = 1000  # processes gone since the last malloc_trim that make the next one due ...
+TRIM_EVERY_S = 10.0  # ... at most this often
+SETTLED_S = 10.0  # a burst of exits is over when none came for this long: one more trim then ...
+SETTLED_MIN_GONE = 200  # ... when at least this many went since the last one
 
 
 @functools.cache
@@ -59,3 +64,37 @@ def freeze() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+class TrimPolicy:
+    """When to hand free heap pages back: during a burst of exits, and once more when it is over.
+
+    Trimming only during the burst (every TRIM_AFTER_GONE exits) missed what the burst's last exits freed:
+    their records are released only after the store commits them, when no more exits come to trigger a
+    trim, so that memory stayed with the daemon. Pure: the caller passes the exits it saw and the time.
+    """
+
+    __slots__ = ("gone", "burst", "trimmed_at", "last_gone_at")
+
+    def __init__(self) -> None:
+        self.gone = 0  # exits since the last trim
+        self.burst = 0  # exits since the last trim after a burst settled
+        self.trimmed_at = -math.inf
+        self.last_gone_at = -math.inf
+
+    def due(self, gone: int, mono: float) -> bool:
+        """Count `gone` exits seen at monotonic `mono`; True when a trim is due now (then counted as done)."""
+        if gone:
+            self.gone += gone
+            self.burst += gone
+            self.last_gone_at = mono
+        if mono - self.trimmed_at < TRIM_EVERY_S:
+            return False
+        if self.gone >= TRIM_AFTER_GONE:
+            self.gone = 0
+        elif self.burst >= SETTLED_MIN_GONE and mono - self.last_gone_at >= SETTLED_S:
+            self.gone = self.burst = 0
+        else:
+            return False
+        self.trimmed_at = mono
+        return True
