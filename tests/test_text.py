@@ -99,7 +99,7 @@ def test_log_lines_show_process_text_escaped(capfd: pytest.CaptureFixture[str]) 
 def test_process_names_are_decoded_once_and_shared() -> None:
     from memwatchd import text
 
-    a, b = text.from_kernel("worker\\x".encode()), text.from_kernel("worker\\x".encode())
+    a, b = (text.from_kernel(bytes(bytearray(b"worker\\x"))) for _ in range(2))  # two distinct byte strings
     assert a == "worker\\\\x" and a is b  # one str for every process of that name
     long = b"/system.slice/a-very-long-unit.service"
     assert text.from_kernel(long) is not text.from_kernel(long)  # cgroup paths are not kept
