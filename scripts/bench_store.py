@@ -162,7 +162,8 @@ async def simulate(
         if sizes is not None and (i + 1) % int(3600 / interval) == 0:
             pages = await (await w._db.execute("PRAGMA page_count")).fetchone()
             free = await (await w._db.execute("PRAGMA freelist_count")).fetchone()
-            sizes.append((pages[0] - free[0]) * 4096)
+            size = await (await w._db.execute("PRAGMA page_size")).fetchone()  # 1024 for new databases
+            sizes.append((pages[0] - free[0]) * size[0])
         for j in changed:  # deltas are per interval
             if procs[j].d_mmap_count:
                 procs[j] = dataclasses.replace(procs[j], d_mmap_count=0, d_mmap_bytes=0)

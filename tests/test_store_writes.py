@@ -117,6 +117,10 @@ def test_idle_processes_read_back_identically_across_many_periods(tmp_path: Path
                     assert x.rss_avg_kb is not None and abs(x.rss_avg_kb - sum(v) / len(v)) < 1e-3
         top = {t.pid: t for t in r.top().processes}
         assert sorted(top) == [1, 2, 4] and top[1].rss_kb == 1000 and top[2].rss_kb == 2100
+        # growth over the window: none for the idle process (no head row at all), the held values' for
+        # the one that changed before the window
+        assert top[1].growth_kb_per_h == 0.0 and top[2].growth_kb_per_h == 0.0
+        assert top[4].growth_kb_per_h is not None and top[4].growth_kb_per_h > 0
 
 
 def _check_history(db: Path, snaps: list, label: str) -> None:
