@@ -66,7 +66,7 @@ def by_pid(samples: tuple[ProcSample, ...]) -> dict[int, ProcSample]:
     return {s.pid: s for s in samples}
 
 
-def agree(scanner: TaskScanCollector, pids: set[int], now: float, tries: int = 20) -> dict[int, ProcSample]:
+def agree(scanner: TaskScanCollector, pids: set[int], now: float, tries: int = 60) -> dict[int, ProcSample]:
     """Scan with both collectors until they agree on every pid (a process may be mid-change); returns the
     task scan's view. Fails with the differing samples when they never agree."""
     proc = ProcfsCollector()
