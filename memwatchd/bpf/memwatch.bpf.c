@@ -592,18 +592,26 @@ int bpf_iter__task(struct bpf_iter__task *ctx)
 		.digest = mw_digest(r) ^ ((u64)parent * 0x94D049BB133111EBULL),
 	};
 	struct mw_task_seen *last = scan_last.lookup(&tgid);
-	if (last) {
-		if (last->digest == seen.digest && last->task == seen.task && !(mode & MW_SCAN_FULL))
-			return 0;
-		scan_last.update(&tgid, &seen); /* replacing an entry works on a full map */
-	} else if (scan_last.insert(&tgid, &seen)) {
+	if (last && last->digest == seen.digest && last->task == seen.task && !(mode & MW_SCAN_FULL))
+		return 0;
+	int untracked = 0;
+	if (!last && scan_last.insert(&tgid, &seen)) {
 		count(MW_CTR_SCAN_MAP_FULL);
 		r->emit = MW_TASK_UNTRACKED;
+		untracked = 1;
 	}
 	if (parent)
 		bpf_probe_read_kernel(&r->ppid, sizeof(r->ppid), parent + MW_OFF_TASK_TGID);
 	r->start_ns = read_u64(task, MW_OFF_TASK_START);
-	bpf_seq_write(ctx->meta->seq, r, sizeof(*r));
+	/* The record is remembered as written only once it is: a write that finds the reader's buffer full
+	 * fails, and the iterator shows this task again at the next read(), which must not find it unchanged. */
+	if (bpf_seq_write(ctx->meta->seq, r, sizeof(*r))) {
+		if (!last && !untracked)
+			scan_last.delete(&tgid);
+		return 0;
+	}
+	if (last)
+		scan_last.update(&tgid, &seen); /* replacing an entry works on a full map */
 	return 0;
 }
 
