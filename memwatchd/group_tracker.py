@@ -123,6 +123,11 @@ class GroupTracker:
         self._order: list[tuple[str, str]] | None = None  # cgroups then units, sorted; None: re-sort
         self._out: tuple[GroupSample, ...] = ()
 
+    @property
+    def seq(self) -> int | None:
+        """Snapshot.seq of the last snapshot taken in (None: none yet)."""
+        return self._seq
+
     def paths(self) -> frozenset[str]:
         """The cgroup paths whose charges the current groups need (see groups.charge_paths)."""
         if self._paths is None:

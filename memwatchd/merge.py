@@ -278,6 +278,11 @@ class Merger:
         self._poll_seq: int | None = None  # seq of the last BPF poll merged (None: unknown)
         self._procs: tuple[ProcessSnapshot, ...] = ()
 
+    @property
+    def scan_seq(self) -> int | None:
+        """ProcScan.seq of the last scan merged (None: unknown): a scan with this base_seq continues it."""
+        return self._scan_seq
+
     @classmethod
     def after(cls, prev: Snapshot | None) -> Merger:
         """A merger continuing from `prev` without knowing its sources (nothing is reused the first time)."""

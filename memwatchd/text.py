@@ -53,8 +53,29 @@ def shown(text: str | None) -> str:
     return "".join(_escape(c) if _unsafe(c) else c for c in text)
 
 
+COMM_BYTES = 16  # TASK_COMM_LEN: process names are at most this long (with the NUL)
+_MAX_NAMES = 4096
+_names: dict[bytes, str] = {}  # short texts (process names) decoded once: one str for a name all share
+
+
 def from_kernel(data: bytes) -> str:
-    """Lossless text of untrusted bytes: UTF-8 as is, `\\` doubled, other bytes `\\xHH`."""
+    """Lossless text of untrusted bytes: UTF-8 as is, `\\` doubled, other bytes `\\xHH`.
+
+    Texts as short as a process name come back as one shared str per distinct name (10,000 processes of
+    one program hold one string, not 10,000; a churn of short-lived ones decodes it once); the memo is
+    bounded (emptied when it reaches _MAX_NAMES names).
+    """
+    if len(data) > COMM_BYTES:
+        return _decode(data)
+    text = _names.get(data)
+    if text is None:
+        if len(_names) >= _MAX_NAMES:
+            _names.clear()
+        text = _names[data] = _decode(data)
+    return text
+
+
+def _decode(data: bytes) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

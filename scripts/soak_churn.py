@@ -4,14 +4,22 @@ A C churner (tests/workloads/churn.c) keeps forking short-lived processes (each 
 lives LIFE_MS) in waves; RssAnon of the daemon is sampled every 10 s. The result says whether memory
 plateaus: the least-squares slope over the second half of the run (MB/h), and the first/last values.
 
-Usage: .venv/bin/python scripts/soak_churn.py [--minutes 40] [--rate 20] [--out bench/soak-churn.json]
-       (--rate: short-lived processes per second)
+With --own-pid-namespace the run happens in a PID namespace of its own (unshare --pid --fork --mount-proc):
+the daemon's /proc then holds only this run's processes, not the other populations of a shared machine
+(whose coming and going otherwise moves the daemon's memory more than the churn does). BPF still sees the
+whole machine under its kernel pids, which do not match the namespace's: its per-process counters are not
+meaningful there, the memory of the rest of the daemon is. Each point also records the processes the
+daemon's /proc showed.
+
+Usage: .venv/bin/python scripts/soak_churn.py [--minutes 40] [--rate 20] [--own-pid-namespace]
+       [--out bench/soak-churn.json]      (--rate: short-lived processes per second)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +39,10 @@ def anon_kb(pid: int) -> int:
     return 0
 
 
+def processes() -> int:
+    return sum(1 for d in os.listdir("/proc") if d.isdigit())
+
+
 def slope_per_h(points: list[tuple[float, float]]) -> float:
     n = len(points)
     if n < 2:
@@ -46,7 +58,12 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=40.0)
     ap.add_argument("--rate", type=int, default=20, help="short-lived processes per second")
     ap.add_argument("--out", default=str(REPO / "bench" / "soak-churn.json"))
+    ap.add_argument("--own-pid-namespace", action="store_true", help="run in a PID namespace of its own")
     args = ap.parse_args()
+    if args.own_pid_namespace and os.environ.get("MEMWATCHD_SOAK_INSIDE") != "1":
+        os.environ["MEMWATCHD_SOAK_INSIDE"] = "1"
+        argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *argv], check=False).returncode
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     life_ms, wave_s = 2000, 5
     wave = args.rate * wave_s
@@ -66,6 +83,7 @@ def main() -> int:
         )
         churners: list[subprocess.Popen[str]] = []
         points: list[tuple[float, float]] = []
+        hosts: list[int] = []
         t0 = time.monotonic()
         try:
             time.sleep(20)
@@ -89,6 +107,7 @@ def main() -> int:
                 churners = [c for c in churners if c.poll() is None]
                 if not points or now - t0 - points[-1][0] >= 10:
                     points.append((now - t0, anon_kb(d.pid) / 1024))
+                    hosts.append(processes())
                 if d.poll() is not None:
                     print("Error: the daemon exited", file=sys.stderr)
                     return 1
@@ -102,6 +121,7 @@ def main() -> int:
     doc = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "scripts/soak_churn.py " + " ".join(sys.argv[1:]),
+        "own_pid_namespace": args.own_pid_namespace,
         "minutes": args.minutes,
         "churn_per_s": args.rate,
         "short_lived_processes": int(args.rate * (points[-1][0] - 20)) if points else 0,
@@ -109,7 +129,8 @@ def main() -> int:
         "anon_mb_max": round(max(p[1] for p in points), 1) if points else None,
         "anon_mb_last": round(points[-1][1], 1) if points else None,
         "slope_second_half_mb_per_h": round(slope_per_h(half), 2),
-        "points": [(round(t), round(v, 2)) for t, v in points],
+        "processes_min_max": [min(hosts), max(hosts)] if hosts else None,
+        "points": [(round(t), round(v, 2), h) for (t, v), h in zip(points, hosts, strict=True)],
     }
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps({k: v for k, v in doc.items() if k != "points"}, indent=1))

@@ -94,3 +94,15 @@ def test_log_lines_show_process_text_escaped(capfd: pytest.CaptureFixture[str]) 
     assert err.count("\n") == 1
     assert "pid 7 (zq\\x1b[31mRED) and (zq\\u202eevil" in err
     assert "\x1b" not in err and "\u202e" not in err
+
+
+def test_process_names_are_decoded_once_and_shared() -> None:
+    from memwatchd import text
+
+    a, b = (text.from_kernel(bytes(bytearray(b"worker\\x"))) for _ in range(2))  # two distinct byte strings
+    assert a == "worker\\\\x" and a is b  # one str for every process of that name
+    long = b"/system.slice/a-very-long-unit.service"
+    assert text.from_kernel(long) is not text.from_kernel(long)  # cgroup paths are not kept
+    for i in range(3 * text._MAX_NAMES):  # noqa: SLF001 - the bound is the point
+        text.from_kernel(f"p{i}".encode())
+    assert len(text._names) <= text._MAX_NAMES  # noqa: SLF001

@@ -79,7 +79,7 @@ class Series:
     engine did not show this series the snapshots where its value did not change); off after a gap starts.
     """
 
-    __slots__ = ("first", "n", "val", "vals", "cnt", "carry")
+    __slots__ = ("first", "n", "val", "vals", "cnt", "carry", "gaps")
 
     def __init__(self, with_counter: bool) -> None:
         self.first = 0
@@ -88,6 +88,7 @@ class Series:
         self.vals: array[float] | None = None
         self.cnt: array[float] | None = array("d") if with_counter else None
         self.carry = True
+        self.gaps = False  # vals may hold NaN (views then keep only the points that have a value)
 
     def __len__(self) -> int:
         return self.n
@@ -101,6 +102,7 @@ class Series:
     def reset(self) -> None:
         self.n = 0
         self.vals = None
+        self.gaps = False
         if self.cnt is not None:
             del self.cnt[:]
         self.carry = True
@@ -117,7 +119,7 @@ class Series:
         if start > old_end:  # idle for longer than the window: only the held value is left
             last = self.last
             c = self.cnt[-1] if self.cnt is not None else 0.0
-            self.first, self.n, self.vals = start, end - start + 1, None
+            self.first, self.n, self.vals, self.gaps = start, end - start + 1, None, False
             self.val = last if last is not None else 0.0
             if self.cnt is not None:
                 self.cnt = array("d", [c]) * self.n
@@ -137,7 +139,7 @@ class Series:
         v = f32(value)
         c = counter if counter is not None else math.nan
         if not self.n:
-            self.first, self.n, self.val, self.vals, self.carry = cur, 1, v, None, True
+            self.first, self.n, self.val, self.vals, self.carry, self.gaps = cur, 1, v, None, True, False
             if self.cnt is not None:
                 self.cnt.append(c)
             return True
@@ -157,6 +159,7 @@ class Series:
                 self._materialize()
                 assert self.vals is not None
                 self.vals.extend(array("f", [math.nan]) * gap)
+                self.gaps = True
                 if self.cnt is not None:
                     self.cnt.extend(array("d", [math.nan]) * gap)
                 self.n += gap
@@ -203,7 +206,7 @@ class Series:
             del self.vals[:k]
             v0 = self.vals[0] if self.vals else math.nan
             if self.vals.count(v0) == len(self.vals):  # all equal again (NaN never is): one value suffices
-                self.val, self.vals = v0, None
+                self.val, self.vals, self.gaps = v0, None, False
         if self.cnt is not None:
             del self.cnt[:k]
 
@@ -218,7 +221,7 @@ class Series:
         t = axis.t[i : i + self.n]
         v = self.vals if self.vals is not None else array("f", [self.val]) * self.n
         c = self.cnt
-        if self.vals is not None and any(x != x for x in self.vals):  # gaps: points only where a value is
+        if self.gaps and self.vals is not None:  # points only where a value is
             keep = [k for k, x in enumerate(self.vals) if x == x]
             t = array("d", [t[k] for k in keep])
             v = array("f", [v[k] for k in keep])

@@ -179,6 +179,7 @@ class TaskScanCollector:
         self.records_parsed = 0  # records whose bytes differed from the identity's previous record
         self.last_parsed: list[int] = []  # their tgids in the last scan
         self.files_read = 0  # per-process files opened (cgroup, smaps_rollup)
+        self.last_read: list[int] = []  # the tgids whose files the last scan opened
         self.full_passes = 0
 
     @property
@@ -254,6 +255,7 @@ class TaskScanCollector:
         changed: list[ProcSample] = []
         gone: list[ProcKey] = []
         self._changed, self._gone_keys = changed, gone
+        self.last_read = []
         try:
             data = self._read_pass(full)
             # freed identities are read before the records are applied (_witness needs them) and
@@ -478,6 +480,7 @@ class TaskScanCollector:
         self, tgid: int, name: str, parse: Callable[[bytes], tuple[T | None, T | None]]
     ) -> tuple[T | None, T | None]:
         self.files_read += 1
+        self.last_read.append(tgid)
         try:
             return parse(_read_all(f"{self._root}/{tgid}/{name}"))
         except OSError as exc:

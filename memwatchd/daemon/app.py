@@ -395,10 +395,11 @@ class Daemon:
 
     # ---- sampling ----------------------------------------------------------------------------
     def _scan(
-        self, procfs: ProcScanner, mono: float, known: frozenset[str]
+        self, procfs: ProcScanner, mono: float, known: tuple[frozenset[str], int] | None
     ) -> tuple[ProcScan, dict[str, GroupCharge]]:
         """The /proc scan and the charges of every cgroup the groups need: those of the last cycle's groups
-        (known) plus the places of processes new or changed in this scan."""
+        plus the places of processes new or changed in this scan, when `known` (those groups' paths, and the
+        seq of the scan they were built from) is what this scan's change set follows; else of every place."""
         stall = self.hooks.stall_after
         if stall is not None and self.cycles >= stall:
             threading.Event().wait()  # test hook: a /proc read that never returns
@@ -407,8 +408,8 @@ class Daemon:
         if self.charges is not None:
             t0 = time.perf_counter()
             try:
-                if scan.changed is not None:
-                    paths = known | charge_paths({(s.cgroup, s.unit) for s in scan.changed})
+                if scan.changed is not None and known is not None and scan.base_seq == known[1]:
+                    paths = known[0] | charge_paths({(s.cgroup, s.unit) for s in scan.changed})
                 else:
                     paths = frozenset(charge_paths({(s.cgroup, s.unit) for s in scan.samples}))
                 charges = self.charges.read(paths)
@@ -438,7 +439,16 @@ class Daemon:
         mono = self.clock.mono()
         ts = self.clock.wall()
         t0 = time.perf_counter()
-        known = self.group_tracker.paths() if self.charges is not None else frozenset()
+        # the groups of the last snapshot, built from the last scan: this scan's changes are relative to them
+        known = None
+        prev, scan_seq = self.merger.prev, self.merger.scan_seq
+        if (
+            self.charges is not None
+            and prev is not None
+            and scan_seq is not None
+            and (self.group_tracker.seq == prev.seq)
+        ):
+            known = (self.group_tracker.paths(), scan_seq)
         scan, charges = await _in_daemon_thread(lambda: self._scan(procfs, mono, known))
         poll = self._poll_bpf()
         if poll is not None and self.bpf is not None and mono - self._bpf_gc_at >= BPF_GC_EVERY_S:
