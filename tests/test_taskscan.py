@@ -24,10 +24,11 @@ from typing import Any
 import pytest
 
 from memwatchd.collectors import bpfsys
-from memwatchd.collectors.procfs import ProcfsCollector
+from memwatchd.collectors.procfs import ProcfsCollector, unit_from_cgroup
 from memwatchd.collectors.taskscan import TaskScanCollector
 from memwatchd.config import BpfConfig
 from memwatchd.models import ProcSample
+from memwatchd.text import from_kernel
 from tests.bpf_support import load_collector, memcg
 
 pytestmark = pytest.mark.bpf
@@ -358,3 +359,41 @@ def test_short_lived_processes_are_gone_within_a_scan_of_their_reap(scanner: Tas
         stale += [s for s in last if s.pid in ours and _start_ticks(s.pid) != s.start_ticks]
     assert scanner.full_passes == passes
     assert not stale, f"{len(stale)} exited processes still in the scan: {stale[:5]}"
+
+
+def test_a_zombie_shows_the_cgroup_proc_shows(scanner: TaskScanCollector) -> None:
+    """A tracked process that turns zombie: cgroup v1's /proc/PID/cgroup then shows "/" while its css_set
+    (the change token) stays; the scan must follow the file (failed before: it kept the live label)."""
+    passes = scanner.full_passes
+    with memcg("kscanz", 256 * MIB) as cg:
+        script = "import sys, time\nsys.stdin.readline()\n"
+        # the parent runs a child in the cgroup and does not reap it
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess, sys, time\n"
+             f"c = subprocess.Popen([sys.executable, '-c', {script!r}], stdin=subprocess.PIPE)\n"
+             f"open({str(cg / 'cgroup.procs')!r}, 'w').write(str(c.pid))\n"
+             "print(c.pid, flush=True)\n"
+             "sys.stdin.readline(); c.stdin.write(b'\\n'); c.stdin.flush()\n"
+             "time.sleep(60)\n"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert parent.stdin is not None and parent.stdout is not None
+        try:
+            child = int(parent.stdout.readline())
+            time.sleep(0.2)
+            alive = agree(scanner, {child}, 1.0)[child]
+            assert alive.cgroup == f"/{cg.name}", alive
+            parent.stdin.write(b"\n")
+            parent.stdin.flush()
+            deadline = time.monotonic() + 5
+            while by_pid(scanner.scan(2.0).samples)[child].state != "Z" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            zombie = by_pid(scanner.scan(2.0).samples)[child]
+            with open(f"/proc/{child}/cgroup", "rb") as f:
+                unit, cgroup = unit_from_cgroup(from_kernel(f.read()))
+            assert zombie.state == "Z"
+            assert (zombie.unit, zombie.cgroup) == (unit, cgroup), (zombie, cgroup)
+            assert scanner.full_passes == passes
+        finally:
+            parent.kill()
+            parent.wait()

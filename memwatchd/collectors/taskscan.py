@@ -59,8 +59,9 @@ Limits:
   same address in the microseconds between the iterator's visits of parent and child could mislabel the
   child until then.
 * Between full passes an identity's cgroup path is re-read only when its css_set changes, which every
-  cgroup move does; a cgroup renamed in place keeps its old path until the process's next change of
-  identity (procfs.py has the same lag until its full rescan).
+  cgroup move does, or when it turns zombie (its css_set stays, cgroup v1's file then shows "/"); a
+  cgroup renamed in place keeps its old path until the process's next change of identity (procfs.py has
+  the same lag until its full rescan).
 * Reading the iterator holds no lock across tasks; a process that forks or exits during the walk is seen in
   this pass or the next, as with a listdir of /proc.
 """
@@ -397,6 +398,7 @@ class TaskScanCollector:
             tgid, ppid, state_idx, flags, _pad, comm_raw, _emit, _pad2,
         ) = TASK_RECORD.unpack_from(data, off)  # fmt: skip
         fresh = e is None or e.start_ns != start_ns
+        state = _STATES[state_idx] if state_idx < len(_STATES) else "?"
         if e is None or fresh:
             e = _Entry(start_ns, token)
             w = self._witness(ppid, token)
@@ -404,12 +406,16 @@ class TaskScanCollector:
                 e.unit, e.cgroup, e.borrowed = w.unit, w.cgroup, True
             else:
                 e.unit, e.cgroup = self._read_cgroup(tgid)
-        elif token != e.token or (full and e.borrowed):
+        elif (
+            token != e.token
+            or (full and e.borrowed)
+            # a zombie keeps its css_set but cgroup v1's file shows "/" for it: read it once more
+            or (state == "Z" and (e.sample is None or e.sample.state != "Z"))
+        ):
             e.token, e.borrowed = token, False
             e.unit, e.cgroup = self._read_cgroup(tgid)
         e.raw = raw
         pk = self._page_kb
-        state = _STATES[state_idx] if state_idx < len(_STATES) else "?"
         if flags & _NO_MM:
             rss_kb = vm_kb = anon_kb = 0
             hwm_kb: int | None = None
