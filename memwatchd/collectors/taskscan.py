@@ -55,9 +55,12 @@ Limits:
 * The task iterator of this kernel (6.18) never visits PID 1; the collector reads PID 1 through procfs.py.
 * A new process in the same css_set as its live, tracked parent takes the parent's unit and cgroup without
   reading /proc/PID/cgroup (a fork storm reads no file; see _witness for why the pointer identifies the
-  same cgroups), and reads the file at the next full pass to confirm; a css_set freed and reused at the
-  same address in the microseconds between the iterator's visits of parent and child could mislabel the
-  child until then.
+  same cgroups), and reads the file at the next full pass to confirm, or at the first scan that sees the
+  parent's css_set change (a parent moved between the pass and the read of its file held its new labels
+  under its old css_set; _confirm_borrowed). A parent that moved and came back to a css_set at the same
+  address between two scans, or a css_set freed and reused at the same address in the microseconds
+  between the iterator's visits of parent and child, could still mislabel a child until the full pass.
+  The children waiting for that confirmation are remembered per parent until the full pass.
 * Between full passes an identity's cgroup path is re-read only when its css_set changes, which every
   cgroup move does, or when it turns zombie (its css_set stays, cgroup v1's file then shows "/"); a
   cgroup renamed in place keeps its old path until the process's next change of identity (procfs.py has
@@ -183,6 +186,10 @@ class TaskScanCollector:
         self._seq = 0  # scans returned (ProcScan.seq)
         self._chained = False  # the cache holds exactly what the last returned scan saw
         self._untracked: set[int] = set()  # tgids emitted as untracked (scan_last full): seen every pass
+        # parent tgid -> the children that borrowed its cgroup since the last full pass (_witness), and the
+        # children to confirm from their own file in this scan (their parent's css_set changed since)
+        self._borrowers: dict[int, list[int]] = {}
+        self._confirm: list[int] = []
         self._next_full = float("-inf")
         self._gone = bpfsys.HashBatchReader(it.gone_fd, _GoneValue, _GONE_BATCH, _GoneKey, drain=True)
         self._last = bpfsys.HashBatchReader(it.last_fd, _Seen, _GONE_BATCH)
@@ -286,6 +293,10 @@ class TaskScanCollector:
             seen = self._apply_records(data, full)
             removed = self._drain_gone() + self._reconcile(seen, full)
             removed += self._unvisited()
+            if full:
+                self._borrowers.clear()  # a full pass read every borrowed label from its file
+            elif self._confirm:
+                self._confirm_borrowed()
         except BaseException:
             # the kernel took what it emitted as reported: only a full pass brings the cache back in step
             self._next_full = float("-inf")
@@ -404,6 +415,7 @@ class TaskScanCollector:
             w = self._witness(ppid, token)
             if w is not None:
                 e.unit, e.cgroup, e.borrowed = w.unit, w.cgroup, True
+                self._borrowers.setdefault(ppid, []).append(tgid)
             else:
                 e.unit, e.cgroup = self._read_cgroup(tgid)
         elif (
@@ -412,6 +424,8 @@ class TaskScanCollector:
             # a zombie keeps its css_set but cgroup v1's file shows "/" for it: read it once more
             or (state == "Z" and (e.sample is None or e.sample.state != "Z"))
         ):
+            if token != e.token and (kids := self._borrowers.pop(tgid, None)):
+                self._confirm += kids  # a parent that moves may have been in another cgroup at their fork
             e.token, e.borrowed = token, False
             e.unit, e.cgroup = self._read_cgroup(tgid)
         e.raw = raw
@@ -495,6 +509,23 @@ class TaskScanCollector:
                 self._gone_keys.append(e.sample.key)
             bpfsys.delete_u32(self._it.last_fd, pid)
         return len(stale)
+
+    def _confirm_borrowed(self) -> None:
+        """Read the cgroup file of the children whose parent's css_set changed since they borrowed its
+        labels. The parent's token is read during the pass and its file after it: a parent that moved in
+        between holds its new cgroup's labels under its old css_set until its next record, and a child
+        forked in the old css_set borrows them (a parent moving between cgroups while it forks)."""
+        confirm, self._confirm = self._confirm, []
+        for tgid in confirm:
+            e = self._cache.get(tgid)
+            if e is None or not e.borrowed:
+                continue
+            e.borrowed = False
+            e.unit, e.cgroup = self._read_cgroup(tgid)
+            old = e.sample
+            if old is not None and (old.unit, old.cgroup) != (e.unit, e.cgroup):
+                e.sample = dataclasses.replace(old, unit=e.unit, cgroup=e.cgroup)
+                self._changed.append(e.sample)
 
     def _reconcile(self, seen: set[int], full: bool) -> int:
         """Drop untracked processes a pass missed and, on a full pass, every process it missed."""
