@@ -131,10 +131,10 @@ BPF_HASH(exits, struct mw_exit_key, struct mw_exit, MAX_EXITS);
 BPF_PERCPU_ARRAY(counters, u64, MW_CTR_COUNT);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* The task iterator's state (see the end of this file): the last record emitted per tgid, as a digest;
- * freed identities for the daemon; scan_ctl[0] != 0 asks for a full pass. */
+ * freed identities for the daemon; scan_ctl: enum mw_scan_ctl (slot 0 != 0 asks for a full pass). */
 BPF_HASH(scan_last, u32, struct mw_task_seen, MAX_PIDS);
 BPF_HASH(scan_gone, struct mw_exit_key, u64, MAX_EXITS);
-BPF_ARRAY(scan_ctl, u32, 1);
+BPF_ARRAY(scan_ctl, u32, 4); /* enum mw_scan_ctl */
 #define MW_MAX_CPUS 64
 BPF_ARRAY(pcpu_off, u64, MW_MAX_CPUS); /* each CPU's per-CPU area offset, see mw_calibrate() */
 
@@ -372,10 +372,12 @@ TRACEPOINT_PROBE(oom, mark_victim)
  * that is not a kernel thread it builds a struct mw_task from the fields /proc/PID/{stat,statm,status}
  * derive from, and writes it to the reader only when it differs from what was last written for that tgid
  * (a 64-bit digest kept in scan_last), or on a full pass (scan_ctl[0] != 0, set by the daemon). So a scan
- * of idle processes sends nothing to user space. scan_last entries go when the task struct is freed
- * (sched_process_free, after the parent reaped it and after the task left the task list, so the iterator
- * cannot put the entry back), and the freed identity is reported through scan_gone. A tgid that finds
- * scan_last full is emitted on every pass, marked MW_TASK_UNTRACKED, and counted.
+ * of idle processes sends nothing to user space. Each visited leader's entry is stamped with the pass's
+ * generation; a complete pass publishes how many it stamped (enum mw_scan_ctl), and the daemon deletes the
+ * entries it did not stamp (processes reaped since the previous pass). scan_last entries also go when the
+ * task struct is freed (sched_process_free, an RCU grace period or more after the reap), and the freed
+ * identity is reported through scan_gone. A tgid that finds scan_last full is emitted on every pass,
+ * marked MW_TASK_UNTRACKED, and counted.
  *
  * Fields are read with bpf_probe_read_kernel at offsets from the running kernel's BTF; neighbouring fields
  * are fetched in one read (a window), since each read is the dominant cost of the program. A kernel whose
@@ -398,6 +400,12 @@ _Static_assert(sizeof(struct mw_task) == MW_TASK_SIZE, "struct mw_task differs f
 #define MW_PF_KTHREAD 0x00200000
 #define MW_SCAN_FULL 1      /* scan_ctl[0] bits: emit every process */
 #define MW_SCAN_CALIBRATE 2 /* only learn the per-CPU offsets (pcpu_off), emit nothing */
+enum mw_scan_ctl {
+	MW_CTL_MODE = 0,    /* MW_SCAN_* bits, set by the daemon for one pass */
+	MW_CTL_GEN = 1,     /* the generation of the pass under way: stamped in each visited leader's entry */
+	MW_CTL_STAMPED = 2, /* scan_last entries stamped with it so far */
+	MW_CTL_DONE = 3,    /* entries stamped by the last complete pass (its generation is MW_CTL_GEN - 1) */
+};
 #define MW_WINDOW_MAX 192
 #define MW_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MW_MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -530,9 +538,24 @@ BPF_PERCPU_ARRAY(scan_scratch, struct mw_scan_scratch, 1);
 int bpf_iter__task(struct bpf_iter__task *ctx)
 {
 	char *task = ctx->task;
-	if (!task)
+	u32 zero = 0, at_gen = MW_CTL_GEN, at_stamped = MW_CTL_STAMPED, at_done = MW_CTL_DONE;
+	u32 *ctl = scan_ctl.lookup(&zero);
+	u32 *gen = scan_ctl.lookup(&at_gen);
+	u32 *stamped = scan_ctl.lookup(&at_stamped);
+	if (!ctl || !gen || !stamped)
 		return 0;
-	u32 zero = 0;
+	if (!task) {
+		/* The pass is complete (task_seq_stop calls the program once more, with no task, only when the
+		 * walk reached the end; an abandoned read() never gets here): every tracked leader alive during
+		 * the whole pass carries its generation. Publish how many did and start the next generation. */
+		u32 *done = scan_ctl.lookup(&at_done);
+		if (done && !(*ctl & MW_SCAN_CALIBRATE)) {
+			*done = *stamped;
+			*stamped = 0;
+			*gen += 1;
+		}
+		return 0;
+	}
 	struct mw_scan_scratch *x = scan_scratch.lookup(&zero);
 	if (!x)
 		return 0;
@@ -543,8 +566,7 @@ int bpf_iter__task(struct bpf_iter__task *ctx)
 		return 0; /* a thread: /proc lists the leader only */
 	if (bpf_probe_read_kernel(x->sw, sizeof(x->sw), task + MW_SW_LO))
 		return 0;
-	u32 *ctl = scan_ctl.lookup(&zero);
-	u32 mode = ctl ? *ctl : 0;
+	u32 mode = *ctl;
 	if (MW_AT(x->sw, MW_SW_LO, MW_OFF_TASK_FLAGS, u32) & MW_PF_KTHREAD) {
 		if (mode)
 			mw_calibrate(task);
@@ -590,20 +612,37 @@ int bpf_iter__task(struct bpf_iter__task *ctx)
 	struct mw_task_seen seen = {
 		.task = (u64)task,
 		.digest = mw_digest(r) ^ ((u64)parent * 0x94D049BB133111EBULL),
+		.gen = *gen,
 	};
 	struct mw_task_seen *last = scan_last.lookup(&tgid);
-	if (last) {
-		if (last->digest == seen.digest && last->task == seen.task && !(mode & MW_SCAN_FULL))
-			return 0;
-		scan_last.update(&tgid, &seen); /* replacing an entry works on a full map */
-	} else if (scan_last.insert(&tgid, &seen)) {
+	if (last && last->digest == seen.digest && last->task == seen.task && !(mode & MW_SCAN_FULL)) {
+		if (last->gen != seen.gen) {
+			last->gen = seen.gen;
+			*stamped += 1;
+		}
+		return 0;
+	}
+	int untracked = 0;
+	if (!last && scan_last.insert(&tgid, &seen)) {
 		count(MW_CTR_SCAN_MAP_FULL);
 		r->emit = MW_TASK_UNTRACKED;
+		untracked = 1;
 	}
+	int fresh = (!last && !untracked) || (last && last->gen != seen.gen);
 	if (parent)
 		bpf_probe_read_kernel(&r->ppid, sizeof(r->ppid), parent + MW_OFF_TASK_TGID);
 	r->start_ns = read_u64(task, MW_OFF_TASK_START);
-	bpf_seq_write(ctx->meta->seq, r, sizeof(*r));
+	/* The record is remembered as written only once it is: a write that finds the reader's buffer full
+	 * fails, and the iterator shows this task again at the next read(), which must not find it unchanged. */
+	if (bpf_seq_write(ctx->meta->seq, r, sizeof(*r))) {
+		if (!last && !untracked)
+			scan_last.delete(&tgid);
+		return 0;
+	}
+	if (last)
+		scan_last.update(&tgid, &seen); /* replacing an entry works on a full map */
+	if (fresh)
+		*stamped += 1;
 	return 0;
 }
 

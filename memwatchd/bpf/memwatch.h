@@ -96,6 +96,8 @@ struct mw_task {
 struct mw_task_seen {
 	__u64 task;
 	__u64 digest;
+	__u32 gen;  /* the last pass that visited the task (scan_ctl[MW_CTL_GEN] then) */
+	__u32 _pad;
 };
 
 enum mw_task_flags {
