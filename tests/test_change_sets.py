@@ -68,11 +68,18 @@ def test_fake_tree_scan_names_what_changed_and_what_left(tmp_path: Path) -> None
 
 
 def test_real_processes_scan_change_set() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
+        # started and blocked in its read: its memory no longer moves (a child still starting changed between
+        # two scans on a loaded host)
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         with ProcfsCollector(full_rescan_s=3600) as coll:
             coll.scan(0.0)
-            a = coll.scan(0.1)  # the child may still be starting: let it settle into its read
+            a = coll.scan(0.1)
             b = coll.scan(0.2)
             mine = [s for s in b.samples if s.pid == child.pid]
             assert len(mine) == 1

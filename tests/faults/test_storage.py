@@ -129,7 +129,7 @@ def _fill(path: Path) -> None:
 
 def test_disk_full_keeps_sampling_and_alerting_and_resumes(tmp_path: Path, daemons: Daemons) -> None:
     interval = 0.5
-    with short_tmpdir("mwdf-") as short, tmpfs(tmp_path / "small", "3m") as small, WebhookReceiver() as hook:
+    with short_tmpdir("mwdf-") as short, tmpfs(tmp_path / "small", "16m") as small, WebhookReceiver() as hook:
         notify = NotifyReceiver(str(short / "notify"))
         hog = None
         db = small / "memwatchd.db"

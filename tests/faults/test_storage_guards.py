@@ -246,7 +246,9 @@ def test_disk_full_at_startup_still_starts_samples_alerts_and_writes_when_space_
     tmp_path: Path, daemons: Daemons
 ) -> None:
     interval = 0.3
-    with short_tmpdir("mwdfs-") as short, tmpfs(tmp_path / "small", "2m") as small, WebhookReceiver() as hook:
+    # 16 MB: the first snapshot is a full keyframe of every process on the host (~1.5 MB at 12,000 processes)
+    small_fs = tmpfs(tmp_path / "small", "16m")
+    with short_tmpdir("mwdfs-") as short, small_fs as small, WebhookReceiver() as hook:
         notify = NotifyReceiver(str(short / "notify"))
         hog = None
         db = small / "memwatchd.db"
