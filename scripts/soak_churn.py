@@ -59,6 +59,11 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=20, help="short-lived processes per second")
     ap.add_argument("--out", default=str(REPO / "bench" / "soak-churn.json"))
     ap.add_argument("--own-pid-namespace", action="store_true", help="run in a PID namespace of its own")
+    ap.add_argument(
+        "--no-bpf",
+        action="store_true",
+        help="[bpf] enabled = false (in a namespace: keeps the machine's other exits out of the daemon)",
+    )
     args = ap.parse_args()
     if args.own_pid_namespace and os.environ.get("MEMWATCHD_SOAK_INSIDE") != "1":
         os.environ["MEMWATCHD_SOAK_INSIDE"] = "1"
@@ -74,6 +79,8 @@ def main() -> int:
         subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
         text = (REPO / "etc" / "memwatchd.toml").read_text()
         text = text.replace('path = "/var/lib/memwatchd/memwatchd.db"', f'path = "{tmp}/m.db"')
+        if args.no_bpf:
+            text = text.replace("[bpf]\nenabled = true", "[bpf]\nenabled = false", 1)
         cfg = tmp / "memwatchd.toml"
         cfg.write_text(text)
         d = subprocess.Popen(
@@ -122,6 +129,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "scripts/soak_churn.py " + " ".join(sys.argv[1:]),
         "own_pid_namespace": args.own_pid_namespace,
+        "bpf": not args.no_bpf,
         "minutes": args.minutes,
         "churn_per_s": args.rate,
         "short_lived_processes": int(args.rate * (points[-1][0] - 20)) if points else 0,
