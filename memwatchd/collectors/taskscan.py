@@ -499,16 +499,18 @@ class TaskScanCollector:
         for keys, values in self._last.raw():
             gens = values.cast("I")[_SEEN_GEN_AT::_SEEN_U32S]
             unstamped.update(compress(keys.cast("I"), map(done.__ne__, gens)))
-        cache = self._cache
-        # a tracked identity the kernel no longer holds was freed: its scan_gone record comes with the
-        # next scan (the map holds only identities reported to this collector, see _reconcile)
-        stale = [pid for pid in unstamped if pid in cache and pid not in self._untracked]
-        for pid in stale:
-            e = cache.pop(pid)
-            if e.sample is not None:
-                self._gone_keys.append(e.sample.key)
+        cache, untracked, n = self._cache, self._untracked, 0
+        # A tracked identity the kernel no longer holds was freed: its scan_gone record comes with the next
+        # scan. Every unstamped entry goes, also one this collector does not know (left by a scan that
+        # failed half way): the pass did not meet its task, which left the task list before the pass did.
+        for pid in unstamped:
             bpfsys.delete_u32(self._it.last_fd, pid)
-        return len(stale)
+            if pid in cache and pid not in untracked:
+                e = cache.pop(pid)
+                if e.sample is not None:
+                    self._gone_keys.append(e.sample.key)
+                n += 1
+        return n
 
     def _confirm_borrowed(self) -> None:
         """Read the cgroup file of the children whose parent's css_set changed since they borrowed its
