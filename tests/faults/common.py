@@ -166,6 +166,21 @@ def short_tmpdir(prefix: str, mode: int = 0o755) -> Iterator[Path]:
         subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
+def fill_until_full(path: Path) -> None:
+    """Write until ENOSPC (unbuffered, down to single pages)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 512):
+            block = b"\0" * size
+            try:
+                while True:
+                    os.write(fd, block)
+            except OSError as e:
+                assert e.errno == 28, e
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import signal
@@ -20,6 +19,7 @@ from tests.faults.common import (
     Daemons,
     FakeChurn,
     config,
+    fill_until_full,
     integrity,
     log_text,
     query,
@@ -112,21 +112,6 @@ def test_kill9_at_random_moments_long(tmp_path: Path, daemons: Daemons) -> None:
 # ---- 2. disk full -------------------------------------------------------------------------------------
 
 
-def _fill(path: Path) -> None:
-    """Write until ENOSPC (unbuffered, down to single pages)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 4096, 512):
-            block = b"\0" * size
-            try:
-                while True:
-                    os.write(fd, block)
-            except OSError as e:
-                assert e.errno == 28, e
-    finally:
-        os.close(fd)
-
-
 def test_disk_full_keeps_sampling_and_alerting_and_resumes(tmp_path: Path, daemons: Daemons) -> None:
     interval = 0.5
     with short_tmpdir("mwdf-") as short, tmpfs(tmp_path / "small", "16m") as small, WebhookReceiver() as hook:
@@ -145,7 +130,7 @@ def test_disk_full_keeps_sampling_and_alerting_and_resumes(tmp_path: Path, daemo
             # drain meanwhile: systemd's socket queue is short and a full one makes the daemon stop notifying
             wait_for(lambda: (notify.drain(0.05), len(snapshot_ids(db)) >= 3)[1], 30, what="first snapshots")
             filler = small / "filler"
-            _fill(filler)
+            fill_until_full(filler)
             t_full = time.time()
             mark = len(notify.messages)
             i = notify.wait_for(lambda m: "db error: disk full" in m, 20, after=mark)

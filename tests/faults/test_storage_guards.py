@@ -25,6 +25,7 @@ from tests.faults.common import (
     Daemons,
     FakeChurn,
     config,
+    fill_until_full,
     integrity,
     log_text,
     query,
@@ -228,20 +229,6 @@ def test_a_database_that_stays_unwritable_never_stops_sampling_and_stops_the_wat
 # ---- startup: disk full, corrupt file ---------------------------------------------------------------------
 
 
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 4096, 512):
-            block = b"\0" * size
-            try:
-                while True:
-                    os.write(fd, block)
-            except OSError as e:
-                assert e.errno == 28, e
-    finally:
-        os.close(fd)
-
-
 def test_disk_full_at_startup_still_starts_samples_alerts_and_writes_when_space_returns(
     tmp_path: Path, daemons: Daemons
 ) -> None:
@@ -263,7 +250,7 @@ def test_disk_full_at_startup_still_starts_samples_alerts_and_writes_when_space_
         procs = []
         try:
             for round_ in ("new database", "existing database"):
-                _fill(filler)
+                fill_until_full(filler)
                 t_full = time.time()
                 mark = len(notify.messages)
                 p = daemons.start(cfg, log, env={"NOTIFY_SOCKET": notify.path}, append=True)
