@@ -400,11 +400,17 @@ def test_a_zombie_shows_the_cgroup_proc_shows(scanner: TaskScanCollector) -> Non
             parent.wait()
 
 
-def test_children_of_a_parent_moving_between_cgroups_get_their_own(scanner: TaskScanCollector) -> None:
+@pytest.mark.parametrize("grandchildren", [False, True])
+def test_children_of_a_parent_moving_between_cgroups_get_their_own(
+    scanner: TaskScanCollector, grandchildren: bool
+) -> None:
     """A parent moving between two cgroups while it forks: a child that borrowed the parent's labels is
     confirmed from its own file at the next scan once the parent's css_set changed (failed before, 2 runs of
-    3: 9 and 16 of 80 children kept the other cgroup until the next full pass)."""
+    3: 9 and 16 of 80 children kept the other cgroup until the next full pass). With grandchildren, each
+    child forks one at once: a grandchild that borrowed a mislabelled child's labels is confirmed with it."""
     passes = scanner.full_passes
+    fork2 = "k2 = os.fork()\n            if k2 == 0: time.sleep(60); os._exit(0)\n            "
+    child = fork2 if grandchildren else ""
     with memcg("kscanfa", 256 * MIB) as a, memcg("kscanfb", 256 * MIB) as b:
         script = (
             "import os, sys, time\n"
@@ -416,7 +422,7 @@ def test_children_of_a_parent_moving_between_cgroups_get_their_own(scanner: Task
             "    if len(kids) < 80 and i % 5 == 0:\n"
             "        k = os.fork()\n"
             "        if k == 0:\n"
-            "            time.sleep(60); os._exit(0)\n"
+            f"            {child}time.sleep(60); os._exit(0)\n"
             "        kids.append(k)\n"
             "print(' '.join(map(str, kids)), flush=True)\n"
             "time.sleep(60)\n"
@@ -430,6 +436,10 @@ def test_children_of_a_parent_moving_between_cgroups_get_their_own(scanner: Task
                 scanner.scan(1.0)
                 time.sleep(0.01)
             kids = [int(k) for k in flip.stdout.readline().split()]
+            if grandchildren:
+                time.sleep(0.2)
+                kids += [s.pid for s in scanner.scan(1.0).samples if s.ppid in set(kids)]
+                assert len(kids) >= 100, "the children did not fork"
             scanner.scan(1.0)
             mine = by_pid(scanner.scan(1.0).samples)
             wrong = {}
@@ -447,3 +457,82 @@ def test_children_of_a_parent_moving_between_cgroups_get_their_own(scanner: Task
 
 def _readable(f: Any) -> bool:
     return bool(select.select([f], [], [], 0)[0])
+
+
+def test_a_process_first_seen_as_a_zombie_shows_the_cgroup_proc_shows(scanner: TaskScanCollector) -> None:
+    """A child first seen already dead, its parent's labels read from the parent's own file: cgroup v1 shows
+    "/" for a zombie while its css_set is still its parent's. Failed before (in CI, where the test process's
+    labels were read from its file): the new zombie borrowed its parent's live cgroup."""
+    with memcg("kscanzb", 256 * MIB) as cg:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import os, subprocess, sys, time\n"
+             f"open({str(cg / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+             "print('moved', flush=True)\n"
+             "sys.stdin.readline()\n"
+             "print(subprocess.Popen(['true']).pid, flush=True)\n"
+             "time.sleep(60)\n"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert parent.stdin is not None and parent.stdout is not None
+        try:
+            assert parent.stdout.readline().strip() == b"moved"
+            assert agree(scanner, {parent.pid}, 1.0)[parent.pid].cgroup == f"/{cg.name}"
+            parent.stdin.write(b"\n")
+            parent.stdin.flush()
+            child = int(parent.stdout.readline())
+            deadline = time.monotonic() + 5
+            while _state(child) != "Z" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            zombie = by_pid(scanner.scan(2.0).samples)[child]
+            with open(f"/proc/{child}/cgroup", "rb") as f:
+                unit, cgroup = unit_from_cgroup(from_kernel(f.read()))
+            assert zombie.state == "Z"
+            assert (zombie.unit, zombie.cgroup) == (unit, cgroup), (zombie, cgroup)
+        finally:
+            parent.kill()
+            parent.wait()
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def test_children_of_a_parent_that_borrowed_its_labels_borrow_too(scanner: TaskScanCollector) -> None:
+    """A fork storm by a process that itself borrowed its labels (its parent's were read from the file):
+    its children borrow them, no cgroup file is read (failed before: only a label read from the file
+    vouched, so each of the 200 children's files was read; in CI, where the test process's labels were read
+    from its file, test_children_of_a_tracked_parent_borrow_its_cgroup failed for that reason)."""
+    with memcg("kscanbb", 256 * MIB) as cg:
+        outer = subprocess.Popen(
+            [sys.executable, "-c", "import os, subprocess, sys\n"
+             f"open({str(cg / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+             "print('moved', flush=True)\n"
+             "sys.stdin.readline()\n"
+             f"subprocess.run([sys.executable, '-c', {FORKER!r}])\n"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert outer.stdin is not None and outer.stdout is not None
+        try:
+            assert outer.stdout.readline().strip() == b"moved"
+            agree(scanner, {outer.pid}, 1.0)
+            outer.stdin.write(b"\n")  # the forker starts, in the outer process's css_set
+            outer.stdin.flush()
+            time.sleep(0.5)
+            middle = [s.pid for s in scanner.scan(1.0).samples if s.ppid == outer.pid]
+            assert len(middle) == 1 and middle[0] not in scanner.last_read, "the forker borrows its labels"
+            outer.stdin.write(b"\n")  # the forker forks
+            outer.stdin.flush()
+            kids = {int(x) for x in outer.stdout.readline().split()}
+            time.sleep(0.2)
+            mine = by_pid(scanner.scan(2.0).samples)
+            assert kids <= set(mine)
+            assert not kids & set(scanner.last_read), "the fork storm's children borrow their parent's cgroup"
+            assert {mine[k].cgroup for k in kids} == {f"/{cg.name}"}
+            agree(scanner, kids, 2.0)  # and it is what /proc says
+        finally:
+            outer.kill()
+            outer.wait()

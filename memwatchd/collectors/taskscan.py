@@ -60,7 +60,9 @@ Limits:
   under its old css_set; _confirm_borrowed). A parent that moved and came back to a css_set at the same
   address between two scans, or a css_set freed and reused at the same address in the microseconds
   between the iterator's visits of parent and child, could still mislabel a child until the full pass.
-  The children waiting for that confirmation are remembered per parent until the full pass.
+  The children waiting for that confirmation are remembered per parent until the full pass; a child whose
+  labels were borrowed lends them on to its own children, who are confirmed with it. A process first seen
+  as a zombie reads its file (cgroup v1 shows "/" for a zombie whatever its css_set).
 * Between full passes an identity's cgroup path is re-read only when its css_set changes, which every
   cgroup move does, or when it turns zombie (its css_set stays, cgroup v1's file then shows "/"); a
   cgroup renamed in place keeps its old path until the process's next change of identity (procfs.py has
@@ -412,7 +414,8 @@ class TaskScanCollector:
         state = _STATES[state_idx] if state_idx < len(_STATES) else "?"
         if e is None or fresh:
             e = _Entry(start_ns, token)
-            w = self._witness(ppid, token)
+            # a zombie keeps its parent's css_set but cgroup v1's file shows "/" for it: never borrowed
+            w = self._witness(ppid, token) if state != "Z" else None
             if w is not None:
                 e.unit, e.cgroup, e.borrowed = w.unit, w.cgroup, True
                 self._borrowers.setdefault(ppid, []).append(tgid)
@@ -463,13 +466,15 @@ class TaskScanCollector:
         return e
 
     def _witness(self, ppid: int, token: int) -> _Entry | None:
-        """The parent's entry when it vouches for a new child's cgroup: same css_set, read from the file.
+        """The parent's entry when it vouches for a new child's cgroup: same css_set, labels from the file.
 
         Its token is current (its record is not waiting later in this pass, which a move would have
         produced) and it is alive (not freed: a freed parent's css_set may have been freed and its memory
         reused). A css_set is freed only after every task in it has been freed, and the kernel writes a
         task's scan_gone record before it drops the task's reference; so a live parent in css_set T and a
-        child in T share one object, with one set of cgroups. Fork storms then read no cgroup file.
+        child in T share one object, with one set of cgroups. Fork storms then read no cgroup file. A parent
+        that borrowed its own labels vouches as well (they came from a file read for the same css_set, through
+        its own witness); when they turn out wrong (_confirm_borrowed), its borrowers are read again with it.
         """
         p = self._cache.get(ppid)
         if (
@@ -478,9 +483,10 @@ class TaskScanCollector:
             or p.cgroup is None
             or ppid in self._pending
             or (ppid, p.start_ns) in self._freed
+            or (p.sample is not None and p.sample.state == "Z")  # a leader gone before its threads: "/"
         ):
             return None
-        return p if not p.borrowed else None  # only a value read from the file vouches
+        return p
 
     def _unvisited(self) -> int:
         """Drop the tracked identities the pass just completed did not visit; returns how many.
@@ -516,13 +522,16 @@ class TaskScanCollector:
         """Read the cgroup file of the children whose parent's css_set changed since they borrowed its
         labels. The parent's token is read during the pass and its file after it: a parent that moved in
         between holds its new cgroup's labels under its old css_set until its next record, and a child
-        forked in the old css_set borrows them (a parent moving between cgroups while it forks)."""
+        forked in the old css_set borrows them (a parent moving between cgroups while it forks). The
+        children that borrowed from a confirmed child are confirmed with it."""
         confirm, self._confirm = self._confirm, []
-        for tgid in confirm:
+        while confirm:
+            tgid = confirm.pop()
             e = self._cache.get(tgid)
             if e is None or not e.borrowed:
                 continue
             e.borrowed = False
+            confirm += self._borrowers.pop(tgid, ())
             e.unit, e.cgroup = self._read_cgroup(tgid)
             old = e.sample
             if old is not None and (old.unit, old.cgroup) != (e.unit, e.cgroup):
