@@ -383,6 +383,30 @@ def test_fake_status_reread_only_when_sizes_change_or_rescan_due(tmp_path: Path)
         assert (late.hwm_kb, late.swap_kb, late.unit) == (4096, 9, "moved.service")
 
 
+def test_fake_zombie_keeps_the_cgroup_it_ran_in_through_a_full_rescan(tmp_path: Path) -> None:
+    """cgroup v1's /proc/PID/cgroup shows "/" for a zombie: a full rescan while the process is a zombie keeps
+    the labels it ran under (failed before: it was relabelled "/", and so was its stored history)."""
+    fp = FakeProc(tmp_path)
+    fp.add(660, cgroup="4:memory:/app\n1:name=systemd:/system.slice/app.service\n")
+    with ProcfsCollector(str(tmp_path), full_rescan_s=60.0) as coll:
+        alive = sample_of(coll.scan(0.0), 660)
+        assert (alive.unit, alive.cgroup) == ("app.service", "/app")
+        fp.add(
+            660,
+            state="Z",
+            rss_pages=0,
+            vsize_kb=0,
+            status=b"Name:\tproc\n",
+            cgroup="4:memory:/\n1:name=systemd:/\n",
+        )
+        zombie = sample_of(coll.scan(61.0), 660)
+        assert zombie.state == "Z"
+        assert (zombie.unit, zombie.cgroup) == ("app.service", "/app")
+        # a process first seen as a zombie has only the file to go by
+        fp.add(661, state="Z", rss_pages=0, vsize_kb=0, status=b"Name:\tproc\n", cgroup="4:memory:/\n")
+        assert sample_of(coll.scan(62.0), 661).cgroup == "/"
+
+
 def test_fake_vsize_change_rereads_status(tmp_path: Path) -> None:
     fp = FakeProc(tmp_path)
     fp.add(650, vsize_kb=10240, status=status_text(hwm=1000))

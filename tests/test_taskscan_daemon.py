@@ -84,3 +84,60 @@ def test_source_auto_without_bpf_scans_proc_and_says_so(tmp_path: Path) -> None:
     finally:
         assert stop_daemon(d) == 0
     assert "scan proc (BPF is not loaded (disabled in config))" in (tmp_path / "daemon.log").read_text()
+
+
+# A parent that moves itself into a memory cgroup, runs a child that lives ~2 s there, and reaps it only
+# ~3 s after it exited: the child is a zombie for several cycles.
+DYING = (
+    "import os, subprocess, sys, time\n"
+    "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+    "c = subprocess.Popen([sys.executable, '-c', 'import time; b = bytearray(8 << 20); time.sleep(2)'])\n"
+    "print(c.pid, flush=True)\n"
+    "time.sleep(5)\n"
+    "c.wait()\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("source", ["bpf", "proc"])
+def test_an_exited_process_keeps_the_cgroup_it_ran_in(tmp_path: Path, source: str) -> None:
+    """The stored cgroup of a process that exited is the one it ran in. Failed before with the task
+    iterator: cgroup v1's /proc/PID/cgroup shows "/" for a zombie, the scan re-read it when the process
+    turned zombie, and the history relabelled every exited process "/" (one metadata write per exit too)."""
+    from tests.bpf_support import memcg
+
+    reason = bpf_possible()
+    if reason:
+        pytest.skip(reason)
+    cfg = write_config(tmp_path, bpf=True, interval=0.5, extra=f'[procfs]\nsource = "{source}"\n')
+    db = tmp_path / "db" / "memwatchd.db"
+    d = start_daemon(cfg)
+    with memcg(f"exitcg{source}", 256 << 20) as cg:
+        parent = None
+        try:
+            wait_for(
+                lambda: "memwatchd started" in (tmp_path / "daemon.log").read_text(), what="daemon start"
+            )
+            parent = subprocess.Popen(
+                [sys.executable, "-c", DYING, str(cg / "cgroup.procs")], stdout=subprocess.PIPE
+            )
+            assert parent.stdout is not None
+            child = int(parent.stdout.readline())
+            time.sleep(7)  # lived, turned zombie, was reaped; the daemon saw each state
+
+            def ended() -> dict | None:
+                rows = ctl_json(db, "processes", "--pid", str(child), "--since", "5m")
+                row = rows[-1] if rows else None
+                return (
+                    row if row and row.get("last_seen") != "live" and row.get("exited") is not False else None
+                )
+
+            row = wait_for(ended, timeout=20, what="the exited child's row")
+            assert row["cgroup"] == f"/{cg.name}", row
+        finally:
+            if parent is not None:
+                parent.kill()
+                parent.wait()
+            assert stop_daemon(d) == 0
+    assert "Traceback" not in (tmp_path / "daemon.log").read_text()

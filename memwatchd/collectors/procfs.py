@@ -26,7 +26,9 @@ Decisions:
 * Kernel threads (PF_KTHREAD in the stat flags) are left out of the samples. PF_KTHREAD alone decides:
   "ppid == 2" would drop ordinary processes in a PID namespace, where PID 2 is a user process.
 * Zombies are included (state "Z", rss_kb 0, vm_kb 0, hwm_kb and swap_kb None, anon_kb 0): their memory is
-  gone, but a pile of them is worth seeing; status is not read for them (it has no Vm* lines).
+  gone, but a pile of them is worth seeing; status is not read for them (it has no Vm* lines). A zombie
+  keeps the unit and cgroup it ran under (cgroup v1's /proc/PID/cgroup shows "/" for a zombie); one first
+  seen as a zombie has only that file to go by.
 * A process whose stat or status cannot be read (ENOENT, ESRCH, EACCES and other per-process errors, or
   unparseable stat) is skipped and counted in ProcScan.errors, never logged. An unreadable cgroup or
   smaps_rollup only leaves unit/cgroup or pss/uss as None. Errors that are not about one process (EMFILE,
@@ -475,7 +477,8 @@ class ProcfsCollector:
                 e.status_rss, e.status_vsize = rss_kb, vm_kb
                 if self._smaps:
                     e.pss, e.uss = self._read_smaps(name)
-            if full:
+            if full and not (state == "Z" and e.sample is not None):
+                # a zombie keeps the labels it ran under: cgroup v1's file shows "/" for it
                 e.unit, e.cgroup = self._read_cgroup(name)
             comm = st.comm
             old = e.sample

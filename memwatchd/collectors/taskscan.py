@@ -61,10 +61,13 @@ Limits:
   address between two scans, or a css_set freed and reused at the same address in the microseconds
   between the iterator's visits of parent and child, could still mislabel a child until the full pass.
   The children waiting for that confirmation are remembered per parent until the full pass; a child whose
-  labels were borrowed lends them on to its own children, who are confirmed with it. A process first seen
-  as a zombie reads its file (cgroup v1 shows "/" for a zombie whatever its css_set).
+  labels were borrowed lends them on to its own children, who are confirmed with it.
+* A zombie keeps the unit and cgroup it ran under (its css_set stays; cgroup v1's /proc/PID/cgroup shows
+  "/" for a zombie, which relabelled every exiting process in the stored history): it is not re-read when it
+  turns zombie nor at a full pass. One first seen as a zombie borrows its live parent's labels when they
+  share the css_set, else reads the file.
 * Between full passes an identity's cgroup path is re-read only when its css_set changes, which every
-  cgroup move does, or when it turns zombie (its css_set stays, cgroup v1's file then shows "/"); a
+  cgroup move does; a
   cgroup renamed in place keeps its old path until the process's next change of identity (procfs.py has
   the same lag until its full rescan).
 * Reading the iterator holds no lock across tasks; a process that forks or exits during the walk is seen in
@@ -414,19 +417,14 @@ class TaskScanCollector:
         state = _STATES[state_idx] if state_idx < len(_STATES) else "?"
         if e is None or fresh:
             e = _Entry(start_ns, token)
-            # a zombie keeps its parent's css_set but cgroup v1's file shows "/" for it: never borrowed
-            w = self._witness(ppid, token) if state != "Z" else None
+            w = self._witness(ppid, token)
             if w is not None:
                 e.unit, e.cgroup, e.borrowed = w.unit, w.cgroup, True
                 self._borrowers.setdefault(ppid, []).append(tgid)
             else:
                 e.unit, e.cgroup = self._read_cgroup(tgid)
-        elif (
-            token != e.token
-            or (full and e.borrowed)
-            # a zombie keeps its css_set but cgroup v1's file shows "/" for it: read it once more
-            or (state == "Z" and (e.sample is None or e.sample.state != "Z"))
-        ):
+        elif token != e.token or (full and e.borrowed and state != "Z"):
+            # (a zombie keeps the labels it ran under: cgroup v1's file shows "/" for it)
             if token != e.token and (kids := self._borrowers.pop(tgid, None)):
                 self._confirm += kids  # a parent that moves may have been in another cgroup at their fork
             e.token, e.borrowed = token, False
@@ -532,6 +530,8 @@ class TaskScanCollector:
                 continue
             e.borrowed = False
             confirm += self._borrowers.pop(tgid, ())
+            if e.sample is not None and e.sample.state == "Z":
+                continue  # its file shows "/" now: the borrowed labels are the best there are
             e.unit, e.cgroup = self._read_cgroup(tgid)
             old = e.sample
             if old is not None and (old.unit, old.cgroup) != (e.unit, e.cgroup):
