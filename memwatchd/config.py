@@ -43,6 +43,7 @@ class DaemonConfig:
     interval_s: float = 3.0
     log_level: str = "info"
     hostname: str = ""  # empty: os.uname().nodename
+    allocator: str = "auto"  # "auto" | "jemalloc" | "system" (daemon/allocator.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +435,7 @@ def parse_config(data: dict[str, Any], file: str) -> Config:
         interval_s=d.get("interval", 3.0, _number(0.1, 3600)),
         log_level=d.get("log_level", "info", _choice("debug", "info", "warning", "error")),
         hostname=d.get("hostname", "", _str),
+        allocator=d.get("allocator", "auto", _choice("auto", "jemalloc", "system")),
     )
     d.finish()
 

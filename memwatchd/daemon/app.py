@@ -31,7 +31,7 @@ from memwatchd.collectors.cgroupfs import ChargeReader, headroom, oom_scope
 from memwatchd.collectors.source import ProcScanner, open_scanner
 from memwatchd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, notify_urls
 from memwatchd.config_check import check_usable
-from memwatchd.daemon import heap
+from memwatchd.daemon import allocator, heap
 from memwatchd.daemon.clock import SYSTEM_CLOCK, Clock
 from memwatchd.daemon.dispatch import AlertDispatch
 from memwatchd.daemon.failures import RepeatedFailure
@@ -709,6 +709,7 @@ async def run(
     config_path: str,
     db_override: bool = False,
     hooks: DaemonHooks = DaemonHooks(),  # noqa: B008 - frozen, shared safely
+    allocator_line: str = "system",
 ) -> int:
     d = Daemon(cfg, db_override, hooks=hooks)
     loop = asyncio.get_running_loop()
@@ -733,10 +734,11 @@ async def run(
     # First snapshot before READY=1 so `status` has data as soon as systemd considers us started.
     d.notifier.ready(d.status_line())
     log.info(
-        "memwatchd started: interval %gs, bpf %s, scan %s, database %s",
+        "memwatchd started: interval %gs, bpf %s, scan %s, allocator %s, database %s",
         cfg.daemon.interval_s,
         d.bpf_state,
         d.scan_source if d.scan_source_why is None else f"{d.scan_source} ({d.scan_source_why})",
+        allocator_line,
         cfg.storage.path,
     )
     wd = asyncio.create_task(d.watchdog(), name="watchdog")
@@ -799,9 +801,16 @@ def cli(config_path: str, db_path: str | None, check: bool) -> None:
     if check:
         click.echo(f"{config_path}: ok ({len(cfg.rules)} rules)")
         return
+    try:
+        running = allocator.choose(cfg.daemon.allocator)  # jemalloc: executes the daemon again, once
+    except allocator.AllocatorError as e:
+        click.echo(f"memwatchd: {e}", err=True)
+        ServiceNotifier().status(f"startup failed: {e}")
+        sys.exit(2)
     setup_logging(cfg.daemon.log_level)
-    heap.limit_arenas()  # before any thread exists (the event loop's, aiosqlite's, the scans')
-    sys.exit(asyncio.run(run(cfg, config_path, db_path is not None)))
+    if not running.startswith("jemalloc"):
+        heap.limit_arenas()  # before any thread exists (the event loop's, aiosqlite's, the scans')
+    sys.exit(asyncio.run(run(cfg, config_path, db_path is not None, allocator_line=running)))
 
 
 def main() -> None:
