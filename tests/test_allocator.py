@@ -16,7 +16,7 @@ import pytest
 
 from memwatchd.config import ConfigError, load_config
 from memwatchd.daemon import allocator
-from tests.helpers import start_daemon, stop_daemon, wait_for, write_config
+from tests.helpers import ctl_json, start_daemon, stop_daemon, wait_for, write_config
 
 LIB = "libjemalloc.so.2"
 
@@ -62,6 +62,12 @@ def _config(tmp_path: Path, choice: str | None) -> Path:
     return cfg
 
 
+def _status(tmp_path: Path) -> dict[str, object]:
+    st = ctl_json(tmp_path / "db" / "memwatchd.db", "status")
+    assert isinstance(st, dict)
+    return st
+
+
 def _maps(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
@@ -75,6 +81,7 @@ def test_daemon_runs_on_jemalloc(tmp_path: Path, choice: str | None) -> None:
         wait_for(lambda: "memwatchd started" in log.read_text(), what="daemon start")
         assert "/libjemalloc" in _maps(d.pid)
         assert "allocator jemalloc" in log.read_text()
+        assert wait_for(lambda: _status(tmp_path).get("allocator"), what="status") == "jemalloc"
     finally:
         assert stop_daemon(d) == 0
     assert "Traceback" not in log.read_text()
@@ -87,6 +94,7 @@ def test_daemon_on_the_system_allocator_when_told(tmp_path: Path) -> None:
         wait_for(lambda: "memwatchd started" in log.read_text(), what="daemon start")
         assert "/libjemalloc" not in _maps(d.pid)
         assert "allocator system" in log.read_text()
+        assert wait_for(lambda: _status(tmp_path).get("allocator"), what="status") == "system"
     finally:
         assert stop_daemon(d) == 0
 

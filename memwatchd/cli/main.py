@@ -736,10 +736,11 @@ def status(obj: Obj, as_json: bool) -> None:
         ("scan source", str(st.get("scan_source", "-"))),
         ("lost events", str(st.get("lost_events", "-"))),
         ("BPF map full", str(st.get("map_full", "-"))),
+        *([("allocator", str(st["allocator"]))] if "allocator" in st else []),  # written since this version
         ("processes", f"{st['processes_live']} live, {st['processes_known']} known"),
         ("OOM kills", str(st["ooms"])),
     ]
-    shown = {"pid", "bpf_state", "scan_source", "lost_events", "map_full", "last_snapshot_ts"}
+    shown = {"pid", "bpf_state", "scan_source", "allocator", "lost_events", "map_full", "last_snapshot_ts"}
     computed = {
         "db_path",
         "db_bytes",

@@ -204,6 +204,7 @@ class Daemon:
         self.procfs: ProcScanner | None = None
         self.scan_source = "proc"  # "bpf" (the kernel's task iterator) or "proc" ([procfs] source)
         self.scan_source_why: str | None = None  # why not the iterator, when not
+        self.allocator = "system"  # the allocator running ("jemalloc" or "system"), set by run()
         self.store: StoreWriter | None = None
         self.pump: WritePump | None = None
         self.alerts: AlertEngine | None = None
@@ -265,7 +266,10 @@ class Daemon:
         await self._open_triage(store)
         self._open_metrics()
         self.status = DaemonStatus(
-            bpf_state=self.bpf_state, scan_source=self.scan_source, write_failing=self.pump.write_failing
+            bpf_state=self.bpf_state,
+            scan_source=self.scan_source,
+            allocator=self.allocator,
+            write_failing=self.pump.write_failing,
         )
         if store is not None:
             # this run's counters start at zero: status must not mix the previous run's counts with this pid
@@ -491,6 +495,7 @@ class Daemon:
             last_snapshot_ts=snap.ts,
             bpf_state=snap.bpf.state if self.bpf is not None else self.bpf_state,
             scan_source=self.scan_source,
+            allocator=self.allocator,
             bpf_tracked=snap.bpf.tracked,
             map_full=snap.bpf.map_full,
             lost_events=snap.bpf.lost_events,
@@ -712,6 +717,7 @@ async def run(
     allocator_line: str = "system",
 ) -> int:
     d = Daemon(cfg, db_override, hooks=hooks)
+    d.allocator = allocator_line.split(" ", 1)[0]
     loop = asyncio.get_running_loop()
     try:
         await d.open()

@@ -24,6 +24,7 @@ class DaemonStatus:
     last_snapshot_ts: float | None = None  # wall time of the latest snapshot
     bpf_state: str = "disabled"
     scan_source: str = "proc"  # "bpf": the kernel's task iterator (collectors/taskscan.py); "proc": /proc
+    allocator: str = "system"  # "jemalloc" or "system" ([daemon] allocator, daemon/allocator.py)
     bpf_tracked: int = 0
     map_full: int = 0
     lost_events: int = 0
@@ -56,6 +57,7 @@ class DaemonStatus:
             "snapshot_processes": self.processes,
             "bpf_state": self.bpf_state,
             "scan_source": self.scan_source,
+            "allocator": self.allocator,
             "bpf_tracked": self.bpf_tracked,
             "map_full": self.map_full,
             "lost_events": self.lost_events,
