@@ -123,6 +123,12 @@ class GroupTracker:
         self._order: list[tuple[str, str]] | None = None  # cgroups then units, sorted; None: re-sort
         self._out: tuple[GroupSample, ...] = ()
 
+    def shrink(self) -> None:
+        """Member tables sized for the members there are (see Merger.shrink)."""
+        self._members = dict(self._members)
+        for g in (*self._cg.values(), *self._unit.values()):
+            g.members = dict(g.members)
+
     @property
     def seq(self) -> int | None:
         """Snapshot.seq of the last snapshot taken in (None: none yet)."""

@@ -278,6 +278,12 @@ class Merger:
         self._poll_seq: int | None = None  # seq of the last BPF poll merged (None: unknown)
         self._procs: tuple[ProcessSnapshot, ...] = ()
 
+    def shrink(self) -> None:
+        """Tables sized for the processes there are (a dict or set never shrinks when entries leave: after a
+        burst of short-lived processes it stays sized for the burst). Called when a burst of exits settled."""
+        self._src = dict(self._src)
+        self._loud = set(self._loud)
+
     @property
     def scan_seq(self) -> int | None:
         """ProcScan.seq of the last scan merged (None: unknown): a scan with this base_seq continues it."""

@@ -155,6 +155,14 @@ class AlertEngine:
 
     # ----- public API -----
 
+    def shrink(self) -> None:
+        """Per-process tables sized for the processes there are (see Merger.shrink)."""
+        self._tracks = {name: dict(t) for name, t in self._tracks.items()}
+        self._seen = dict(self._seen)
+        if self._present is not None:
+            self._present = dict(self._present)
+        self._active = {name: set(a) for name, a in self._active.items()}
+
     def update_rules(self, rules: Sequence[RuleConfig]) -> None:
         """Apply a reloaded rule set.
 

@@ -320,6 +320,9 @@ class ProcfsCollector:
             if not on:
                 e.pss = e.uss = None
 
+    def shrink(self) -> None:
+        """Nothing to do: every scan builds its cache afresh, sized for the processes it found."""
+
     @property
     def live_pids(self) -> set[int]:
         """TGIDs read successfully in the last scan, kernel threads and zombies included."""

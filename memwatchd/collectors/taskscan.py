@@ -335,6 +335,11 @@ class TaskScanCollector:
             gone=tuple(gone),
         )
 
+    def shrink(self) -> None:
+        """The cache sized for the processes there are (see Merger.shrink); not during a scan."""
+        self._cache = dict(self._cache)
+        self._untracked = set(self._untracked)
+
     def _counter(self, idx: int) -> int:
         return sum(bpfsys.lookup_percpu_u64(self._it.counters_fd, idx, self._ncpus))
 

@@ -485,7 +485,14 @@ class Daemon:
             return
         snap = self.prev
         if self._trim.due(len(snap.gone) if snap is not None else 0, self.clock.mono()):
+            self._shrink()
             heap.trim()
+
+    def _shrink(self) -> None:
+        """Per-process tables sized for the processes there are, once a burst of exits is over."""
+        for part in (self.procfs, self.merger, self.group_tracker, self.alerts, self.store):
+            if part is not None:
+                part.shrink()
 
     def _build_status(self, snap: Snapshot, scan_ms: float) -> DaemonStatus:
         pump = self.pump

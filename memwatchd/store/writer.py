@@ -177,6 +177,7 @@ class StoreWriter:
         self._cutoffs_written: dict[int, int] = {}
         self._closed = False
         self._series = SeriesWriter()
+        self._shrink = False  # rebuild the cursor's state table at the next write (shrink)
 
     # ---- open / close ---------------------------------------------------------------------------------
     @classmethod
@@ -326,6 +327,9 @@ class StoreWriter:
         if not snaps:
             return
         async with self._lock:
+            if self._shrink:  # between batches nothing holds the table: swap in one sized for its entries
+                self._shrink = False
+                self._cur.state = dict(self._cur.state)
             plans: list[_Plan] = []
             undo: _Undo = []
 
@@ -360,6 +364,11 @@ class StoreWriter:
                 if p.series is not None:
                     self._series.commit(p.series)
         await self._maybe_compact(plans[-1].ts_ms, plans[-1].sid)
+
+    def shrink(self) -> None:
+        """Size the per-process state table for the processes there are, at the next write (see
+        Merger.shrink; a batch in progress holds the table and its undo log)."""
+        self._shrink = True
 
     def is_urgent(self, snap: Snapshot) -> bool:
         """True when ``snap`` should be committed at once rather than batched with the next ones: the
