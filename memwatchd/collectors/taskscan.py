@@ -155,7 +155,7 @@ class _Entry:
     __slots__ = ("raw", "start_ns", "token", "borrowed", "unit", "cgroup", "pss", "uss", "sample")
 
     def __init__(self, start_ns: int, token: int) -> None:
-        self.raw = b""  # the compared part of the last record
+        self.raw = 0  # hash of the compared part of the last record (a copy took ~100 B per process)
         self.start_ns = start_ns
         self.token = token  # css_set pointer when unit and cgroup were read
         self.borrowed = False  # unit and cgroup copied from the parent (_witness): read at the next full pass
@@ -194,6 +194,7 @@ class TaskScanCollector:
         # parent tgid -> the children that borrowed its cgroup since the last full pass (_witness), and the
         # children to confirm from their own file in this scan (their parent's css_set changed since)
         self._borrowers: dict[int, list[int]] = {}
+        self._labels: dict[str, str] = {}  # units and cgroup paths read, each once (_read_cgroup)
         self._confirm: list[int] = []
         self._next_full = float("-inf")
         self._gone = bpfsys.HashBatchReader(it.gone_fd, _GoneValue, _GONE_BATCH, _GoneKey, drain=True)
@@ -230,7 +231,7 @@ class TaskScanCollector:
         if self._side is not None:
             self._side.set_smaps(on)
         for e in self._cache.values():
-            e.raw = b""
+            e.raw = 0
             if not on:
                 e.pss = e.uss = None
 
@@ -285,6 +286,7 @@ class TaskScanCollector:
         if full:
             self._next_full = now_mono + self._full_rescan_s
             self.full_passes += 1
+            self._labels = {}  # labels of groups gone leave with it; this pass reads the live ones again
         chained, self._chained = self._chained, False  # stays False if this scan fails half way
         changed: list[ProcSample] = []
         gone: list[ProcKey] = []
@@ -339,6 +341,10 @@ class TaskScanCollector:
         """The cache sized for the processes there are (see Merger.shrink); not during a scan."""
         self._cache = dict(self._cache)
         self._untracked = set(self._untracked)
+        self._borrowers = dict(self._borrowers)
+        self._pending = set(self._pending)
+        self._freed = set(self._freed)
+        self._labels = dict(self._labels)
 
     def _counter(self, idx: int) -> int:
         return sum(bpfsys.lookup_percpu_u64(self._it.counters_fd, idx, self._ncpus))
@@ -382,7 +388,7 @@ class TaskScanCollector:
                 untracked.add(tgid)
             elif untracked:
                 untracked.discard(tgid)
-            raw = data[off : off + _CMP_LEN]
+            raw = hash(data[off : off + _CMP_LEN])
             e = cache.get(tgid)
             if e is not None and e.raw == raw and not (full and e.borrowed):
                 if full and self._smaps and e.sample is not None:
@@ -413,7 +419,7 @@ class TaskScanCollector:
                 n += 1
         return n
 
-    def _parse(self, data: bytes, off: int, raw: bytes, e: _Entry | None, full: bool) -> _Entry:
+    def _parse(self, data: bytes, off: int, raw: int, e: _Entry | None, full: bool) -> _Entry:
         (
             start_ns, token, file, anon, shmem, swap, total_vm, hiwater,
             tgid, ppid, state_idx, flags, _pad, comm_raw, _emit, _pad2,
@@ -577,7 +583,13 @@ class TaskScanCollector:
             e.pss, e.uss = pss, uss
 
     def _read_cgroup(self, tgid: int) -> tuple[str | None, str | None]:
-        return self._read_file(tgid, "cgroup", lambda d: unit_from_cgroup(from_kernel(d)))
+        unit, cgroup = self._read_file(tgid, "cgroup", lambda d: unit_from_cgroup(from_kernel(d)))
+        # one string per distinct label, not one per process that read it from its file
+        labels = self._labels
+        return (
+            None if unit is None else labels.setdefault(unit, unit),
+            None if cgroup is None else labels.setdefault(cgroup, cgroup),
+        )
 
     def _read_file(
         self, tgid: int, name: str, parse: Callable[[bytes], tuple[T | None, T | None]]
