@@ -12,9 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.bpf_support import memcg
 from tests.helpers import bpf_possible, ctl_json, start_daemon, stop_daemon, wait_for, write_config
 
 STATUS = "import time\nb = b'x' * (24 << 20)\nwhile True:\n    time.sleep(1)\n"
+
+
+def _start_on(tmp_path: Path, source: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """The daemon with BPF and [procfs] source = `source` (skips where BPF cannot load), and its database."""
+    reason = bpf_possible()
+    if reason:
+        pytest.skip(reason)
+    cfg = write_config(tmp_path, bpf=True, interval=0.5, extra=f'[procfs]\nsource = "{source}"\n')
+    return start_daemon(cfg), tmp_path / "db" / "memwatchd.db"
 
 
 def _proc_sizes(pid: int) -> tuple[int, int, str]:
@@ -28,12 +38,7 @@ def _proc_sizes(pid: int) -> tuple[int, int, str]:
 @pytest.mark.bpf
 @pytest.mark.parametrize("source", ["auto", "bpf"])
 def test_daemon_on_the_task_iterator_stores_what_proc_shows(tmp_path: Path, source: str) -> None:
-    reason = bpf_possible()
-    if reason:
-        pytest.skip(reason)
-    cfg = write_config(tmp_path, bpf=True, interval=0.5, extra=f'[procfs]\nsource = "{source}"\n')
-    db = tmp_path / "db" / "memwatchd.db"
-    d = start_daemon(cfg)
+    d, db = _start_on(tmp_path, source)
     w = subprocess.Popen([sys.executable, "-c", STATUS])
     try:
         wait_for(lambda: "memwatchd started" in (tmp_path / "daemon.log").read_text(), what="daemon start")
@@ -105,14 +110,7 @@ def test_an_exited_process_keeps_the_cgroup_it_ran_in(tmp_path: Path, source: st
     """The stored cgroup of a process that exited is the one it ran in. Failed before with the task
     iterator: cgroup v1's /proc/PID/cgroup shows "/" for a zombie, the scan re-read it when the process
     turned zombie, and the history relabelled every exited process "/" (one metadata write per exit too)."""
-    from tests.bpf_support import memcg
-
-    reason = bpf_possible()
-    if reason:
-        pytest.skip(reason)
-    cfg = write_config(tmp_path, bpf=True, interval=0.5, extra=f'[procfs]\nsource = "{source}"\n')
-    db = tmp_path / "db" / "memwatchd.db"
-    d = start_daemon(cfg)
+    d, db = _start_on(tmp_path, source)
     with memcg(f"exitcg{source}", 256 << 20) as cg:
         parent = None
         try:

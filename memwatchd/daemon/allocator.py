@@ -23,7 +23,6 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 
-CHOICES = ("auto", "jemalloc", "system")
 MALLOC_CONF = "narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0"
 SAVED = "MEMWATCHD_ALLOCATOR_SAVED"  # the variables as they were (JSON), set only across the exec
 _VARS = ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")
