@@ -155,7 +155,7 @@ class GroupTracker:
                 if old is not None:
                     self._remove(k, old)
             for p in snap.fresh:
-                k = (p.pid, p.start_ticks)
+                k = p.ident
                 old = members.get(k)
                 if _counts(p):
                     if old is None:
@@ -176,7 +176,7 @@ class GroupTracker:
     def _take_all(self, processes: Iterable[ProcessSnapshot]) -> None:
         for p in processes:
             if _counts(p):
-                k = (p.pid, p.start_ticks)
+                k = p.ident
                 old = self._members.get(k)
                 if old is not None:  # one identity twice in a snapshot: summarize() counts both
                     k = (p.pid, -1 - len(self._members))

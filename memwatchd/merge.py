@@ -13,6 +13,7 @@ from operator import attrgetter
 from typing import TypedDict
 
 from memwatchd.models import (
+    NO_IDENT,
     BpfHealth,
     BpfPoll,
     BpfStats,
@@ -39,10 +40,10 @@ def _counter_delta(cur: int | None, old: int | None) -> int | None:
     return d if d >= 0 else cur
 
 
-def _with_deltas(
-    p: ProcessSnapshot, prev: ProcessSnapshot | None, mono: float, prev_mono: float | None
-) -> ProcessSnapshot:
-    if prev is None or prev_mono is None:
+def _with_deltas(p: ProcessSnapshot, prev: ProcessSnapshot | None, dt: float | None) -> ProcessSnapshot:
+    """p with its deltas against prev, dt seconds before (None: no previous snapshot). dt is one float
+    object for every record of a pass (a float each cost 24 B per process)."""
+    if prev is None or dt is None:
         return p
     return replace(
         p,
@@ -51,7 +52,7 @@ def _with_deltas(
         d_mmap_bytes=_counter_delta(p.mmap_bytes, prev.mmap_bytes),
         d_munmap_bytes=_counter_delta(p.munmap_bytes, prev.munmap_bytes),
         d_brk_bytes=_counter_delta(p.brk_bytes, prev.brk_bytes),
-        dt_s=max(mono - prev_mono, 0.0),
+        dt_s=dt,
     )
 
 
@@ -120,6 +121,7 @@ def _from_proc(
         pss_kb=s.pss_kb,
         uss_kb=s.uss_kb,
         **_bpf_fields(bpf),
+        ident=prev.ident if prev is not None else NO_IDENT,
     )
 
 
@@ -152,6 +154,7 @@ def _from_bpf(
         uss_kb=None,
         **_bpf_fields(stats),
         exited=exited,
+        ident=prev.ident if prev is not None else NO_IDENT,
     )
 
 
@@ -192,7 +195,7 @@ def _prev_of(
 class _Src:
     """The sources one ProcessSnapshot was built from (compared by identity) and the record itself."""
 
-    __slots__ = ("sample", "stats", "snap", "quiet", "idx", "seen")
+    __slots__ = ("sample", "stats", "snap", "quiet", "seen")
 
     def __init__(
         self,
@@ -200,7 +203,6 @@ class _Src:
         stats: BpfStats | None,
         snap: ProcessSnapshot,
         quiet: bool,
-        idx: int,
         seen: ProcSample | None = None,
     ) -> None:
         self.seen = seen  # this pid's sample in the scan the record was built from (None: not in it)
@@ -208,7 +210,6 @@ class _Src:
         self.stats = stats
         self.snap = snap
         self.quiet = quiet  # deltas all 0 (or None): the record can stand for an unchanged next interval
-        self.idx = idx  # position in the snapshot being built
 
 
 _UNSEEN = ProcSample(0, -1, "", 0, "", 0, 0, None, 0, None, None, None)  # matches no real sample
@@ -262,7 +263,7 @@ class Merger:
     """
 
     __slots__ = (
-        "_src", "_extra", "prev", "_seq", "_loud", "_scan_seq", "_stats", "_procs", "_poll_seq",
+        "_src", "_extra", "prev", "_seq", "_loud", "_loud_peak", "_scan_seq", "_stats", "_procs", "_poll_seq",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -273,6 +274,7 @@ class Merger:
         # for change sets: the pids whose record is not quiet or that have an exit row, the seq of the last
         # scan merged (None: unknown) and the BPF stats of the last poll
         self._loud: set[int] = set()
+        self._loud_peak = 0  # the most pids _loud held since its table was built
         self._scan_seq: int | None = None
         self._stats: Mapping[int, BpfStats] = {}
         self._poll_seq: int | None = None  # seq of the last BPF poll merged (None: unknown)
@@ -302,7 +304,7 @@ class Merger:
             if have is None or not p.exited:
                 if have is not None:
                     m._extra.append(have.snap)
-                m._src[p.pid] = _Src(_UNSEEN, None, p, False, 0)
+                m._src[p.pid] = _Src(_UNSEEN, None, p, False)
             else:
                 m._extra.append(p)
         return m
@@ -375,6 +377,7 @@ class Merger:
         self._extra = part.extra
         self._loud = {pid for pid, src in part.new.items() if not src.quiet}
         self._loud.update(p.pid for p in part.extra)
+        self._loud_peak = len(self._loud)
         return part
 
     def _merge_changes(
@@ -440,6 +443,13 @@ class Merger:
                     loud.add(pid)
         for p in part.extra:
             loud.add(p.pid)
+        n = len(loud)
+        if n > self._loud_peak:
+            self._loud_peak = n
+        elif n * 4 < self._loud_peak and self._loud_peak > 256:
+            # a set keeps the table of its peak: after a first merge (every record new, so loud) or a burst
+            # it would hold ~60 B per process of the burst
+            self._loud, self._loud_peak = set(loud), n
         self._extra = part.extra
         # a C loop over the records (~15 ns each), instead of a second map pid -> record kept for it
         processes = tuple(map(_SNAP, src.values()))
@@ -459,10 +469,13 @@ def _run(
 ) -> _Part:
     """One merge pass over the given samples and stats, against the previous records of their pids."""
     old = dict(old_src)
+    dt = None if prev_mono is None else max(mono - prev_mono, 0.0)
     part = _Part()
     new, out, fresh, left = part.new, part.out, part.fresh, part.left
-    # exits are rare: the previous records of their pids, looked up before `old` is consumed
+    # exits are rare: the previous records of their pids, looked up before `old` is consumed, and the
+    # positions of their live records in `out` (only theirs: an index kept per record cost 36 B per process)
     cands: dict[int, list[ProcessSnapshot]] = {}
+    at: dict[int, int] = {}
     for e in exits:
         if e.pid not in cands:
             c = [x for x in old_extra if x.pid == e.pid]
@@ -478,7 +491,8 @@ def _run(
         prev_p = None
         if src is not None:
             if src.sample is s and src.stats is st and src.quiet:
-                src.idx = len(out)
+                if pid in cands:
+                    at[pid] = len(out)
                 new[pid] = src
                 out.append(src.snap)
                 continue
@@ -486,8 +500,10 @@ def _run(
             if prev_p.start_ticks != s.start_ticks:
                 left.append((prev_p.pid, prev_p.start_ticks))
                 prev_p = None
-        p = _with_deltas(_from_proc(s, st, boot + s.start_ticks / tck, prev_p), prev_p, mono, prev_mono)
-        new[pid] = _Src(s, st, p, _is_quiet(p), len(out), s)
+        p = _with_deltas(_from_proc(s, st, boot + s.start_ticks / tck, prev_p), prev_p, dt)
+        if pid in cands:
+            at[pid] = len(out)
+        new[pid] = _Src(s, st, p, _is_quiet(p), s)
         out.append(p)
         fresh.append(p)
     for tgid, st in stats.items():
@@ -495,7 +511,8 @@ def _run(
             continue
         src = old.pop(tgid, None)
         if src is not None and src.sample is None and src.stats is st and src.quiet:
-            src.idx = len(out)
+            if tgid in cands:
+                at[tgid] = len(out)
             new[tgid] = src
             out.append(src.snap)
             continue
@@ -506,8 +523,10 @@ def _run(
             elif not src.snap.exited:
                 prev_p = src.snap
             left.append((src.snap.pid, src.snap.start_ticks))
-        p = _with_deltas(_from_bpf(st, prev_p, boot=boot, tck=tck), prev_p, mono, prev_mono)
-        new[tgid] = _Src(None, st, p, _is_quiet(p), len(out), None)
+        p = _with_deltas(_from_bpf(st, prev_p, boot=boot, tck=tck), prev_p, dt)
+        if tgid in cands:
+            at[tgid] = len(out)
+        new[tgid] = _Src(None, st, p, _is_quiet(p), None)
         out.append(p)
         fresh.append(p)
 
@@ -523,20 +542,19 @@ def _run(
     replaced: set[int] = set()  # ids of records an exit row took the place of
     for e in exits:
         prev_p = prev_of(e.pid, e.start_ticks)
-        live = new.get(e.pid)
-        if live is not None and live.idx < 0:
-            live = None  # an exit row added by this loop, not a live record
+        i = at.get(e.pid, -1)
+        live = new.get(e.pid) if i >= 0 else None  # a live record of this pass, in out[i]
         if e.start_ticks:
             same = live is not None and live.snap.start_ticks == e.start_ticks
         else:
             same = live is not None and (prev_p is None or prev_p.start_ticks == live.snap.start_ticks)
         if same and live is not None:
             # /proc still showed it this interval; it exited after the scan: one row, final counters
-            cur = out[live.idx]
+            cur = out[i]
             merged = _ended(cur, e)
-            merged = _with_deltas(merged, prev_by_key(e.pid, cur.start_ticks), mono, prev_mono)
+            merged = _with_deltas(merged, prev_by_key(e.pid, cur.start_ticks), dt)
             replaced.add(id(cur))
-            out[live.idx] = merged
+            out[i] = merged
             live.snap, live.quiet, live.sample, live.stats = merged, False, _UNSEEN, None
             fresh.append(merged)
             continue
@@ -545,8 +563,8 @@ def _run(
         p = _ended(_from_bpf(e.final, prev_p, comm=e.comm, boot=boot, tck=tck), e)
         if p.start_time is None and p.start_ticks:
             p = replace(p, start_time=boot + p.start_ticks / tck)
-        p = _with_deltas(p, prev_p, mono, prev_mono)
-        key = (p.pid, p.start_ticks)
+        p = _with_deltas(p, prev_p, dt)
+        key = p.ident
         if (live is not None and live.snap.start_ticks == p.start_ticks) or key in added:
             continue
         added[key] = p
@@ -556,7 +574,7 @@ def _run(
         if p.pid in new:
             part.extra.append(p)
         else:
-            new[p.pid] = _Src(_UNSEEN, None, p, False, -1, None)
+            new[p.pid] = _Src(_UNSEEN, None, p, False, None)
     if replaced:
         part.fresh = [f for f in fresh if id(f) not in replaced]
     left.extend((src.snap.pid, src.snap.start_ticks) for src in old.values())

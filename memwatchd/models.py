@@ -7,7 +7,7 @@ A process is identified by (pid, start_ticks): start_ticks is field 22 of /proc/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -164,6 +164,9 @@ class BpfPoll:
     changed: tuple[int, ...] | None = None
 
 
+NO_IDENT: tuple[int, int] = (0, -1)  # ProcessSnapshot.ident not given: built from the record's own fields
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessSnapshot:
     """One process in one merged snapshot. Fields of a source that did not see the process are None."""
@@ -204,6 +207,16 @@ class ProcessSnapshot:
     mremap_grow_bytes: int | None = None
     mremap_shrink_bytes: int | None = None
     mapped_bytes: int | None = None  # outstanding mapped bytes (BpfStats.mapped_bytes)
+    # (pid, start_ticks), one tuple per identity: replace() and the merger hand the previous record's on, so
+    # the per-process tables of the store, the rules and the groups all key on the same object (a tuple of
+    # their own in each cost 56 B per process and table); set in __post_init__ when not given or not this
+    # record's identity
+    ident: tuple[int, int] = field(default=NO_IDENT, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ident = self.ident
+        if ident[1] != self.start_ticks or ident[0] != self.pid:
+            object.__setattr__(self, "ident", (self.pid, self.start_ticks))
 
     @property
     def key(self) -> ProcKey:

@@ -238,7 +238,7 @@ class AlertEngine:
                 present.pop(k, None)
             changed = []
             for p in snap.fresh:
-                k = (p.pid, p.start_ticks)
+                k = p.ident
                 if p.exited:
                     if present.pop(k, None) is not None:
                         gone.append(k)
@@ -246,7 +246,7 @@ class AlertEngine:
                     present[k] = p
                     changed.append((k, p))
         else:  # no change list, or not relative to the last snapshot seen: compare every record
-            new = {(p.pid, p.start_ticks): p for p in snap.processes if not p.exited}
+            new = {p.ident: p for p in snap.processes if not p.exited}
             old = present or {}
             changed = [(k, p) for k, p in new.items() if old.get(k) is not p]
             gone = [k for k in old if k not in new]

@@ -77,12 +77,16 @@ _values: Callable[[ProcessSnapshot], tuple[int | None, ...]] = operator.attrgett
 
 @dataclass(slots=True)
 class _Live:
+    """One stored identity: its row id and the record whose values and labels are the ones stored (the
+    merger's own object, not a copy of its values: ~200 B less per process)."""
+
     proc: int
-    vals: tuple[int | None, ...]
-    comm: str
-    unit: str | None
-    cgroup: str | None
+    snap: ProcessSnapshot
     row_kf: int = 0  # the period start (snapshot id) of the period in which it last got a head row
+
+    @property
+    def vals(self) -> tuple[int | None, ...]:
+        return _values(self.snap)
 
 
 _Undo = list[tuple[dict[tuple[int, int], "_Live"], tuple[int, int], "_Live | None"]]  # (state, key, old)
@@ -396,29 +400,29 @@ class StoreWriter:
         plan.full = not incremental
         state = plan.state
         for p in snap.fresh if incremental and snap.fresh is not None else snap.processes:
-            key = (p.pid, p.start_ticks)
+            key = p.ident
             if key in state:  # a duplicate identity in one snapshot: keep the first
                 continue
-            vals = _values(p)
             old = cur.state.get(key)
             if old is None:
                 plan.new.append(p)
-                state[key] = _Live(0, vals, p.comm, p.unit, p.cgroup, kf_sid)
+                state[key] = _Live(0, p, kf_sid)
                 continue
-            same_meta = p.comm == old.comm and p.unit == old.unit and p.cgroup == old.cgroup
-            if vals == old.vals and same_meta:
+            was = old.snap
+            if was is p:
                 state[key] = old  # the common case: nothing to write, nothing to allocate
             else:
-                if not same_meta:
+                vals, old_vals = _values(p), _values(was)
+                if p.comm != was.comm or p.unit != was.unit or p.cgroup != was.cgroup:
                     plan.meta.append((p.comm, p.unit, p.cgroup, old.proc))
                 row_kf = old.row_kf
-                if vals != old.vals:
+                if vals != old_vals:
                     plan.rows.append((old.proc, vals, p))
                     if row_kf != kf_sid and not kf:
                         # its first change this period: the period starts with the values it held
-                        plan.lazy.append((old.proc, old.vals))
+                        plan.lazy.append((old.proc, old_vals))
                     row_kf = kf_sid
-                state[key] = _Live(old.proc, vals, p.comm, p.unit, p.cgroup, row_kf)
+                state[key] = _Live(old.proc, p, row_kf)  # (also for equal values: the record held is p)
             if p.exited:
                 plan.exited.append(key)
         if incremental:
@@ -572,7 +576,7 @@ class StoreWriter:
                     known[(pid, st)] = pid_id
         inserts, reopen = [], []
         for p in plan.new:
-            key = (p.pid, p.start_ticks)
+            key = p.ident
             proc = known.get(key)
             if proc is None:
                 proc = plan.next_proc
