@@ -39,9 +39,18 @@ def _samples(n: int) -> tuple[ProcSample, ...]:
         rss = int(str(900 + i % 700))  # a fresh int object, as from a parse
         out.append(
             ProcSample(
-                pid=pid, start_ticks=int(str(5_000_000 + i)), comm="sleeper", ppid=999, state="S",
-                rss_kb=rss, vm_kb=rss * 4, hwm_kb=rss + 8, anon_kb=rss // 2 + 300, swap_kb=0,
-                unit="bench.service", cgroup="/system.slice/bench.service",
+                pid=pid,
+                start_ticks=int(str(5_000_000 + i)),
+                comm="sleeper",
+                ppid=999,
+                state="S",
+                rss_kb=rss,
+                vm_kb=rss * 4,
+                hwm_kb=rss + 8,
+                anon_kb=rss // 2 + 300,
+                swap_kb=0,
+                unit="bench.service",
+                cgroup="/system.slice/bench.service",
             )  # fmt: skip
         )
     return tuple(out)
