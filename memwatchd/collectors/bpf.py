@@ -68,7 +68,7 @@ _TRACEPOINTS = (
 _TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _ARCHES = ("x86_64", "aarch64")
 _PAGE = 4096
-_BATCH = 4096  # map entries read per BPF_MAP_LOOKUP_BATCH call
+_BATCH = 1024  # map entries read per BPF_MAP_LOOKUP_BATCH call (buffers of 4,096 held ~0.8 MB more)
 _MAX_EXITS = 32768  # exit records the kernel holds until the next poll (fewer when max_pids is smaller)
 # handed over by the loader in this order
 _MAPS = ("stats", "counters", "events", "exits", "scan_last", "scan_gone", "scan_ctl", "pcpu_off")

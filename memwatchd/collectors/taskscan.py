@@ -195,6 +195,7 @@ class TaskScanCollector:
         # children to confirm from their own file in this scan (their parent's css_set changed since)
         self._borrowers: dict[int, list[int]] = {}
         self._labels: dict[str, str] = {}  # units and cgroup paths read, each once (_read_cgroup)
+        self._tokens: dict[int, int] = {}  # css_set tokens, each once (entries share the object)
         self._confirm: list[int] = []
         self._next_full = float("-inf")
         self._gone = bpfsys.HashBatchReader(it.gone_fd, _GoneValue, _GONE_BATCH, _GoneKey, drain=True)
@@ -287,6 +288,7 @@ class TaskScanCollector:
             self._next_full = now_mono + self._full_rescan_s
             self.full_passes += 1
             self._labels = {}  # labels of groups gone leave with it; this pass reads the live ones again
+            self._tokens = {}
         chained, self._chained = self._chained, False  # stays False if this scan fails half way
         changed: list[ProcSample] = []
         gone: list[ProcKey] = []
@@ -345,6 +347,7 @@ class TaskScanCollector:
         self._pending = set(self._pending)
         self._freed = set(self._freed)
         self._labels = dict(self._labels)
+        self._tokens = dict(self._tokens)
 
     def _counter(self, idx: int) -> int:
         return sum(bpfsys.lookup_percpu_u64(self._it.counters_fd, idx, self._ncpus))
@@ -397,7 +400,7 @@ class TaskScanCollector:
             self.records_parsed += 1
             parsed.append(tgid)
             before = e.sample if e is not None else None
-            cache[tgid] = e = self._parse(data, off, raw, e, full)
+            cache[tgid] = e = self._parse(data, off, raw, e, full, tgid)
             after = e.sample
             if after is not before:
                 if after is not None:
@@ -419,13 +422,18 @@ class TaskScanCollector:
                 n += 1
         return n
 
-    def _parse(self, data: bytes, off: int, raw: int, e: _Entry | None, full: bool) -> _Entry:
+    def _parse(self, data: bytes, off: int, raw: int, e: _Entry | None, full: bool, tgid: int) -> _Entry:
+        """The entry of the record at `off`; tgid is the caller's object for its pid (the cache's key: the
+        sample shares it instead of holding an equal int of its own)."""
         (
             start_ns, token, file, anon, shmem, swap, total_vm, hiwater,
-            tgid, ppid, state_idx, flags, _pad, comm_raw, _emit, _pad2,
+            _tgid, ppid, state_idx, flags, _pad, comm_raw, _emit, _pad2,
         ) = TASK_RECORD.unpack_from(data, off)  # fmt: skip
         fresh = e is None or e.start_ns != start_ns
         state = _STATES[state_idx] if state_idx < len(_STATES) else "?"
+        if e is None or fresh or token != e.token:
+            # one int per css_set, not one per process (~32 B each)
+            token = self._tokens.setdefault(token, token)
         if e is None or fresh:
             e = _Entry(start_ns, token)
             w = self._witness(ppid, token)
